@@ -1,0 +1,1 @@
+//! docker fixture (being written).

@@ -1,0 +1,1 @@
+//! nats fixture (being written).

@@ -1,0 +1,27 @@
+//! The a2a service: the A2A protocol v1.0 server hosting the platform's agents.
+//!
+//! Today it runs on the shared foundation (backends by URL, auth, health, metrics, the platform
+//! contract); its own features arrive with its issue. It must not read another service's tables.
+
+use axum::Router;
+use liquid_runtime::{Foundation, ServiceDefaults};
+use liquid_store::Migrations;
+
+/// Name, version and usual ports of the a2a service.
+pub static SERVICE: ServiceDefaults = ServiceDefaults {
+    name: "a2a",
+    version: env!("CARGO_PKG_VERSION"),
+    http_port: 8081,
+    grpc_port: Some(9081),
+};
+
+/// The service's schema, for Postgres and SQLite.
+pub static MIGRATIONS: Migrations = Migrations {
+    postgres: sqlx::migrate!("../../migrations/a2a/postgres"),
+    sqlite: sqlx::migrate!("../../migrations/a2a/sqlite"),
+};
+
+/// The service's own HTTP routes (behind the auth layer).
+pub fn routes(_foundation: &Foundation) -> Router {
+    Router::new()
+}

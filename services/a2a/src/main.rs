@@ -1,0 +1,12 @@
+//! `liquid-a2a-service`: runs the a2a service from its configuration (`--config FILE`, then
+//! `LIQUID_A2A__...` environment variables).
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    liquid_runtime::main(
+        &liquid_a2a_service::SERVICE,
+        &liquid_a2a_service::MIGRATIONS,
+        liquid_a2a_service::routes,
+    )
+    .await
+}

@@ -1,0 +1,12 @@
+//! `liquid-healer`: runs the healer service from its configuration (`--config FILE`, then
+//! `LIQUID_HEALER__...` environment variables).
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    liquid_runtime::main(
+        &liquid_healer::SERVICE,
+        &liquid_healer::MIGRATIONS,
+        liquid_healer::routes,
+    )
+    .await
+}

@@ -1,0 +1,27 @@
+//! The media service: image and video generation with a storage cascade and a durable job queue.
+//!
+//! Today it runs on the shared foundation (backends by URL, auth, health, metrics, the platform
+//! contract); its own features arrive with its issue. It must not read another service's tables.
+
+use axum::Router;
+use liquid_runtime::{Foundation, ServiceDefaults};
+use liquid_store::Migrations;
+
+/// Name, version and usual ports of the media service.
+pub static SERVICE: ServiceDefaults = ServiceDefaults {
+    name: "media",
+    version: env!("CARGO_PKG_VERSION"),
+    http_port: 8086,
+    grpc_port: Some(9086),
+};
+
+/// The service's schema, for Postgres and SQLite.
+pub static MIGRATIONS: Migrations = Migrations {
+    postgres: sqlx::migrate!("../../migrations/media/postgres"),
+    sqlite: sqlx::migrate!("../../migrations/media/sqlite"),
+};
+
+/// The service's own HTTP routes (behind the auth layer).
+pub fn routes(_foundation: &Foundation) -> Router {
+    Router::new()
+}

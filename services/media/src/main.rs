@@ -1,0 +1,12 @@
+//! `liquid-media`: runs the media service from its configuration (`--config FILE`, then
+//! `LIQUID_MEDIA__...` environment variables).
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    liquid_runtime::main(
+        &liquid_media::SERVICE,
+        &liquid_media::MIGRATIONS,
+        liquid_media::routes,
+    )
+    .await
+}

@@ -1,0 +1,27 @@
+//! The registry service: the federated plugin registry, WebAssembly sandbox and agent directory.
+//!
+//! Today it runs on the shared foundation (backends by URL, auth, health, metrics, the platform
+//! contract); its own features arrive with its issue. It must not read another service's tables.
+
+use axum::Router;
+use liquid_runtime::{Foundation, ServiceDefaults};
+use liquid_store::Migrations;
+
+/// Name, version and usual ports of the registry service.
+pub static SERVICE: ServiceDefaults = ServiceDefaults {
+    name: "registry",
+    version: env!("CARGO_PKG_VERSION"),
+    http_port: 8085,
+    grpc_port: Some(9085),
+};
+
+/// The service's schema, for Postgres and SQLite.
+pub static MIGRATIONS: Migrations = Migrations {
+    postgres: sqlx::migrate!("../../migrations/registry/postgres"),
+    sqlite: sqlx::migrate!("../../migrations/registry/sqlite"),
+};
+
+/// The service's own HTTP routes (behind the auth layer).
+pub fn routes(_foundation: &Foundation) -> Router {
+    Router::new()
+}

@@ -1,0 +1,287 @@
+//! `liquid up` as a user runs it: a real process on free ports, its OTLP export pointed at an
+//! in-memory receiver. Every service must become ready, a request through the gateway must
+//! reach the service as one trace, bad tokens must be refused with stable codes, Ctrl-C must
+//! stop it cleanly, and data must survive a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use liquid_testkit::otlp::OtlpReceiver;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+struct Up {
+    child: Child,
+    manifest: Value,
+}
+
+impl Up {
+    async fn start(data_dir: &Path, otlp: &str) -> Up {
+        let bin = liquid_testkit::workspace_binary("liquid").unwrap();
+        let manifest_path = data_dir.join("up.json");
+        let _ = std::fs::remove_file(&manifest_path);
+        let child = Command::new(bin)
+            .args(["up", "--ephemeral-ports", "--data-dir"])
+            .arg(data_dir)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(bytes) = std::fs::read(&manifest_path)
+                && let Ok(manifest) = serde_json::from_slice::<Value>(&bytes)
+            {
+                return Up { child, manifest };
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "liquid up did not write up.json within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn url(&self, service: &str) -> String {
+        self.manifest["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap_or_else(|| panic!("{service} missing from up.json: {}", self.manifest))["http"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn token(&self) -> String {
+        self.manifest["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn interrupt(mut self) -> std::process::ExitStatus {
+        // What Ctrl-C sends; `kill` gets the pid as an argument, no shell involved.
+        let pid = self.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("liquid up did not stop within 30s of Ctrl-C")
+            .unwrap()
+    }
+}
+
+const SERVICES: [&str; 7] = [
+    "gateway",
+    "a2a",
+    "cowork",
+    "container-pool",
+    "healer",
+    "registry",
+    "media",
+];
+
+#[tokio::test]
+async fn liquid_up_serves_every_service_through_the_gateway_as_one_trace() {
+    let otlp = OtlpReceiver::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &otlp.endpoint()).await;
+    let http = reqwest::Client::new();
+
+    for service in SERVICES {
+        let r = http
+            .get(format!("{}/readyz", up.url(service)))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{service} not ready: {body}");
+        assert_eq!(body["ready"], true);
+        let metrics = http
+            .get(format!("{}/metrics", up.url(service)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), 200);
+    }
+
+    let gateway = up.url("gateway");
+    let info: Value = http
+        .get(format!("{gateway}/api/v1/cowork/info"))
+        .bearer_auth(up.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["service"], "cowork", "{info}");
+    assert_eq!(info["caller"], "dev");
+    assert_eq!(info["backends"]["database"], "sqlite");
+    assert_eq!(info["starts"], 1);
+
+    // One trace: the gateway's server span and cowork's server span share the trace id, and
+    // cowork's span descends from the gateway's request.
+    let spans = otlp
+        .wait_for_spans(Duration::from_secs(20), |spans| {
+            let gw = spans.iter().find(|s| {
+                s.attributes.get("liquid.service").map(String::as_str) == Some("gateway")
+                    && s.attributes.get("url.path").map(String::as_str)
+                        == Some("/api/v1/cowork/info")
+            });
+            gw.is_some_and(|gw| {
+                spans.iter().any(|s| {
+                    s.trace_id == gw.trace_id
+                        && s.attributes.get("liquid.service").map(String::as_str) == Some("cowork")
+                })
+            })
+        })
+        .await;
+    let gw = spans
+        .iter()
+        .find(|s| {
+            s.attributes.get("liquid.service").map(String::as_str) == Some("gateway")
+                && s.attributes.get("url.path").map(String::as_str) == Some("/api/v1/cowork/info")
+        })
+        .unwrap_or_else(|| panic!("no gateway span for the request among {spans:#?}"));
+    let cowork = spans
+        .iter()
+        .find(|s| {
+            s.trace_id == gw.trace_id
+                && s.attributes.get("liquid.service").map(String::as_str) == Some("cowork")
+        })
+        .unwrap_or_else(|| panic!("no cowork span in trace {}: {spans:#?}", gw.trace_id));
+    assert_ne!(
+        cowork.parent_span_id, "",
+        "the cowork span must continue the gateway's trace"
+    );
+
+    // Refusals carry stable codes, at the gateway and at the service itself.
+    for (url, token) in [
+        (format!("{gateway}/api/v1/cowork/info"), None),
+        (format!("{gateway}/api/v1/cowork/info"), Some("not-a-jwt")),
+        (format!("{}/api/v1/cowork/info", up.url("cowork")), None),
+    ] {
+        let mut req = http.get(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{url}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthenticated", "{url}: {body}");
+    }
+    let r = http
+        .get(format!("{gateway}/api/v1/nope/info"))
+        .bearer_auth(up.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Every metric a Grafana dashboard queries is one the services really export.
+    let mut scrape = String::new();
+    for service in SERVICES {
+        let text = http
+            .get(format!("{}/metrics", up.url(service)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        scrape.push_str(&text);
+    }
+    let dashboards = dashboard_metric_names();
+    assert!(
+        !dashboards.is_empty(),
+        "no dashboards found under deploy/grafana"
+    );
+    for (file, metric) in dashboards {
+        assert!(
+            scrape
+                .lines()
+                .any(|l| l.starts_with(&metric) && l[metric.len()..].starts_with(['{', ' '])),
+            "{file} queries {metric}, which no service exports"
+        );
+    }
+
+    let status = up.interrupt().await;
+    assert!(
+        status.success(),
+        "liquid up exited with {status} after Ctrl-C"
+    );
+
+    // Restart on the same data directory: the dev key and every database persist.
+    let up = Up::start(data.path(), &otlp.endpoint()).await;
+    let info: Value = http
+        .get(format!("{}/api/v1/cowork/info", up.url("gateway")))
+        .bearer_auth(up.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["starts"], 2,
+        "the cowork database did not survive the restart: {info}"
+    );
+    let status = up.interrupt().await;
+    assert!(status.success());
+}
+
+/// `(dashboard file, metric name)` for every `liquid_*` metric named in a dashboard query.
+fn dashboard_metric_names() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let json: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut exprs = Vec::new();
+        collect_exprs(&json, &mut exprs);
+        for expr in exprs {
+            let mut rest = expr.as_str();
+            while let Some(i) = rest.find("liquid_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                out.push((
+                    path.file_name().unwrap().to_string_lossy().into_owned(),
+                    tail[..end].to_owned(),
+                ));
+                rest = &tail[end..];
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn collect_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect_exprs(i, out)),
+        _ => {}
+    }
+}
