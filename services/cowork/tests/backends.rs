@@ -176,8 +176,7 @@ async fn a_missing_backend_stops_start_up_with_a_clear_error() {
             CancellationToken::new(),
         )
         .await
-        .err()
-        .expect("start-up must fail");
+        .expect_err("start-up must fail");
         assert_eq!(err.error_code(), ErrorCode::Unavailable, "{err}");
         let text = err.to_string();
         assert!(
@@ -206,8 +205,7 @@ async fn bad_configuration_names_the_key() {
         CancellationToken::new(),
     )
     .await
-    .err()
-    .unwrap();
+    .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
     assert_eq!(err.error_code(), ErrorCode::InvalidConfig);
 }
