@@ -1,0 +1,233 @@
+//! The Redis cache behind `redis://` and `rediss://`: one `ConnectionManager` (a single
+//! multiplexed connection that reconnects on its own) shared by every call; cloning it is a
+//! reference-count bump, not a new connection.
+//!
+//! Prefix deletion walks the key space with `SCAN MATCH <namespace><prefix>*` and removes keys
+//! with `UNLINK` (freed off the main thread); it never uses `KEYS` or `FLUSHDB`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use liquid_kit::secret::redact_url;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{Cache, CacheConfig, ttl_millis};
+use crate::StoreError;
+
+/// Keys asked for per SCAN round trip (a hint to the server, not a limit).
+const SCAN_BATCH: usize = 500;
+
+/// The Redis cache.
+pub struct RedisCache {
+    prefix: String,
+    connection: ConnectionManager,
+}
+
+impl RedisCache {
+    /// Connects the shared connection and checks that the server answers `PING`.
+    pub async fn connect(config: &CacheConfig) -> Result<RedisCache, StoreError> {
+        let url = config.url.as_str();
+        let client = redis::Client::open(url).map_err(|e| StoreError::InvalidUrl {
+            role: "cache",
+            url: redact_url(url),
+            reason: e.to_string(),
+        })?;
+        let connect_timeout = Duration::from_secs(config.connect_timeout_secs);
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(Duration::from_secs(config.response_timeout_secs)))
+            .set_number_of_retries(2);
+        let unreachable = |reason: String| StoreError::Unreachable {
+            role: "cache",
+            url: redact_url(url),
+            reason,
+        };
+        // The manager retries with backoff; bound the whole start-up wait, not each attempt.
+        let connection = tokio::time::timeout(
+            connect_timeout * 2,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| {
+            unreachable(format!(
+                "no answer within {}s",
+                connect_timeout.as_secs() * 2
+            ))
+        })?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let cache = RedisCache {
+            prefix: config.prefix.clone(),
+            connection,
+        };
+        cache.ping().await.map_err(|e| unreachable(e.to_string()))?;
+        Ok(cache)
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+/// True when Redis refused INCRBY because the value is not an integer or the sum would
+/// overflow (inside MULTI/EXEC the refusal arrives as one of the transaction's errors).
+fn is_not_an_integer(e: &redis::RedisError) -> bool {
+    e.clone().into_server_errors().is_some_and(|errors| {
+        errors.iter().any(|(_, error)| {
+            error
+                .details()
+                .is_some_and(|d| d.contains("not an integer") || d.contains("overflow"))
+        })
+    })
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut c = self.connection.clone();
+        redis::cmd("GET")
+            .arg(self.full_key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(StoreError::redis)
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let millis = ttl_millis(ttl)?;
+        let mut c = self.connection.clone();
+        redis::cmd("SET")
+            .arg(self.full_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis)
+            .query_async(&mut c)
+            .await
+            .map_err(StoreError::redis)
+    }
+
+    async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        let millis = ttl_millis(ttl)?;
+        let mut c = self.connection.clone();
+        let written: Option<String> = redis::cmd("SET")
+            .arg(self.full_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis)
+            .arg("NX")
+            .query_async(&mut c)
+            .await
+            .map_err(StoreError::redis)?;
+        Ok(written.is_some())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut c = self.connection.clone();
+        let removed: u64 = redis::cmd("UNLINK")
+            .arg(self.full_key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(StoreError::redis)?;
+        Ok(removed > 0)
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        let mut c = self.connection.clone();
+        let pattern = format!("{}*", escape_glob(&self.full_key(prefix)));
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .query_async(&mut c)
+                .await
+                .map_err(StoreError::redis)?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(StoreError::redis)?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn incr(&self, key: &str, delta: i64, ttl: Duration) -> Result<i64, StoreError> {
+        let millis = ttl_millis(ttl)?;
+        let full = self.full_key(key);
+        let mut c = self.connection.clone();
+        // MULTI/EXEC: the counter is created with its TTL and incremented as one step, so a
+        // counter never exists without an expiry.
+        let (value,): (i64,) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&full)
+            .arg(0)
+            .arg("PX")
+            .arg(millis)
+            .arg("NX")
+            .ignore()
+            .cmd("INCRBY")
+            .arg(&full)
+            .arg(delta)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| {
+                if is_not_an_integer(&e) {
+                    StoreError::NotAnInteger {
+                        key: key.to_owned(),
+                    }
+                } else {
+                    StoreError::redis(e)
+                }
+            })?;
+        Ok(value)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::redis)
+    }
+}
+
+/// Escapes Redis glob metacharacters so a prefix matches literally.
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_metacharacters_match_literally() {
+        assert_eq!(escape_glob("t:abc:"), "t:abc:");
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
