@@ -211,7 +211,11 @@ if $smoke; then
     read -r name bin http _ <<<"$s"
     want "$name" || continue
     t0=$(now)
-    cid=$(docker run -d --rm --label io.liquid.owner=liquid --label io.liquid.test=images-smoke \
+    # Embedded backends (SQLite in the home dir, in-process bus, memory cache) and a throwaway
+    # HS256 dev key: enough to start without Postgres, NATS or a JWKS.
+    prefix="LIQUID_$(tr 'a-z-' 'A-Z_' <<<"$name")__"
+    cid=$(docker run -d --label io.liquid.owner=liquid --label io.liquid.test=images-smoke \
+      -e "${prefix}AUTH__ALLOW_HS256_DEV=true" -e "${prefix}AUTH__HS256_SECRET=images-smoke-$(head -c 24 /dev/urandom | base64)" \
       -p "127.0.0.1::$http" "liquid/$name:$version")
     port=$(docker port "$cid" "$http/tcp" | head -n1 | awk -F: '{print $NF}')
     ok=false
