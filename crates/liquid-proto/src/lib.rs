@@ -1,12 +1,11 @@
-//! Generated tonic/prost code for the platform's own contracts under `proto/liquid/`.
+//! Generated tonic/prost code for the platform's own contracts under `proto/liquid/`: one module
+//! per proto package (`liquid::platform::v1`, ...), re-exported at the top for short paths
+//! (`liquid_proto::platform::v1`).
 //!
-//! Nothing here is written by hand except the module tree; edit the .proto files instead.
+//! Nothing here is written by hand except this file; edit the .proto files instead.
 
-/// `liquid.platform.v1`: the contract every service serves (identity and backends).
-pub mod platform {
-    /// Version 1.
-    #[allow(missing_docs, clippy::all)]
-    pub mod v1 {
-        tonic::include_proto!("liquid.platform.v1");
-    }
-}
+#![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
+
+include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
+
+pub use liquid::*;
