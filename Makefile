@@ -40,8 +40,9 @@ dev-up: ## start PostgreSQL, Redis and NATS JetStream on loopback (idempotent)
 dev-down: ## stop the backing services dev-up started
 	bash scripts/dev-down.sh
 
-test: deps dev-up ## install, start the backing services, build the binaries, run every test (nextest)
+test: deps dev-up ## install, start the backing services, build the binaries and images, run every test (nextest)
 	cargo build $(TEST_ARGS) --bins
+	bash scripts/images.sh --no-build
 	cargo nextest run $(TEST_ARGS) --profile $(NEXTEST_PROFILE)
 
 lint: ## rustfmt check and clippy on every target with warnings denied

@@ -8,57 +8,88 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
+use futures_util::future::BoxFuture;
 use liquid_runtime::config::PLATFORM;
-use liquid_runtime::{Foundation, Peer, ServiceConfig, ServiceDefaults, peer_key};
+use liquid_runtime::{Peer, Service, ServiceConfig, ServiceDefaults, peer_key};
 use liquid_store::Migrations;
 use serde::Serialize;
 
-/// One service as the embedded runner sees it.
+/// One service as the embedded runner sees it: its facts and how to load, start and migrate it
+/// (each a monomorphised function of [`Service`], so services keep their own settings types).
 struct Embedded {
     defaults: &'static ServiceDefaults,
     migrations: &'static Migrations,
-    routes: fn(&Foundation) -> Router,
+    start: for<'a> fn(&'a Launch<'a>) -> BoxFuture<'a, anyhow::Result<Started>>,
+    database_url: fn(&Launch<'_>) -> anyhow::Result<String>,
+}
+
+impl Embedded {
+    fn of<S: Service>() -> Embedded {
+        Embedded {
+            defaults: S::defaults(),
+            migrations: S::migrations(),
+            start: |launch| Box::pin(start_service::<S>(launch)),
+            database_url: |launch| Ok(launch.config::<S>()?.database.url),
+        }
+    }
+}
+
+/// What every embedded service is started with.
+struct Launch<'a> {
+    data_dir: &'a Path,
+    public_key: &'a Path,
+    file: Option<&'a Path>,
+    ephemeral_ports: bool,
+    /// The addresses the services started so far really bound (the gateway's peers).
+    peers: &'a std::collections::BTreeMap<String, Peer>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// A started service and the fallbacks it took.
+struct Started {
+    running: liquid_kit::RunningService,
+    fallbacks: Vec<String>,
+}
+
+impl Launch<'_> {
+    /// The embedded configuration of service `S`.
+    fn config<S: Service>(&self) -> anyhow::Result<ServiceConfig<S::Settings>> {
+        embedded_config(
+            S::defaults(),
+            self.data_dir,
+            self.public_key,
+            self.file,
+            self.ephemeral_ports,
+        )
+    }
+}
+
+async fn start_service<S: Service>(launch: &Launch<'_>) -> anyhow::Result<Started> {
+    let defaults = S::defaults();
+    let mut config = launch.config::<S>()?;
+    config.fallbacks = fallbacks(&config);
+    if defaults.name == "gateway" {
+        config.peers.extend(launch.peers.clone());
+    }
+    let running = liquid_runtime::start::<S>(&config, launch.shutdown.clone())
+        .await
+        .with_context(|| format!("starting the {} service", defaults.name))?;
+    Ok(Started {
+        running,
+        fallbacks: config.fallbacks,
+    })
 }
 
 /// Every service; the gateway is last because it needs the others' addresses.
 fn services() -> [Embedded; 7] {
     [
-        Embedded {
-            defaults: &liquid_a2a_service::SERVICE,
-            migrations: &liquid_a2a_service::MIGRATIONS,
-            routes: liquid_a2a_service::routes,
-        },
-        Embedded {
-            defaults: &liquid_cowork::SERVICE,
-            migrations: &liquid_cowork::MIGRATIONS,
-            routes: liquid_cowork::routes,
-        },
-        Embedded {
-            defaults: &liquid_container_pool::SERVICE,
-            migrations: &liquid_container_pool::MIGRATIONS,
-            routes: liquid_container_pool::routes,
-        },
-        Embedded {
-            defaults: &liquid_healer::SERVICE,
-            migrations: &liquid_healer::MIGRATIONS,
-            routes: liquid_healer::routes,
-        },
-        Embedded {
-            defaults: &liquid_registry::SERVICE,
-            migrations: &liquid_registry::MIGRATIONS,
-            routes: liquid_registry::routes,
-        },
-        Embedded {
-            defaults: &liquid_media::SERVICE,
-            migrations: &liquid_media::MIGRATIONS,
-            routes: liquid_media::routes,
-        },
-        Embedded {
-            defaults: &liquid_gateway::SERVICE,
-            migrations: &liquid_gateway::MIGRATIONS,
-            routes: liquid_gateway::routes,
-        },
+        Embedded::of::<liquid_a2a_service::A2a>(),
+        Embedded::of::<liquid_cowork::Cowork>(),
+        Embedded::of::<liquid_container_pool::ContainerPool>(),
+        Embedded::of::<liquid_healer::Healer>(),
+        Embedded::of::<liquid_registry::Registry>(),
+        Embedded::of::<liquid_media::Media>(),
+        Embedded::of::<liquid_gateway::Gateway>(),
     ]
 }
 
@@ -80,25 +111,29 @@ fn dev_key(data_dir: &Path) -> anyhow::Result<(liquid_auth::SigningKey, PathBuf)
 
 /// The embedded configuration of one service: SQLite under the data directory, the dev key,
 /// then the TOML file and the environment on top.
-fn embedded_config(
+fn embedded_config<S>(
     defaults: &ServiceDefaults,
     data_dir: &Path,
     public_key: &Path,
     file: Option<&Path>,
     ephemeral_ports: bool,
-) -> anyhow::Result<ServiceConfig> {
+) -> anyhow::Result<ServiceConfig<S>>
+where
+    S: Default + serde::Serialize + serde::de::DeserializeOwned + liquid_kit::config::Validate,
+{
     let mut base = ServiceConfig::defaults_for(defaults);
     base.database.url = format!("sqlite://{}/{}.db", data_dir.display(), defaults.name);
     base.auth = liquid_auth::AuthConfig::dev_public_key(public_key, DEV_ISSUER, DEV_AUDIENCE);
     if ephemeral_ports {
         base.server = base.server.ephemeral();
     }
-    let config = liquid_kit::config::load_with(defaults.name, base, file)
+    let names: Vec<&str> = PLATFORM.iter().map(|(name, _, _)| *name).collect();
+    let config = liquid_kit::config::load_for_one_of(defaults.name, &names, base, file)
         .with_context(|| format!("configuration of the {} service", defaults.name))?;
     Ok(config)
 }
 
-fn fallbacks(config: &ServiceConfig) -> Vec<String> {
+fn fallbacks<S>(config: &ServiceConfig<S>) -> Vec<String> {
     let mut out = Vec::new();
     if config.database.url.starts_with("sqlite:") {
         out.push(
@@ -136,7 +171,7 @@ struct UpService {
 /// `liquid up`.
 pub async fn up(data_dir: &Path, file: Option<&Path>, ephemeral_ports: bool) -> anyhow::Result<()> {
     let (key, public) = dev_key(data_dir)?;
-    let telemetry_cfg = embedded_config(
+    let telemetry_cfg = embedded_config::<<liquid_gateway::Gateway as Service>::Settings>(
         &liquid_gateway::SERVICE,
         data_dir,
         &public,
@@ -151,26 +186,21 @@ pub async fn up(data_dir: &Path, file: Option<&Path>, ephemeral_ports: bool) -> 
     let mut peers = std::collections::BTreeMap::new();
     let mut all_fallbacks = Vec::new();
     for service in services() {
-        let mut config =
-            embedded_config(service.defaults, data_dir, &public, file, ephemeral_ports)?;
-        config.fallbacks = fallbacks(&config);
-        for f in &config.fallbacks {
-            if !all_fallbacks.contains(f) {
-                all_fallbacks.push(f.clone());
+        let launch = Launch {
+            data_dir,
+            public_key: &public,
+            file,
+            ephemeral_ports,
+            peers: &peers,
+            shutdown: shutdown.clone(),
+        };
+        let started = (service.start)(&launch).await?;
+        for f in started.fallbacks {
+            if !all_fallbacks.contains(&f) {
+                all_fallbacks.push(f);
             }
         }
-        if service.defaults.name == "gateway" {
-            config.peers.extend(peers.clone());
-        }
-        let started = liquid_runtime::start(
-            service.defaults,
-            service.migrations,
-            &config,
-            service.routes,
-            shutdown.clone(),
-        )
-        .await
-        .with_context(|| format!("starting the {} service", service.defaults.name))?;
+        let started = started.running;
         peers.insert(
             peer_key(service.defaults.name),
             Peer {
@@ -290,8 +320,16 @@ pub async fn migrate(
             continue;
         }
         matched = true;
-        let config = embedded_config(service.defaults, data_dir, &public, file, false)?;
-        let database = liquid_store::Database::connect(&config.database.url)
+        let launch = Launch {
+            data_dir,
+            public_key: &public,
+            file,
+            ephemeral_ports: false,
+            peers: &std::collections::BTreeMap::new(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        let url = (service.database_url)(&launch)?;
+        let database = liquid_store::Database::connect(&url)
             .await
             .with_context(|| format!("{}: database", service.defaults.name))?;
         database
@@ -301,7 +339,7 @@ pub async fn migrate(
         println!(
             "{:<15} migrated ({})",
             service.defaults.name,
-            liquid_kit::secret::redact_url(&config.database.url)
+            liquid_kit::secret::redact_url(&url)
         );
     }
     if !matched {

@@ -79,6 +79,10 @@ pub fn load_with<T>(service: &str, defaults: T, file: Option<&Path>) -> Result<T
 where
     T: DeserializeOwned + Serialize + Validate,
 {
+    // Top-level keys the configuration type knows, read off its serialized defaults: a type
+    // that flattens a service's own sections into the shared ones cannot use
+    // `deny_unknown_fields`, so a misspelt section is caught here instead.
+    let known = top_level_keys(&defaults)?;
     let mut figment = Figment::from(Serialized::defaults(defaults));
     if let Some(path) = file {
         if !path.is_file() {
@@ -94,7 +98,76 @@ where
             .split("__")
             .lowercase(true),
     );
+    reject_unknown_top_level_keys(&figment, &known)?;
     extract(figment)
+}
+
+/// Like [`load_with`], for one file that configures several services (`liquid up --config`):
+/// its top-level sections apply to every service, and a table named after a service
+/// (`[container-pool.pool]`, `[gateway.server]`) applies to that service only and wins over
+/// the shared ones. Tables named after other services are skipped. The environment comes last.
+pub fn load_for_one_of<T>(
+    service: &str,
+    services: &[&str],
+    defaults: T,
+    file: Option<&Path>,
+) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Validate,
+{
+    let known = top_level_keys(&defaults)?;
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::File {
+                path: path.display().to_string(),
+                reason: "no such file; pass an existing TOML file or omit --config".into(),
+            });
+        }
+        let mut whole: figment::value::Dict = Figment::from(Toml::file_exact(path))
+            .extract()
+            .map_err(|e| ConfigError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let own = whole.remove(service);
+        whole.retain(|key, _| !services.contains(&key.as_str()));
+        figment = figment.merge(Serialized::defaults(whole));
+        if let Some(own) = own {
+            figment = figment.merge(Serialized::defaults(own));
+        }
+    }
+    figment = figment.merge(
+        Env::prefixed(&env_prefix(service))
+            .split("__")
+            .lowercase(true),
+    );
+    reject_unknown_top_level_keys(&figment, &known)?;
+    extract(figment)
+}
+
+fn top_level_keys<T: Serialize>(value: &T) -> Result<Vec<String>, ConfigError> {
+    match figment::value::Value::serialize(value) {
+        Ok(figment::value::Value::Dict(_, dict)) => Ok(dict.into_keys().collect()),
+        Ok(_) => Err(ConfigError::invalid(
+            "<root>",
+            "configuration defaults must be a table",
+        )),
+        Err(e) => Err(ConfigError::invalid("<root>", e.to_string())),
+    }
+}
+
+fn reject_unknown_top_level_keys(figment: &Figment, known: &[String]) -> Result<(), ConfigError> {
+    let layered: figment::value::Dict = figment
+        .extract()
+        .map_err(|e| ConfigError::invalid("<root>", e.kind.to_string()))?;
+    match layered.keys().find(|k| !known.contains(k)) {
+        Some(unknown) => Err(ConfigError::invalid(
+            unknown.clone(),
+            format!("unknown section; expected one of {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Extracts and validates `T` from an already layered figment (used by `liquid up`, which
@@ -231,6 +304,50 @@ mod tests {
                 err.to_string().contains("server.shutdown_grace_secs"),
                 "{err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn an_unknown_section_is_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("svc.toml", "[servre]\nhttp_addr = \"127.0.0.1:9000\"\n")?;
+            let err = load::<Sample>("test-svc", Some(Path::new("svc.toml"))).unwrap_err();
+            assert!(err.to_string().contains("`servre`"), "{err}");
+            assert!(err.to_string().contains("server"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn one_file_configures_several_services() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "up.toml",
+                "name = \"shared\"\n[server]\nshutdown_grace_secs = 4\n\
+                 [test-svc]\nname = \"own\"\n[other-svc.server]\nshutdown_grace_secs = 7\n",
+            )?;
+            let services = ["test-svc", "other-svc"];
+            let own: Sample = load_for_one_of(
+                "test-svc",
+                &services,
+                Sample::default(),
+                Some(Path::new("up.toml")),
+            )
+            .unwrap();
+            assert_eq!(own.name, "own");
+            assert_eq!(own.server.shutdown_grace_secs, 4);
+            let other: Sample = load_for_one_of(
+                "other-svc",
+                &services,
+                Sample::default(),
+                Some(Path::new("up.toml")),
+            )
+            .unwrap();
+            assert_eq!(other.name, "shared");
+            assert_eq!(other.server.shutdown_grace_secs, 7);
             Ok(())
         });
     }

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
@@ -70,6 +71,7 @@ pub struct ServiceHost {
     readiness: Readiness,
     router: Router,
     grpc: Option<tonic::service::Routes>,
+    background: TaskTracker,
 }
 
 /// A started service: its bound addresses and the handles to stop and await it.
@@ -81,6 +83,7 @@ pub struct RunningService {
     shutdown: CancellationToken,
     grace: Duration,
     tasks: Vec<tokio::task::JoinHandle<Result<(), ServeError>>>,
+    background: TaskTracker,
 }
 
 impl ServiceHost {
@@ -92,6 +95,7 @@ impl ServiceHost {
             readiness: Readiness::default(),
             router: Router::new(),
             grpc: None,
+            background: TaskTracker::new(),
         }
     }
 
@@ -110,6 +114,14 @@ impl ServiceHost {
     /// The service's gRPC services; the health service is added to them.
     pub fn grpc(mut self, routes: tonic::service::Routes) -> Self {
         self.grpc = Some(routes);
+        self
+    }
+
+    /// Background work (consumers, schedulers, reapers) that must finish before the service
+    /// counts as stopped: after the servers stop, [`RunningService::wait`] closes the tracker
+    /// and waits for its tasks (they watch the shutdown token) up to the grace period.
+    pub fn background(mut self, tasks: TaskTracker) -> Self {
+        self.background = tasks;
         self
     }
 
@@ -213,6 +225,7 @@ impl ServiceHost {
             shutdown,
             grace: Duration::from_secs(self.server.shutdown_grace_secs),
             tasks,
+            background: self.background,
         })
     }
 }
@@ -286,6 +299,17 @@ impl RunningService {
                     })
                 }
             }
+        }
+        self.background.close();
+        if tokio::time::timeout(grace, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                service = self.name,
+                left = self.background.len(),
+                "background tasks still running after the grace period"
+            );
         }
         tracing::info!(service = self.name, "service stopped");
         result

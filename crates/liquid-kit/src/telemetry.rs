@@ -314,6 +314,36 @@ pub fn inject_http(headers: &mut http::HeaderMap) {
     inject_context(&mut HeaderCarrier(headers));
 }
 
+/// [`Injector`] over tonic metadata (outgoing gRPC calls).
+pub struct MetadataCarrier<'a>(pub &'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(name, v);
+        }
+    }
+}
+
+/// A tonic client interceptor that adds the current span's W3C trace context to every call, so
+/// a service-to-service gRPC call continues the caller's trace:
+/// `FooClient::with_interceptor(channel, GrpcTraceInjector)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcTraceInjector;
+
+impl tonic::service::Interceptor for GrpcTraceInjector {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        inject_context(&mut MetadataCarrier(request.metadata_mut()));
+        Ok(request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +371,24 @@ mod tests {
         assert_eq!(
             back.span().span_context().trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+
+    #[test]
+    fn trace_context_goes_into_grpc_metadata() {
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut MetadataCarrier(&mut metadata));
+        assert_eq!(
+            metadata.get("traceparent").unwrap().to_str().unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
     }
 

@@ -72,10 +72,29 @@ fn default_peers() -> BTreeMap<String, Peer> {
         .collect()
 }
 
-/// Configuration of one service (`LIQUID_<SVC>__...`).
+/// The settings of a service that has none beyond the shared ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+impl Validate for NoSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// Configuration of one service (`LIQUID_<SVC>__...`): the sections every service shares, and
+/// the service's own sections `S` flattened beside them (`[pool]` → `LIQUID_CONTAINER_POOL__POOL__...`).
+///
+/// A misspelt top-level section is rejected by [`liquid_kit::config::load_with`]; each section
+/// type rejects unknown keys itself (`deny_unknown_fields`). `S`'s top-level fields must be
+/// tables (structs), not options, so that its defaults list every section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServiceConfig {
+#[serde(
+    default,
+    bound(deserialize = "S: Default + serde::de::DeserializeOwned")
+)]
+pub struct ServiceConfig<S = NoSettings> {
     /// Listen addresses and limits.
     pub server: ServerConfig,
     /// Logs, traces, metrics export.
@@ -93,11 +112,14 @@ pub struct ServiceConfig {
     /// Fallbacks the launcher took (shown in the platform info); not read from files.
     #[serde(skip)]
     pub fallbacks: Vec<String>,
+    /// The service's own sections.
+    #[serde(flatten)]
+    pub settings: S,
 }
 
-impl ServiceConfig {
+impl<S: Default> ServiceConfig<S> {
     /// Embedded defaults for `defaults`: its usual ports on loopback, SQLite under
-    /// `.liquid/<svc>.db`, in-process bus and memory cache.
+    /// `.liquid/<svc>.db`, in-process bus and memory cache, and `S`'s defaults.
     pub fn defaults_for(defaults: &ServiceDefaults) -> Self {
         ServiceConfig {
             server: ServerConfig::on_ports(defaults.http_port, defaults.grpc_port),
@@ -114,9 +136,15 @@ impl ServiceConfig {
             },
             peers: default_peers(),
             fallbacks: Vec::new(),
+            settings: S::default(),
         }
     }
+}
 
+impl<S> ServiceConfig<S>
+where
+    S: Default + Serialize + serde::de::DeserializeOwned + Validate,
+{
     /// Loads the configuration of `defaults`'s service: its defaults, then `file`, then the
     /// environment.
     pub fn load(defaults: &ServiceDefaults, file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -124,7 +152,7 @@ impl ServiceConfig {
     }
 }
 
-impl Default for ServiceConfig {
+impl<S: Default> Default for ServiceConfig<S> {
     fn default() -> Self {
         ServiceConfig::defaults_for(&ServiceDefaults {
             name: "service",
@@ -146,7 +174,7 @@ fn check_scheme(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigErro
     }
 }
 
-impl Validate for ServiceConfig {
+impl<S: Validate> Validate for ServiceConfig<S> {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.telemetry.validate()?;
@@ -174,7 +202,7 @@ impl Validate for ServiceConfig {
                 )?;
             }
         }
-        Ok(())
+        self.settings.validate()
     }
 }
 
@@ -191,16 +219,63 @@ mod tests {
 
     #[test]
     fn defaults_are_embedded_backends_on_the_usual_ports() {
-        let cfg = ServiceConfig::defaults_for(&COWORK);
+        let cfg = ServiceConfig::<NoSettings>::defaults_for(&COWORK);
         assert_eq!(cfg.server.http_addr.port(), 8082);
         assert_eq!(cfg.server.grpc_addr.map(|a| a.port()), Some(9082));
         assert_eq!(cfg.database.url, "sqlite://.liquid/cowork.db");
         cfg.validate().unwrap();
     }
 
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Pool {
+        min_idle: u32,
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default)]
+    struct PoolSettings {
+        pool: Pool,
+    }
+
+    impl Validate for PoolSettings {
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.pool.min_idle > 100 {
+                return Err(ConfigError::invalid("pool.min_idle", "must be at most 100"));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn service_sections_sit_beside_the_shared_ones() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LIQUID_COWORK__POOL__MIN_IDLE", "4");
+            jail.set_env("LIQUID_COWORK__BUS__URL", "nats://127.0.0.1:4222");
+            let cfg = ServiceConfig::<PoolSettings>::load(&COWORK, None).unwrap();
+            assert_eq!(cfg.settings.pool.min_idle, 4);
+            assert_eq!(cfg.bus.url, "nats://127.0.0.1:4222");
+
+            jail.set_env("LIQUID_COWORK__POOL__MIN_IDLE", "500");
+            let err = ServiceConfig::<PoolSettings>::load(&COWORK, None).unwrap_err();
+            assert!(err.to_string().contains("pool.min_idle"), "{err}");
+
+            jail.set_env("LIQUID_COWORK__POOL__MIN_IDLE", "1");
+            jail.set_env("LIQUID_COWORK__POOL__MAX_IDEL", "1");
+            let err = ServiceConfig::<PoolSettings>::load(&COWORK, None).unwrap_err();
+            assert!(err.to_string().contains("max_idel"), "{err}");
+
+            // A service without settings still refuses a section it does not have.
+            let err = ServiceConfig::<NoSettings>::load(&COWORK, None).unwrap_err();
+            assert!(err.to_string().contains("`pool`"), "{err}");
+            Ok(())
+        });
+    }
+
     #[test]
     fn a_wrong_scheme_names_the_key() {
-        let mut cfg = ServiceConfig::defaults_for(&COWORK);
+        let mut cfg = ServiceConfig::<NoSettings>::defaults_for(&COWORK);
         cfg.bus.url = "kafka://x".into();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("bus.url"), "{err}");

@@ -1,26 +1,33 @@
 //! Composition of the shared crates into a running Liquid service.
 //!
-//! A service crate owns its domain, routes and migrations; this crate turns its configuration
-//! into connected backends (database by URL with migrations, bus, cache), verified auth, the
-//! platform gRPC contract and a started [`liquid_kit::ServiceHost`]. It must hold no service's
-//! domain logic.
+//! A service crate owns its domain, routes and migrations and says so by implementing
+//! [`Service`]; this crate turns its configuration into connected backends (database by URL with
+//! migrations, bus, cache), verified auth, the platform gRPC contract and a started
+//! [`liquid_kit::ServiceHost`], the same way for a service binary ([`main`]), the embedded
+//! runner and tests ([`start`]). It must hold no service's domain logic.
 
 pub mod config;
 pub mod platform;
 mod shared_bus;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use liquid_auth::{AuthLayer, Verifier};
 use liquid_bus::EventBus;
+use liquid_kit::config::{ServerConfig, Validate};
 use liquid_kit::error::{ErrorCode, HasErrorCode};
 use liquid_kit::health::ReadinessCheck;
 use liquid_kit::{RunningService, ServiceHost};
 use liquid_store::{Cache, Database, Migrations};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
-pub use config::{Peer, ServiceConfig, ServiceDefaults, peer_key};
+pub use config::{NoSettings, Peer, ServiceConfig, ServiceDefaults, peer_key};
 
 /// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +47,24 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error(transparent)]
     Serve(#[from] liquid_kit::server::ServeError),
+    /// The service's own start-up failed (see [`StartError::service`]).
+    #[error("{message}")]
+    Service {
+        /// The stable code of the underlying error.
+        code: ErrorCode,
+        /// What failed, with what to do next.
+        message: String,
+    },
+}
+
+impl StartError {
+    /// Wraps a service's own start-up error, keeping its code.
+    pub fn service<E: HasErrorCode + std::fmt::Display>(error: E) -> Self {
+        StartError::Service {
+            code: error.error_code(),
+            message: error.to_string(),
+        }
+    }
 }
 
 impl HasErrorCode for StartError {
@@ -50,8 +75,56 @@ impl HasErrorCode for StartError {
             StartError::Bus(e) => e.error_code(),
             StartError::Auth(e) => e.error_code(),
             StartError::Serve(e) => e.error_code(),
+            StartError::Service { code, .. } => *code,
         }
     }
+}
+
+/// A Liquid service: what it is, its schema, its own settings and how it assembles its parts
+/// on the connected [`Foundation`]. Implemented by a unit struct in each service crate
+/// (`liquid_cowork::Cowork`), used by its `main.rs`, the embedded runner and its tests.
+pub trait Service: Send + Sync + 'static {
+    /// The service's own configuration sections, flattened beside the shared ones
+    /// ([`ServiceConfig::settings`]); [`NoSettings`] when it has none.
+    type Settings: Default
+        + Clone
+        + std::fmt::Debug
+        + Serialize
+        + DeserializeOwned
+        + Validate
+        + Send
+        + Sync
+        + 'static;
+
+    /// Name and usual ports.
+    fn defaults() -> &'static ServiceDefaults;
+
+    /// The service's schema, for Postgres and SQLite.
+    fn migrations() -> &'static Migrations;
+
+    /// Builds the service's routes, gRPC services, readiness checks and background tasks on
+    /// the connected backends. Background work goes through [`Foundation::spawn`] so shutdown
+    /// waits for it.
+    fn build(
+        foundation: &Foundation,
+        settings: &Self::Settings,
+    ) -> impl Future<Output = Result<ServiceParts, StartError>> + Send;
+}
+
+/// What a service adds to the platform contract.
+#[derive(Default)]
+pub struct ServiceParts {
+    /// Routes behind the auth layer: every request carries a verified token
+    /// ([`liquid_auth::Authenticated`] in handlers).
+    pub http: Router,
+    /// Routes served without the auth layer (discovery documents such as
+    /// `/.well-known/agent-card.json`, webhooks that verify their own signatures). Keep it small.
+    pub public_http: Router,
+    /// The service's own gRPC services; each authenticates its callers
+    /// ([`liquid_auth::AuthInterceptor`]). The platform and health services are added to them.
+    pub grpc: Option<tonic::service::Routes>,
+    /// Dependencies beyond database, bus and cache that must answer for `/readyz`.
+    pub readiness: Vec<Arc<dyn ReadinessCheck>>,
 }
 
 /// The connected backends and identity of one service replica, shared by its handlers.
@@ -71,15 +144,19 @@ pub struct Foundation {
     pub info: Arc<platform::InstanceInfo>,
     /// Where the other services are.
     pub peers: Arc<std::collections::BTreeMap<String, config::Peer>>,
+    /// Cancelled when the service shuts down; background tasks watch it.
+    pub shutdown: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Foundation {
     /// Connects every backend named in `config`, runs the service's migrations and records this
     /// start in the service's instance log.
-    pub async fn connect(
+    pub async fn connect<S>(
         defaults: &'static ServiceDefaults,
-        config: &ServiceConfig,
+        config: &ServiceConfig<S>,
         migrations: &Migrations,
+        shutdown: CancellationToken,
     ) -> Result<Foundation, StartError> {
         let database = Database::connect(&config.database.url).await?;
         database.migrate(migrations).await?;
@@ -105,55 +182,77 @@ impl Foundation {
             verifier,
             info,
             peers,
+            shutdown,
+            tasks: TaskTracker::new(),
         })
     }
 
+    /// Spawns a named background task inside its own span. It must return soon after
+    /// [`Foundation::shutdown`] is cancelled; the service's `wait` waits for it (up to the
+    /// grace period).
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let span = tracing::info_span!("task", service = self.defaults.name, task = name);
+        self.tasks.spawn(task.instrument(span));
+    }
+
     /// A host for this service with readiness checks for its backends, the platform gRPC
-    /// contract and `router` behind the auth layer.
-    pub fn host(&self, config: &ServiceConfig, router: Router) -> ServiceHost {
-        let router = router
+    /// contract and the service's parts.
+    pub fn host(&self, server: &ServerConfig, parts: ServiceParts) -> ServiceHost {
+        let router = parts
+            .http
             .merge(platform::info_router(self.clone()))
-            .layer(AuthLayer::new(self.verifier.clone()));
-        let host = ServiceHost::new(self.defaults.name, &config.server)
+            .layer(AuthLayer::new(self.verifier.clone()))
+            .merge(parts.public_http);
+        let mut host = ServiceHost::new(self.defaults.name, server)
             .readiness(
                 Arc::new(platform::DatabaseReady(self.database.clone())) as Arc<dyn ReadinessCheck>
             )
             .readiness(Arc::new(platform::BusReady(self.bus.clone())))
             .readiness(Arc::new(platform::CacheReady(self.cache.clone())))
-            .http(router);
+            .http(router)
+            .background(self.tasks.clone());
+        for check in parts.readiness {
+            host = host.readiness(check);
+        }
         if self.defaults.grpc_port.is_some() {
-            host.grpc(tonic::service::Routes::new(platform::grpc_service(
-                self.clone(),
-            )))
+            let platform = tonic::service::Routes::new(platform::grpc_service(self.clone()));
+            let routes = match parts.grpc {
+                Some(own) => tonic::service::Routes::from(
+                    own.into_axum_router().merge(platform.into_axum_router()),
+                ),
+                None => platform,
+            };
+            host.grpc(routes)
         } else {
             host
         }
     }
 }
 
-/// Builds and starts a service with no routes of its own beyond the platform ones.
-pub async fn start(
-    defaults: &'static ServiceDefaults,
-    migrations: &Migrations,
-    config: &ServiceConfig,
-    router: impl FnOnce(&Foundation) -> Router,
+/// Connects, builds and starts service `S` on `config`; returns once its listeners are bound.
+pub async fn start<S: Service>(
+    config: &ServiceConfig<S::Settings>,
     shutdown: CancellationToken,
 ) -> Result<RunningService, StartError> {
-    let foundation = Foundation::connect(defaults, config, migrations).await?;
-    let routes = router(&foundation);
-    Ok(foundation.host(config, routes).start(shutdown).await?)
+    let foundation =
+        Foundation::connect(S::defaults(), config, S::migrations(), shutdown.clone()).await?;
+    let parts = S::build(&foundation, &config.settings).await?;
+    Ok(foundation
+        .host(&config.server, parts)
+        .start(shutdown)
+        .await?)
 }
 
 /// The whole life of a service binary: load configuration (`--config FILE` and the
 /// environment), start telemetry, start the service, run until SIGINT/SIGTERM, drain, flush.
 /// Exit code 2 for bad configuration, 1 for any other start-up failure.
-pub async fn main(
-    defaults: &'static ServiceDefaults,
-    migrations: &Migrations,
-    router: impl FnOnce(&Foundation) -> Router,
-) -> std::process::ExitCode {
+pub async fn main<S: Service>() -> std::process::ExitCode {
+    let defaults = S::defaults();
     let file = config_file_argument();
-    let config = match ServiceConfig::load(defaults, file.as_deref()) {
+    let config = match ServiceConfig::<S::Settings>::load(defaults, file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error[{}]: {e}", e.error_code());
@@ -168,7 +267,7 @@ pub async fn main(
         }
     };
     let shutdown = liquid_kit::shutdown::on_signal();
-    let code = match start(defaults, migrations, &config, router, shutdown).await {
+    let code = match start::<S>(&config, shutdown).await {
         Ok(running) => match running.wait().await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {

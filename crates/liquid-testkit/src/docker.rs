@@ -307,6 +307,25 @@ impl DockerHarness {
         Ok(name)
     }
 
+    /// The gateway address of network `name`: where the host answers containers on it, so a
+    /// server the test binds there is reachable from them.
+    pub async fn network_gateway(&self, name: &str) -> anyhow::Result<std::net::IpAddr> {
+        let network = self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await?;
+        network
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.gateway?.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("network {name} has no IPv4 gateway"))
+    }
+
     /// Creates and starts a labelled container from a local image.
     pub async fn run(&self, spec: &ContainerSpec) -> anyhow::Result<RunningContainer> {
         let name = self.unique_name(if spec.name_hint.is_empty() {

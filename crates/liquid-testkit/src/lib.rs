@@ -9,6 +9,7 @@ pub mod nats;
 pub mod otlp;
 pub mod postgres;
 pub mod redis;
+pub mod servers;
 
 use std::path::PathBuf;
 

@@ -6,6 +6,7 @@
 //! so tests can prove that streams and consumers survive a server restart and that clients
 //! reconnect. Servers are never shared between tests.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -26,20 +27,26 @@ const START_ATTEMPTS: usize = 5;
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
+    host: IpAddr,
     port: u16,
     /// Holds `store/` (JetStream data) and `nats.log`; removed on drop.
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+fn free_port(host: IpAddr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
 }
 
 impl NatsServer {
-    /// Starts a server on a free port and waits until it accepts clients with JetStream on.
+    /// Starts a server on a free loopback port and waits until it accepts clients with
+    /// JetStream on.
     pub async fn start() -> anyhow::Result<NatsServer> {
+        NatsServer::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// Like [`NatsServer::start`], listening on `host` (e.g. the gateway address of a Docker
+    /// network the test made, so containers on it can connect).
+    pub async fn start_on(host: IpAddr) -> anyhow::Result<NatsServer> {
         let dir = tempfile::Builder::new()
             .prefix("liquid-nats-")
             .tempdir()
@@ -47,11 +54,12 @@ impl NatsServer {
         std::fs::create_dir_all(dir.path().join("store"))?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let port = free_port()?;
-            match spawn_server(port, dir.path()).await {
+            let port = free_port(host)?;
+            match spawn_server(host, port, dir.path()).await {
                 Ok(child) => {
                     return Ok(NatsServer {
                         child: Some(child),
+                        host,
                         port,
                         dir,
                     });
@@ -63,9 +71,9 @@ impl NatsServer {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("nats-server did not start")))
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<host>:<port>`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}", SocketAddr::new(self.host, self.port))
     }
 
     /// The port it listens on (the same across restarts).
@@ -87,7 +95,7 @@ impl NatsServer {
     /// it accepts clients again.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await?;
-        match spawn_server(self.port, self.dir.path()).await {
+        match spawn_server(self.host, self.port, self.dir.path()).await {
             Ok(child) => {
                 self.child = Some(child);
                 Ok(())
@@ -108,7 +116,7 @@ impl NatsServer {
 
 /// Starts `nats-server -js` on `port` with its store and log under `dir`, and waits until it
 /// is ready.
-async fn spawn_server(port: u16, dir: &Path) -> Result<Child, SpawnError> {
+async fn spawn_server(host: IpAddr, port: u16, dir: &Path) -> Result<Child, SpawnError> {
     let log_file = dir.join("nats.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -117,7 +125,7 @@ async fn spawn_server(port: u16, dir: &Path) -> Result<Child, SpawnError> {
         .map_err(|e| SpawnError::Fatal(e.into()))?;
     let mut child = Command::new(BINARY)
         .arg("-js")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .args(["-a", &host.to_string(), "-p", &port.to_string(), "-sd"])
         .arg(dir.join("store"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -146,7 +154,7 @@ async fn spawn_server(port: u16, dir: &Path) -> Result<Child, SpawnError> {
                 SpawnError::Fatal(error)
             });
         }
-        if jetstream_ready(port).await {
+        if jetstream_ready(host, port).await {
             return Ok(child);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -168,9 +176,9 @@ enum SpawnError {
 }
 
 /// True when the server greets a client with an INFO line that has JetStream enabled.
-async fn jetstream_ready(port: u16) -> bool {
+async fn jetstream_ready(host: IpAddr, port: u16) -> bool {
     let greeting = async {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let stream = TcpStream::connect((host, port)).await.ok()?;
         let mut line = String::new();
         BufReader::new(stream).read_line(&mut line).await.ok()?;
         Some(line)

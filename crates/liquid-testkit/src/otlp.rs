@@ -169,13 +169,19 @@ fn hex(bytes: &[u8]) -> String {
 impl OtlpReceiver {
     /// Starts a receiver on `127.0.0.1:0`.
     pub async fn start() -> anyhow::Result<OtlpReceiver> {
+        OtlpReceiver::start_on(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// Starts a receiver on a free port of `host` (e.g. a Docker network's gateway address, so
+    /// that containers on it export to the test).
+    pub async fn start_on(host: std::net::IpAddr) -> anyhow::Result<OtlpReceiver> {
         let received = Arc::new(Mutex::new(Received::default()));
         let app = Router::new()
             .route("/v1/traces", post(traces))
             .route("/v1/logs", post(logs))
             .route("/v1/metrics", post(metrics))
             .with_state(received.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind((host, 0)).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let token = stop.clone();

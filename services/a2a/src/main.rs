@@ -3,10 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    liquid_runtime::main(
-        &liquid_a2a_service::SERVICE,
-        &liquid_a2a_service::MIGRATIONS,
-        liquid_a2a_service::routes,
-    )
-    .await
+    liquid_runtime::main::<liquid_a2a_service::A2a>().await
 }

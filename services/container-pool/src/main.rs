@@ -3,10 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    liquid_runtime::main(
-        &liquid_container_pool::SERVICE,
-        &liquid_container_pool::MIGRATIONS,
-        liquid_container_pool::routes,
-    )
-    .await
+    liquid_runtime::main::<liquid_container_pool::ContainerPool>().await
 }

@@ -3,10 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    liquid_runtime::main(
-        &liquid_cowork::SERVICE,
-        &liquid_cowork::MIGRATIONS,
-        liquid_cowork::routes,
-    )
-    .await
+    liquid_runtime::main::<liquid_cowork::Cowork>().await
 }

@@ -52,15 +52,9 @@ async fn cowork_runs_on_postgres_nats_and_redis_and_reports_a_dead_dependency() 
     let redis = TestRedis::new().await.unwrap();
     let keys = keys();
     let cfg = config(db.url(), &nats.url(), redis.url(), &keys.auth);
-    let running = liquid_runtime::start(
-        &liquid_cowork::SERVICE,
-        &liquid_cowork::MIGRATIONS,
-        &cfg,
-        liquid_cowork::routes,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let running = liquid_runtime::start::<liquid_cowork::Cowork>(&cfg, CancellationToken::new())
+        .await
+        .unwrap();
     let base = format!("http://{}", running.http_addr());
     let http = reqwest::Client::new();
 
@@ -168,15 +162,9 @@ async fn a_missing_backend_stops_start_up_with_a_clear_error() {
         ),
     ] {
         let cfg = config(db, bus, cache, &keys.auth);
-        let err = liquid_runtime::start(
-            &liquid_cowork::SERVICE,
-            &liquid_cowork::MIGRATIONS,
-            &cfg,
-            liquid_cowork::routes,
-            CancellationToken::new(),
-        )
-        .await
-        .expect_err("start-up must fail");
+        let err = liquid_runtime::start::<liquid_cowork::Cowork>(&cfg, CancellationToken::new())
+            .await
+            .expect_err("start-up must fail");
         assert_eq!(err.error_code(), ErrorCode::Unavailable, "{err}");
         let text = err.to_string();
         assert!(
@@ -197,15 +185,9 @@ async fn bad_configuration_names_the_key() {
     assert_eq!(err.error_code(), ErrorCode::InvalidConfig);
     cfg.bus.url = "memory://".into();
     cfg.auth.public_key_pem_file = Some("/nonexistent/key.pem".into());
-    let err = liquid_runtime::start(
-        &liquid_cowork::SERVICE,
-        &liquid_cowork::MIGRATIONS,
-        &cfg,
-        liquid_cowork::routes,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
+    let err = liquid_runtime::start::<liquid_cowork::Cowork>(&cfg, CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
     assert_eq!(err.error_code(), ErrorCode::InvalidConfig);
 }

@@ -6,7 +6,7 @@
 pub mod proxy;
 
 use axum::Router;
-use liquid_runtime::{Foundation, ServiceDefaults};
+use liquid_runtime::{Foundation, NoSettings, Service, ServiceDefaults, ServiceParts, StartError};
 use liquid_store::Migrations;
 
 /// Name, version and usual port of the gateway (it has no gRPC API of its own).
@@ -22,6 +22,31 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("../../migrations/gateway/postgres"),
     sqlite: sqlx::migrate!("../../migrations/gateway/sqlite"),
 };
+
+/// The gateway service, as the runtime starts it.
+pub struct Gateway;
+
+impl Service for Gateway {
+    type Settings = NoSettings;
+
+    fn defaults() -> &'static ServiceDefaults {
+        &SERVICE
+    }
+
+    fn migrations() -> &'static Migrations {
+        &MIGRATIONS
+    }
+
+    async fn build(
+        foundation: &Foundation,
+        _settings: &NoSettings,
+    ) -> Result<ServiceParts, StartError> {
+        Ok(ServiceParts {
+            http: routes(foundation),
+            ..ServiceParts::default()
+        })
+    }
+}
 
 /// The gateway's routes: forwarding to every other service.
 pub fn routes(foundation: &Foundation) -> Router {

@@ -3,10 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    liquid_runtime::main(
-        &liquid_gateway::SERVICE,
-        &liquid_gateway::MIGRATIONS,
-        liquid_gateway::routes,
-    )
-    .await
+    liquid_runtime::main::<liquid_gateway::Gateway>().await
 }

@@ -3,10 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    liquid_runtime::main(
-        &liquid_healer::SERVICE,
-        &liquid_healer::MIGRATIONS,
-        liquid_healer::routes,
-    )
-    .await
+    liquid_runtime::main::<liquid_healer::Healer>().await
 }

@@ -4,7 +4,7 @@
 //! contract); its own features arrive with its issue. It must not read another service's tables.
 
 use axum::Router;
-use liquid_runtime::{Foundation, ServiceDefaults};
+use liquid_runtime::{Foundation, NoSettings, Service, ServiceDefaults, ServiceParts, StartError};
 use liquid_store::Migrations;
 
 /// Name, version and usual ports of the media service.
@@ -20,6 +20,31 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("../../migrations/media/postgres"),
     sqlite: sqlx::migrate!("../../migrations/media/sqlite"),
 };
+
+/// The media service, as the runtime starts it.
+pub struct Media;
+
+impl Service for Media {
+    type Settings = NoSettings;
+
+    fn defaults() -> &'static ServiceDefaults {
+        &SERVICE
+    }
+
+    fn migrations() -> &'static Migrations {
+        &MIGRATIONS
+    }
+
+    async fn build(
+        _foundation: &Foundation,
+        _settings: &NoSettings,
+    ) -> Result<ServiceParts, StartError> {
+        Ok(ServiceParts {
+            http: routes(_foundation),
+            ..ServiceParts::default()
+        })
+    }
+}
 
 /// The service's own HTTP routes (behind the auth layer).
 pub fn routes(_foundation: &Foundation) -> Router {

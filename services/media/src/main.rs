@@ -3,10 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    liquid_runtime::main(
-        &liquid_media::SERVICE,
-        &liquid_media::MIGRATIONS,
-        liquid_media::routes,
-    )
-    .await
+    liquid_runtime::main::<liquid_media::Media>().await
 }

@@ -3,10 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    liquid_runtime::main(
-        &liquid_registry::SERVICE,
-        &liquid_registry::MIGRATIONS,
-        liquid_registry::routes,
-    )
-    .await
+    liquid_runtime::main::<liquid_registry::Registry>().await
 }
