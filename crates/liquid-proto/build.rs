@@ -17,7 +17,10 @@ fn protos_under(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: the build script binary may be shared between checkouts through one
+    // target directory, and `env!` would bake in the path of the checkout that compiled it.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = Path::new(&manifest_dir).join("../../proto");
     let ours = root.join("liquid");
     let mut files = Vec::new();
     protos_under(&ours, &mut files)?;

@@ -158,6 +158,9 @@ impl Foundation {
         migrations: &Migrations,
         shutdown: CancellationToken,
     ) -> Result<Foundation, StartError> {
+        // The process-wide metrics recorder first: a metric a service registers in `build`
+        // before any `/metrics` render would otherwise go to the no-op recorder and be lost.
+        liquid_kit::metrics::handle();
         let database = Database::connect(&config.database.url).await?;
         database.migrate(migrations).await?;
         let bus = shared_bus::connect(&config.bus.url).await?;
@@ -218,12 +221,12 @@ impl Foundation {
             host = host.readiness(check);
         }
         if self.defaults.grpc_port.is_some() {
-            let platform = tonic::service::Routes::new(platform::grpc_service(self.clone()));
+            // `add_service`, not a router merge: every `Routes::new` carries tonic's
+            // "unimplemented" fallback and axum refuses to merge two fallbacks.
+            let platform = platform::grpc_service(self.clone());
             let routes = match parts.grpc {
-                Some(own) => tonic::service::Routes::from(
-                    own.into_axum_router().merge(platform.into_axum_router()),
-                ),
-                None => platform,
+                Some(own) => own.add_service(platform),
+                None => tonic::service::Routes::new(platform),
             };
             host.grpc(routes)
         } else {

@@ -1,11 +1,39 @@
 //! The a2a service: the A2A protocol v1.0 server hosting the platform's agents.
 //!
-//! Today it runs on the shared foundation (backends by URL, auth, health, metrics, the platform
-//! contract); its own features arrive with its issue. It must not read another service's tables.
+//! It owns the protocol (through `liquid-a2a`'s bindings), the durable task store, streaming
+//! across replicas and push notifications; agents are executors ([`agents`]). Routes:
+//! JSON-RPC at `/a2a` (also `/a2a/` and the alias `/a2a/stream`), HTTP+JSON under `/a2a/rest`,
+//! gRPC `lf.a2a.v1.A2AService` on the gRPC port, the public card at
+//! `/.well-known/agent-card.json`; each hosted agent the same under `/agents/<name>/` (gRPC:
+//! `tenant` = the agent's name). It must not read another service's tables.
+
+pub mod agents;
+pub mod cards;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod host;
+pub mod push;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use liquid_runtime::{Foundation, NoSettings, Service, ServiceDefaults, ServiceParts, StartError};
+use axum::routing::get;
+use liquid_a2a::pb;
+use liquid_a2a::{A2aEndpoint, ErrorTable};
+use liquid_runtime::{Foundation, Service, ServiceDefaults, ServiceParts, StartError};
 use liquid_store::Migrations;
+use tokio_util::task::TaskTracker;
+
+use crate::agents::AgentExecutor;
+use crate::cards::{CardServer, CardTemplate};
+use crate::config::{A2aSettings, Profile};
+use crate::engine::{EngineConfig, TaskEngine};
+use crate::host::AgentHost;
+use crate::push::{PushDelivery, PushPolicy};
 
 /// Name, version and usual ports of the a2a service.
 pub static SERVICE: ServiceDefaults = ServiceDefaults {
@@ -24,8 +52,173 @@ pub static MIGRATIONS: Migrations = Migrations {
 /// The a2a service, as the runtime starts it.
 pub struct A2a;
 
+/// One agent to host.
+struct AgentSpec {
+    name: &'static str,
+    description: &'static str,
+    executor: Arc<dyn AgentExecutor>,
+    capabilities: pb::AgentCapabilities,
+}
+
+fn capabilities(on: bool, required_extension: Option<&str>) -> pb::AgentCapabilities {
+    pb::AgentCapabilities {
+        streaming: Some(on),
+        push_notifications: Some(on),
+        extended_agent_card: Some(on),
+        extensions: required_extension
+            .map(|uri| pb::AgentExtension {
+                uri: uri.to_owned(),
+                description: "required by the conformance profile".into(),
+                required: true,
+                params: None,
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn base_card(name: &str, description: &str, caps: pb::AgentCapabilities) -> pb::AgentCard {
+    pb::AgentCard {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        provider: Some(pb::AgentProvider {
+            url: "https://example.invalid/liquid".into(),
+            organization: "Liquid".into(),
+        }),
+        supported_interfaces: Vec::new(),
+        version: SERVICE.version.to_owned(),
+        documentation_url: None,
+        capabilities: Some(caps),
+        security_schemes: HashMap::from([(
+            "bearer".to_owned(),
+            pb::SecurityScheme {
+                scheme: Some(pb::security_scheme::Scheme::HttpAuthSecurityScheme(
+                    pb::HttpAuthSecurityScheme {
+                        description: "a Liquid token (JWT)".into(),
+                        scheme: "Bearer".into(),
+                        bearer_format: "JWT".into(),
+                    },
+                )),
+            },
+        )]),
+        security_requirements: vec![pb::SecurityRequirement {
+            schemes: HashMap::from([("bearer".to_owned(), pb::StringList { list: vec![] })]),
+        }],
+        default_input_modes: vec![
+            "text/plain".into(),
+            "application/json".into(),
+            "application/octet-stream".into(),
+            "*/*".into(),
+        ],
+        default_output_modes: vec!["text/plain".into(), "application/json".into()],
+        skills: vec![pb::AgentSkill {
+            id: name.to_owned(),
+            name: name.to_owned(),
+            description: description.to_owned(),
+            tags: vec!["liquid".into()],
+            ..Default::default()
+        }],
+        signatures: Vec::new(),
+        icon_url: None,
+    }
+}
+
+fn agent_specs(profile: Profile) -> (AgentSpec, Vec<AgentSpec>) {
+    use agents::echo::EchoAgent;
+    use agents::tck::{REQUIRED_EXTENSION, TckAgent};
+    let tck = |caps| AgentSpec {
+        name: "tck",
+        description: "the A2A conformance kit's test agent",
+        executor: Arc::new(TckAgent),
+        capabilities: caps,
+    };
+    let echo = AgentSpec {
+        name: "echo",
+        description: "echoes the text it is sent",
+        executor: Arc::new(EchoAgent),
+        capabilities: capabilities(true, None),
+    };
+    match profile {
+        Profile::Platform => (
+            AgentSpec {
+                name: "liquid",
+                description: "the Liquid platform's agent",
+                executor: Arc::new(EchoAgent),
+                capabilities: capabilities(true, None),
+            },
+            vec![echo, tck(capabilities(true, None))],
+        ),
+        Profile::Tck => (tck(capabilities(true, None)), vec![echo]),
+        Profile::TckCapabilitiesOff => (tck(capabilities(false, None)), vec![echo]),
+        Profile::TckRequiredExtension => (
+            tck(capabilities(true, Some(REQUIRED_EXTENSION))),
+            vec![echo],
+        ),
+    }
+}
+
+struct Mounted {
+    endpoint: A2aEndpoint,
+    cards: CardServer,
+}
+
+fn mount(
+    spec: AgentSpec,
+    prefix: &str,
+    grpc_tenant: &str,
+    engine: &TaskEngine,
+    settings: &A2aSettings,
+    grpc_port: u16,
+) -> Mounted {
+    let card = base_card(spec.name, spec.description, spec.capabilities);
+    let extended = {
+        let mut c = card.clone();
+        c.description = format!(
+            "{} (extended card for authenticated callers)",
+            spec.description
+        );
+        c.skills.push(pb::AgentSkill {
+            id: format!("{}-extended", spec.name),
+            name: "extended".into(),
+            description: "visible to authenticated callers only".into(),
+            tags: vec!["extended".into()],
+            ..Default::default()
+        });
+        c
+    };
+    let host = AgentHost::new(
+        spec.name,
+        spec.executor,
+        engine.clone(),
+        Some(extended),
+        PushPolicy::from_config(&settings.push),
+    );
+    let endpoint = A2aEndpoint::new(Arc::new(host), card.clone(), settings.a2a.error_table);
+    let cards = CardServer::new(
+        CardTemplate {
+            card,
+            prefix: prefix.to_owned(),
+            grpc_tenant: grpc_tenant.to_owned(),
+        },
+        &settings.a2a.public_url,
+        &settings.a2a.public_grpc_url,
+        grpc_port,
+        settings.a2a.card_max_age_secs,
+    );
+    Mounted { endpoint, cards }
+}
+
+fn protocol_routes(endpoint: &A2aEndpoint) -> Router {
+    let rpc = liquid_a2a::jsonrpc::method_router(endpoint.clone());
+    Router::new()
+        .route("/a2a", rpc.clone())
+        .route("/a2a/", rpc.clone())
+        .route("/a2a/stream", rpc)
+        .nest("/a2a/rest", liquid_a2a::rest::router(endpoint.clone()))
+}
+
 impl Service for A2a {
-    type Settings = NoSettings;
+    type Settings = A2aSettings;
 
     fn defaults() -> &'static ServiceDefaults {
         &SERVICE
@@ -36,17 +229,74 @@ impl Service for A2a {
     }
 
     async fn build(
-        _foundation: &Foundation,
-        _settings: &NoSettings,
+        foundation: &Foundation,
+        settings: &A2aSettings,
     ) -> Result<ServiceParts, StartError> {
+        let store = store::open(&foundation.database);
+        let tracker = TaskTracker::new();
+        let engine = TaskEngine::new(
+            store.clone(),
+            foundation.bus.clone(),
+            EngineConfig {
+                task_ttl: Duration::from_secs(settings.a2a.task_ttl_secs),
+                push_configs_per_task: settings.a2a.push_configs_per_task,
+                ..EngineConfig::default()
+            },
+            tracker.clone(),
+            foundation.shutdown.clone(),
+        );
+        engine.start_background().await?;
+        engine.observe(PushDelivery::start(
+            store,
+            settings.push.clone(),
+            &tracker,
+            foundation.shutdown.clone(),
+        ));
+        let shutdown = foundation.shutdown.clone();
+        foundation.spawn("a2a-engine", async move {
+            shutdown.cancelled().await;
+            tracker.close();
+            tracker.wait().await;
+        });
+
+        let grpc_port = SERVICE.grpc_port.unwrap_or(9081);
+        let (root_spec, agent_specs) = agent_specs(settings.a2a.profile);
+        let root = mount(root_spec, "", "", &engine, settings, grpc_port);
+        let mut http = protocol_routes(&root.endpoint);
+        let mut public_http = Router::new().route(
+            liquid_a2a::card::WELL_KNOWN_PATH,
+            get(cards::serve_card).with_state(root.cards.clone()),
+        );
+        let mut by_tenant = HashMap::new();
+        for spec in agent_specs {
+            let name = spec.name;
+            let prefix = format!("/agents/{name}");
+            let agent = mount(spec, &prefix, name, &engine, settings, grpc_port);
+            http = http.nest(&prefix, protocol_routes(&agent.endpoint));
+            public_http = public_http.route(
+                &format!("{prefix}{}", liquid_a2a::card::WELL_KNOWN_PATH),
+                get(cards::serve_card).with_state(agent.cards.clone()),
+            );
+            by_tenant.insert(name.to_owned(), agent.endpoint);
+        }
+        let grpc = liquid_a2a::grpc::GrpcBinding::new(liquid_a2a::grpc::TenantRouter::new(
+            root.endpoint,
+            by_tenant,
+        ))
+        .into_server();
+        let grpc = tonic::service::interceptor::InterceptedService::new(
+            grpc,
+            liquid_auth::AuthInterceptor::new(foundation.verifier.clone()),
+        );
+        let grpc = tonic::service::Routes::new(grpc);
         Ok(ServiceParts {
-            http: routes(_foundation),
-            ..ServiceParts::default()
+            http,
+            public_http,
+            grpc: Some(grpc),
+            readiness: Vec::new(),
         })
     }
 }
 
-/// The service's own HTTP routes (behind the auth layer).
-pub fn routes(_foundation: &Foundation) -> Router {
-    Router::new()
-}
+/// The error table in use when nothing is configured.
+pub const DEFAULT_ERROR_TABLE: ErrorTable = ErrorTable::V1_0_1;

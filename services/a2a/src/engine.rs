@@ -1,0 +1,759 @@
+//! The task engine: runs executors, keeps every task's state and event log in the store, and
+//! serves streams that never miss or reorder events.
+//!
+//! Writes: one driver per running execution applies the executor's events to the task snapshot
+//! and appends them to the log with the next sequence number (optimistic concurrency on the
+//! sequence, so a cancel from another replica wins cleanly), then publishes the event on the
+//! bus subject `a2a.task.<id>`.
+//!
+//! Reads: a subscriber first subscribes to that subject, then reads the snapshot (Task and its
+//! sequence number), sends the Task, back-fills from the log whatever came after it, and then
+//! forwards live events in sequence order, back-filling from the log on any gap and on a
+//! periodic poll. Because the log is written before the event is published, this holds across
+//! replicas and even when the bus drops a message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use liquid_a2a::pb::{self, stream_response::Payload};
+use liquid_a2a::timestamp::Timestamp;
+use liquid_a2a::{A2aError, EventStream};
+use liquid_bus::{EventBus, Headers};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+use crate::agents::{AgentExecutor, Execution};
+use crate::domain::cursor::Cursor;
+use crate::domain::state::{is_cancelable, is_final, is_terminal};
+use crate::domain::{AgentEvent, apply_event, trim_history};
+use crate::store::{Appended, Created, StoredTask, TaskQuery, TaskStore};
+
+/// Tuning of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long a task is kept after it reached a terminal state.
+    pub task_ttl: Duration,
+    /// Most push notification configs per task.
+    pub push_configs_per_task: u32,
+    /// How often an idle subscriber re-reads the log (covers lost bus messages).
+    pub poll_interval: Duration,
+    /// ListTasks page size when the request has none.
+    pub default_page_size: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            task_ttl: Duration::from_secs(7 * 24 * 3600),
+            push_configs_per_task: 10,
+            poll_interval: Duration::from_secs(1),
+            default_page_size: 50,
+        }
+    }
+}
+
+/// Receives every event the engine writes (push notification delivery, metrics).
+pub trait EventObserver: Send + Sync + 'static {
+    /// Called after `event` was stored as `seq` for `task`.
+    fn observe(&self, tenant: &str, task: &pb::Task, seq: i64, event: &pb::StreamResponse);
+}
+
+#[derive(Serialize, Deserialize)]
+struct Notification {
+    seq: i64,
+    event: pb::StreamResponse,
+}
+
+fn task_subject(id: &str) -> String {
+    format!("a2a.task.{id}")
+}
+
+const CANCEL_SUBJECT_PREFIX: &str = "a2a.cancel.";
+
+fn internal(e: impl std::fmt::Display) -> A2aError {
+    A2aError::internal(e)
+}
+
+/// How SendMessage started.
+#[derive(Debug)]
+pub enum Started {
+    /// The agent answered with a message and no task.
+    Message(pb::Message),
+    /// A task was created or continued; `task` is its snapshot at `seq`.
+    Task {
+        /// The snapshot.
+        task: pb::Task,
+        /// Its sequence number.
+        seq: i64,
+    },
+}
+
+struct Inner {
+    store: Arc<dyn TaskStore>,
+    bus: Arc<dyn EventBus>,
+    config: EngineConfig,
+    running: Mutex<HashMap<String, CancellationToken>>,
+    observers: Mutex<Vec<Arc<dyn EventObserver>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// The task engine of one replica. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskEngine {
+    inner: Arc<Inner>,
+}
+
+impl TaskEngine {
+    /// An engine over `store` and `bus`; background work is tracked by `tracker` and stops on
+    /// `shutdown`.
+    pub fn new(
+        store: Arc<dyn TaskStore>,
+        bus: Arc<dyn EventBus>,
+        config: EngineConfig,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> TaskEngine {
+        TaskEngine {
+            inner: Arc::new(Inner {
+                store,
+                bus,
+                config,
+                running: Mutex::new(HashMap::new()),
+                observers: Mutex::new(Vec::new()),
+                tracker,
+                shutdown,
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn TaskStore> {
+        &self.inner.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Adds an observer of stored events.
+    pub fn observe(&self, observer: Arc<dyn EventObserver>) {
+        if let Ok(mut o) = self.inner.observers.lock() {
+            o.push(observer);
+        }
+    }
+
+    /// Starts the background work: cross-replica cancel signals and TTL eviction.
+    pub async fn start_background(&self) -> Result<(), liquid_bus::BusError> {
+        let mut cancels = self
+            .inner
+            .bus
+            .subscribe(&format!("{CANCEL_SUBJECT_PREFIX}>"))
+            .await?;
+        let engine = self.clone();
+        let shutdown = self.inner.shutdown.clone();
+        self.inner.tracker.spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        message = cancels.next() => match message {
+                            Some(m) => {
+                                let id = m.subject.trim_start_matches(CANCEL_SUBJECT_PREFIX);
+                                engine.cancel_local(id);
+                            }
+                            None => return,
+                        },
+                    }
+                }
+            }
+            .instrument(info_span!("a2a_cancel_listener")),
+        );
+        let engine = self.clone();
+        let shutdown = self.inner.shutdown.clone();
+        let every = (self.inner.config.task_ttl / 10)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        self.inner.tracker.spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(every) => {
+                            if let Err(error) = engine.inner.store.evict_expired(Utc::now()).await {
+                                warn!(%error, "task eviction failed");
+                            }
+                        }
+                    }
+                }
+            }
+            .instrument(info_span!("a2a_task_eviction")),
+        );
+        Ok(())
+    }
+
+    fn cancel_local(&self, task_id: &str) {
+        if let Ok(running) = self.inner.running.lock()
+            && let Some(token) = running.get(task_id)
+        {
+            token.cancel();
+        }
+    }
+
+    /// Loads a task of `tenant` hosted by `agent`.
+    pub async fn load(&self, tenant: &str, agent: &str, id: &str) -> Result<StoredTask, A2aError> {
+        match self.inner.store.load(tenant, id).await.map_err(internal)? {
+            Some(t) if t.agent == agent => Ok(t),
+            _ => Err(A2aError::TaskNotFound {
+                task_id: id.to_owned(),
+            }),
+        }
+    }
+
+    /// Starts work on a message: continues the task it names or creates one, runs the executor
+    /// and returns once the executor's first event decided between a task and a direct message.
+    /// A message id seen before for this tenant and agent returns that task and runs nothing.
+    pub async fn start(
+        &self,
+        tenant: &str,
+        agent: &str,
+        executor: Arc<dyn AgentExecutor>,
+        mut message: pb::Message,
+    ) -> Result<Started, A2aError> {
+        let store = &self.inner.store;
+        if !message.task_id.is_empty() {
+            let stored = self.load(tenant, agent, &message.task_id).await?;
+            let mut task = stored.task;
+            if !message.context_id.is_empty() && message.context_id != task.context_id {
+                return Err(A2aError::invalid_params(
+                    "message.contextId does not match the task's context",
+                ));
+            }
+            if let Created::Existing(_) = store
+                .record_message(tenant, agent, &message.message_id, &task.id)
+                .await
+                .map_err(internal)?
+            {
+                return Ok(Started::Task {
+                    task,
+                    seq: stored.seq,
+                });
+            }
+            if is_terminal(task.status.as_ref().map(|s| s.state).unwrap_or_default()) {
+                return Err(A2aError::unsupported(
+                    "the task is in a terminal state and takes no more messages",
+                ));
+            }
+            message.context_id = task.context_id.clone();
+            let previous = task.clone();
+            task.history.push(message.clone());
+            // The task resumes: WORKING is logged before the executor runs, so a blocking
+            // caller waits for what this message leads to, not for the state it answered.
+            let resumed = apply_event(
+                &mut task,
+                AgentEvent::Status {
+                    state: pb::TaskState::Working,
+                    message: None,
+                },
+                Timestamp::now(),
+            );
+            let seq = match store
+                .append(tenant, &task.id, stored.seq, &task, Some(&resumed), None)
+                .await
+                .map_err(internal)?
+            {
+                Appended::At(seq) => seq,
+                Appended::Conflict => {
+                    return Err(A2aError::internal(
+                        "the task changed while it was continued",
+                    ));
+                }
+            };
+            self.publish(&task.id, seq, &resumed).await;
+            self.notify_observers(tenant, &task, seq, &resumed);
+            let execution = Execution {
+                tenant: tenant.to_owned(),
+                task_id: task.id.clone(),
+                context_id: task.context_id.clone(),
+                message,
+                previous: Some(previous),
+            };
+            let (tx, rx) = mpsc::channel(64);
+            let cancel = self.spawn_executor(executor, execution, tx);
+            self.spawn_driver(tenant, task.clone(), seq, None, rx, cancel);
+            return Ok(Started::Task { task, seq });
+        }
+
+        if let Some(id) = store
+            .task_for_message(tenant, agent, &message.message_id)
+            .await
+            .map_err(internal)?
+        {
+            let stored = self.load(tenant, agent, &id).await?;
+            return Ok(Started::Task {
+                task: stored.task,
+                seq: stored.seq,
+            });
+        }
+        let task_id = uuid::Uuid::now_v7().to_string();
+        if message.context_id.is_empty() {
+            message.context_id = uuid::Uuid::now_v7().to_string();
+        }
+        message.task_id = task_id.clone();
+        let task = pb::Task {
+            id: task_id.clone(),
+            context_id: message.context_id.clone(),
+            status: Some(pb::TaskStatus {
+                state: pb::TaskState::Submitted as i32,
+                message: None,
+                timestamp: Some(Timestamp::now()),
+            }),
+            artifacts: Vec::new(),
+            history: vec![message.clone()],
+            metadata: None,
+        };
+        let execution = Execution {
+            tenant: tenant.to_owned(),
+            task_id: task_id.clone(),
+            context_id: task.context_id.clone(),
+            message: message.clone(),
+            previous: None,
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let cancel = self.spawn_executor(executor, execution, tx);
+        let first = rx.recv().await;
+        if let Some(AgentEvent::Message(mut reply)) = first {
+            // A direct reply: no task is kept (its id is not the client's business).
+            cancel.cancel();
+            reply.task_id.clear();
+            reply.context_id = task.context_id.clone();
+            return Ok(Started::Message(reply));
+        }
+        let snapshot = pb::StreamResponse {
+            payload: Some(Payload::Task(task.clone())),
+        };
+        match store
+            .create(tenant, agent, &message.message_id, &task, &snapshot)
+            .await
+            .map_err(internal)?
+        {
+            Created::New => {}
+            Created::Existing(id) => {
+                cancel.cancel();
+                let stored = self.load(tenant, agent, &id).await?;
+                return Ok(Started::Task {
+                    task: stored.task,
+                    seq: stored.seq,
+                });
+            }
+        }
+        self.publish(&task.id, 1, &snapshot).await;
+        self.notify_observers(tenant, &task, 1, &snapshot);
+        let first = first.or(Some(AgentEvent::Status {
+            state: pb::TaskState::Failed,
+            message: Some(crate::agents::agent_text("the agent produced no result")),
+        }));
+        self.spawn_driver(tenant, task.clone(), 1, first, rx, cancel);
+        Ok(Started::Task { task, seq: 1 })
+    }
+
+    fn spawn_executor(
+        &self,
+        executor: Arc<dyn AgentExecutor>,
+        execution: Execution,
+        tx: mpsc::Sender<AgentEvent>,
+    ) -> CancellationToken {
+        let cancel = self.inner.shutdown.child_token();
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.insert(execution.task_id.clone(), cancel.clone());
+        }
+        let token = cancel.clone();
+        let span = info_span!("a2a_executor", task_id = %execution.task_id);
+        self.inner
+            .tracker
+            .spawn(async move { executor.execute(execution, tx, token).await }.instrument(span));
+        cancel
+    }
+
+    fn spawn_driver(
+        &self,
+        tenant: &str,
+        task: pb::Task,
+        seq: i64,
+        first: Option<AgentEvent>,
+        mut rx: mpsc::Receiver<AgentEvent>,
+        cancel: CancellationToken,
+    ) {
+        let engine = self.clone();
+        let tenant = tenant.to_owned();
+        let span = info_span!("a2a_task_driver", task_id = %task.id);
+        self.inner.tracker.spawn(
+            async move {
+                let id = task.id.clone();
+                let mut task = task;
+                let mut seq = seq;
+                let mut next = first;
+                loop {
+                    let event = match next.take() {
+                        Some(e) => e,
+                        None => tokio::select! {
+                            e = rx.recv() => match e { Some(e) => e, None => break },
+                            () = cancel.cancelled() => break,
+                        },
+                    };
+                    match engine.write(&tenant, &mut task, &mut seq, event).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(error) => {
+                            warn!(%error, "task event could not be stored");
+                            break;
+                        }
+                    }
+                    if is_terminal(task.status.as_ref().map(|s| s.state).unwrap_or_default()) {
+                        break;
+                    }
+                }
+                cancel.cancel();
+                if let Ok(mut running) = engine.inner.running.lock() {
+                    running.remove(&id);
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Applies and stores one event, retrying on a concurrent write. `Ok(false)` when the task
+    /// reached a terminal state elsewhere (canceled) or vanished, so the execution must stop.
+    async fn write(
+        &self,
+        tenant: &str,
+        task: &mut pb::Task,
+        seq: &mut i64,
+        event: AgentEvent,
+    ) -> Result<bool, A2aError> {
+        loop {
+            let mut next = task.clone();
+            let stream_event = apply_event(&mut next, event.clone(), Timestamp::now());
+            let state = next.status.as_ref().map(|s| s.state).unwrap_or_default();
+            let expires = is_terminal(state).then(|| Utc::now() + self.ttl());
+            match self
+                .inner
+                .store
+                .append(tenant, &next.id, *seq, &next, Some(&stream_event), expires)
+                .await
+                .map_err(internal)?
+            {
+                Appended::At(n) => {
+                    *seq = n;
+                    *task = next;
+                    self.publish(&task.id, n, &stream_event).await;
+                    self.notify_observers(tenant, task, n, &stream_event);
+                    return Ok(true);
+                }
+                Appended::Conflict => match self
+                    .inner
+                    .store
+                    .load(tenant, &task.id)
+                    .await
+                    .map_err(internal)?
+                {
+                    Some(current)
+                        if !is_terminal(
+                            current
+                                .task
+                                .status
+                                .as_ref()
+                                .map(|s| s.state)
+                                .unwrap_or_default(),
+                        ) =>
+                    {
+                        *task = current.task;
+                        *seq = current.seq;
+                    }
+                    _ => return Ok(false),
+                },
+            }
+        }
+    }
+
+    fn ttl(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.inner.config.task_ttl).unwrap_or(chrono::Duration::days(7))
+    }
+
+    async fn publish(&self, task_id: &str, seq: i64, event: &pb::StreamResponse) {
+        let body = match serde_json::to_vec(&Notification {
+            seq,
+            event: event.clone(),
+        }) {
+            Ok(b) => b,
+            Err(error) => {
+                warn!(%error, "task event could not be encoded");
+                return;
+            }
+        };
+        if let Err(error) = self
+            .inner
+            .bus
+            .publish(&task_subject(task_id), Headers::new(), body.into())
+            .await
+        {
+            // Subscribers back-fill from the log; a lost notification only delays them.
+            warn!(%error, task_id, "task event notification failed");
+        }
+    }
+
+    fn notify_observers(
+        &self,
+        tenant: &str,
+        task: &pb::Task,
+        seq: i64,
+        event: &pb::StreamResponse,
+    ) {
+        let observers = self
+            .inner
+            .observers
+            .lock()
+            .map(|o| o.clone())
+            .unwrap_or_default();
+        for o in observers {
+            o.observe(tenant, task, seq, event);
+        }
+    }
+
+    /// The events of a task after `snapshot` (which is sent first), in order, until a terminal
+    /// state (or, with `stop_at_interrupted`, an interrupted one). The bus subscription is made
+    /// before the log is read, so no event can fall between the two.
+    pub async fn follow(
+        &self,
+        tenant: &str,
+        agent: &str,
+        id: &str,
+        stop_at_interrupted: bool,
+    ) -> Result<EventStream, A2aError> {
+        let subscription = self
+            .inner
+            .bus
+            .subscribe(&task_subject(id))
+            .await
+            .map_err(internal)?;
+        let stored = self.load(tenant, agent, id).await?;
+        let ends = move |state: i32| is_terminal(state) || (stop_at_interrupted && is_final(state));
+        let state = stored
+            .task
+            .status
+            .as_ref()
+            .map(|s| s.state)
+            .unwrap_or_default();
+        let (tx, rx) = mpsc::channel::<Result<pb::StreamResponse, A2aError>>(64);
+        let first = pb::StreamResponse {
+            payload: Some(Payload::Task(stored.task)),
+        };
+        let store = self.inner.store.clone();
+        let poll = self.inner.config.poll_interval;
+        let tenant = tenant.to_owned();
+        let id = id.to_owned();
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(
+            async move {
+                if tx.send(Ok(first)).await.is_err() || ends(state) {
+                    return;
+                }
+                let mut subscription = subscription;
+                let mut last = stored.seq;
+                let mut backfill = true;
+                loop {
+                    // Back-fill whatever the log has beyond `last` (at the start, after a gap
+                    // and when the bus was quiet for a poll interval).
+                    if backfill {
+                        backfill = false;
+                        match store.events_after(&tenant, &id, last).await {
+                            Ok(events) => {
+                                for (seq, event) in events {
+                                    last = seq;
+                                    let done =
+                                        liquid_a2a::client::event_state(&event).is_some_and(ends);
+                                    if tx.send(Ok(event)).await.is_err() || done {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(error) => {
+                                let _ = tx.send(Err(internal(error))).await;
+                                return;
+                            }
+                        }
+                    }
+                    // Then wait for the next live event (or the poll interval).
+                    let live = tokio::select! {
+                        m = subscription.next() => m,
+                        () = tokio::time::sleep(poll) => {
+                            backfill = true;
+                            continue;
+                        }
+                        () = tx.closed() => return,
+                        () = shutdown.cancelled() => return,
+                    };
+                    let Some(message) = live else { return };
+                    let Ok(n) = serde_json::from_slice::<Notification>(&message.payload) else {
+                        continue;
+                    };
+                    if n.seq == last + 1 {
+                        last = n.seq;
+                        let done = liquid_a2a::client::event_state(&n.event).is_some_and(ends);
+                        if tx.send(Ok(n.event)).await.is_err() || done {
+                            return;
+                        }
+                    } else if n.seq > last + 1 {
+                        // A gap: the log has what the bus lost.
+                        backfill = true;
+                    }
+                    // Older sequence numbers are duplicates and are skipped.
+                }
+            }
+            .instrument(info_span!("a2a_subscriber")),
+        );
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// Waits until the task reaches a final (terminal or interrupted) state and returns it.
+    pub async fn wait_final(
+        &self,
+        tenant: &str,
+        agent: &str,
+        id: &str,
+    ) -> Result<pb::Task, A2aError> {
+        let mut events = self.follow(tenant, agent, id, true).await?;
+        while let Some(event) = events.next().await {
+            event?;
+        }
+        Ok(self.load(tenant, agent, id).await?.task)
+    }
+
+    /// Cancels a task: records CANCELED (unless it is terminal already) and stops its executor
+    /// on whichever replica runs it.
+    pub async fn cancel(&self, tenant: &str, agent: &str, id: &str) -> Result<pb::Task, A2aError> {
+        loop {
+            let stored = self.load(tenant, agent, id).await?;
+            let state = stored
+                .task
+                .status
+                .as_ref()
+                .map(|s| s.state)
+                .unwrap_or_default();
+            if !is_cancelable(state) {
+                return Err(A2aError::TaskNotCancelable {
+                    task_id: id.to_owned(),
+                });
+            }
+            let mut task = stored.task;
+            let event = apply_event(
+                &mut task,
+                AgentEvent::Status {
+                    state: pb::TaskState::Canceled,
+                    message: None,
+                },
+                Timestamp::now(),
+            );
+            match self
+                .inner
+                .store
+                .append(
+                    tenant,
+                    id,
+                    stored.seq,
+                    &task,
+                    Some(&event),
+                    Some(Utc::now() + self.ttl()),
+                )
+                .await
+                .map_err(internal)?
+            {
+                Appended::At(seq) => {
+                    self.publish(id, seq, &event).await;
+                    self.notify_observers(tenant, &task, seq, &event);
+                    self.cancel_local(id);
+                    if let Err(error) = self
+                        .inner
+                        .bus
+                        .publish(
+                            &format!("{CANCEL_SUBJECT_PREFIX}{id}"),
+                            Headers::new(),
+                            Default::default(),
+                        )
+                        .await
+                    {
+                        warn!(%error, task_id = id, "cancel signal failed");
+                    }
+                    return Ok(task);
+                }
+                Appended::Conflict => continue,
+            }
+        }
+    }
+
+    /// ListTasks for one agent.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        agent: &str,
+        request: &pb::ListTasksRequest,
+    ) -> Result<pb::ListTasksResponse, A2aError> {
+        let page_size = request
+            .page_size
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(self.inner.config.default_page_size);
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                Cursor::decode(&request.page_token)
+                    .ok_or_else(|| A2aError::invalid_params("pageToken is not valid"))?,
+            )
+        };
+        let query = TaskQuery {
+            agent: agent.to_owned(),
+            context_id: request.context_id.clone(),
+            state: request.status,
+            status_after: request.status_timestamp_after.and_then(|t| t.to_datetime()),
+            after,
+            limit: page_size + 1,
+        };
+        let page = self
+            .inner
+            .store
+            .list(tenant, &query)
+            .await
+            .map_err(internal)?;
+        let more = page.tasks.len() > page_size as usize;
+        let mut tasks = page.tasks;
+        tasks.truncate(page_size as usize);
+        let next_page_token = if more {
+            tasks.last().map(|(_, c)| c.encode()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let include_artifacts = request.include_artifacts.unwrap_or(false);
+        let tasks = tasks
+            .into_iter()
+            .map(|(mut t, _)| {
+                trim_history(&mut t, request.history_length);
+                if !include_artifacts {
+                    t.artifacts.clear();
+                }
+                t
+            })
+            .collect();
+        Ok(pb::ListTasksResponse {
+            tasks,
+            next_page_token,
+            page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
+            total_size: i32::try_from(page.total).unwrap_or(i32::MAX),
+        })
+    }
+}

@@ -1,0 +1,335 @@
+//! Push notifications (spec §4.3, §13.2): after every stored task event, each push config of
+//! the task gets the `StreamResponse` as an HTTP POST (`application/a2a+json`) with its
+//! Authorization scheme and credentials and its token in `X-A2A-Notification-Token`, with a
+//! timeout and retries with exponential back-off. Deliveries for one task go out in event
+//! order.
+//!
+//! SSRF policy: webhook URLs must be http(s) and every address their host resolves to must be
+//! public; loopback is allowed only with `allow_loopback` (a test mode), private ranges only
+//! with `allow_private`. The request connects to the address that was checked, so a DNS answer
+//! cannot change between the check and the connection.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use liquid_a2a::A2aError;
+use liquid_a2a::pb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+use crate::engine::EventObserver;
+use crate::store::TaskStore;
+
+/// Header carrying a push config's `token`.
+pub const TOKEN_HEADER: &str = "x-a2a-notification-token";
+
+/// Push delivery settings (`push` configuration section).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Allow webhooks on loopback addresses (tests only).
+    pub allow_loopback: bool,
+    /// Allow webhooks on private, link-local and unique-local addresses.
+    pub allow_private: bool,
+    /// Seconds one POST may take.
+    pub timeout_secs: u64,
+    /// Attempts per event and webhook.
+    pub max_attempts: u32,
+    /// First back-off in milliseconds (doubles per attempt).
+    pub backoff_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            allow_loopback: false,
+            allow_private: false,
+            timeout_secs: 10,
+            max_attempts: 3,
+            backoff_ms: 500,
+        }
+    }
+}
+
+/// The URL policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushPolicy {
+    /// See [`PushConfig::allow_loopback`].
+    pub allow_loopback: bool,
+    /// See [`PushConfig::allow_private`].
+    pub allow_private: bool,
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_link_local()
+                || o[0] == 100 && (64..128).contains(&o[1])
+                || o[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+impl PushPolicy {
+    /// The policy of `config`.
+    pub fn from_config(config: &PushConfig) -> PushPolicy {
+        PushPolicy {
+            allow_loopback: config.allow_loopback,
+            allow_private: config.allow_private,
+        }
+    }
+
+    /// Whether a resolved address may be called.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        if ip.is_loopback() {
+            return self.allow_loopback;
+        }
+        if ip.is_unspecified() || ip.is_multicast() {
+            return false;
+        }
+        if let IpAddr::V4(v4) = ip
+            && v4.is_broadcast()
+        {
+            return false;
+        }
+        !is_private(ip) || self.allow_private
+    }
+
+    /// Checks a webhook URL without resolving it (scheme, and the host when it is a literal
+    /// address or `localhost`); names are checked again after resolution at delivery.
+    pub fn check_url(&self, url: &str) -> Result<reqwest::Url, A2aError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| A2aError::invalid_params(format!("push url: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(A2aError::invalid_params("push url must be http or https"));
+        }
+        let refused = || A2aError::invalid_params("push url points to a refused address");
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| A2aError::invalid_params("push url needs a host"))?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            if !self.allows(ip) {
+                return Err(refused());
+            }
+        } else if (bare.eq_ignore_ascii_case("localhost") || bare.ends_with(".localhost"))
+            && !self.allow_loopback
+        {
+            return Err(refused());
+        }
+        Ok(parsed)
+    }
+
+    /// Resolves the URL's host and returns the first allowed address, or why none is.
+    pub async fn resolve(&self, url: &reqwest::Url) -> Result<SocketAddr, String> {
+        let host = url.host_str().ok_or("no host")?;
+        let port = url.port_or_known_default().ok_or("no port")?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| e.to_string())?
+            .collect();
+        if addrs.is_empty() {
+            return Err("host did not resolve".into());
+        }
+        // Every address must pass, or a second lookup could pick a refused one.
+        if let Some(bad) = addrs.iter().find(|a| !self.allows(a.ip())) {
+            return Err(format!("refused address {}", bad.ip()));
+        }
+        addrs
+            .first()
+            .copied()
+            .ok_or_else(|| "host did not resolve".into())
+    }
+}
+
+struct Delivery {
+    tenant: String,
+    task_id: String,
+    event: pb::StreamResponse,
+}
+
+/// Delivers push notifications; plug into the engine as an [`EventObserver`].
+pub struct PushDelivery {
+    queue: mpsc::UnboundedSender<Delivery>,
+}
+
+impl EventObserver for PushDelivery {
+    fn observe(&self, tenant: &str, task: &pb::Task, _seq: i64, event: &pb::StreamResponse) {
+        let _ = self.queue.send(Delivery {
+            tenant: tenant.to_owned(),
+            task_id: task.id.clone(),
+            event: event.clone(),
+        });
+    }
+}
+
+/// Counters of push deliveries (exported as metrics by the service).
+pub const METRIC_DELIVERIES: &str = "liquid_a2a_push_deliveries_total";
+
+impl PushDelivery {
+    /// Starts the delivery worker.
+    pub fn start(
+        store: Arc<dyn TaskStore>,
+        config: PushConfig,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<PushDelivery> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+        let policy = PushPolicy::from_config(&config);
+        tracker.spawn(
+            async move {
+                loop {
+                    let delivery = tokio::select! {
+                        d = rx.recv() => match d { Some(d) => d, None => return },
+                        () = shutdown.cancelled() => return,
+                    };
+                    let configs = match store
+                        .list_push_configs(&delivery.tenant, &delivery.task_id)
+                        .await
+                    {
+                        Ok(c) => c,
+                        Err(error) => {
+                            warn!(%error, "push configs could not be read");
+                            continue;
+                        }
+                    };
+                    for target in configs {
+                        deliver(&policy, &config, &target, &delivery.event).await;
+                    }
+                }
+            }
+            .instrument(info_span!("a2a_push_delivery")),
+        );
+        Arc::new(PushDelivery { queue: tx })
+    }
+}
+
+async fn deliver(
+    policy: &PushPolicy,
+    config: &PushConfig,
+    target: &pb::TaskPushNotificationConfig,
+    event: &pb::StreamResponse,
+) {
+    let outcome = attempt_all(policy, config, target, event).await;
+    let result = if outcome.is_ok() {
+        "delivered"
+    } else {
+        "failed"
+    };
+    metrics::counter!(METRIC_DELIVERIES, "result" => result).increment(1);
+    if let Err(reason) = outcome {
+        warn!(task_id = %target.task_id, config_id = %target.id, %reason, "push notification not delivered");
+    }
+}
+
+async fn attempt_all(
+    policy: &PushPolicy,
+    config: &PushConfig,
+    target: &pb::TaskPushNotificationConfig,
+    event: &pb::StreamResponse,
+) -> Result<(), String> {
+    let url = policy.check_url(&target.url).map_err(|e| e.to_string())?;
+    let addr = policy.resolve(&url).await?;
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(config.timeout_secs))
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&host, addr)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    let mut backoff = Duration::from_millis(config.backoff_ms);
+    let mut last_error = String::new();
+    for attempt in 1..=config.max_attempts.max(1) {
+        let mut request = client
+            .post(url.clone())
+            .header("content-type", liquid_a2a::params::A2A_JSON)
+            .body(body.clone());
+        if let Some(auth) = &target.authentication {
+            let value = if auth.credentials.is_empty() {
+                auth.scheme.clone()
+            } else {
+                format!("{} {}", auth.scheme, auth.credentials)
+            };
+            request = request.header("authorization", value);
+        }
+        if !target.token.is_empty() {
+            request = request.header(TOKEN_HEADER, &target.token);
+        }
+        match request.send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last_error = format!("status {}", r.status()),
+            Err(e) => last_error = e.to_string(),
+        }
+        if attempt < config.max_attempts {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+    Err(last_error)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_private_and_loopback_by_default() {
+        let p = PushPolicy::default();
+        for url in [
+            "http://127.0.0.1/hook",
+            "http://localhost:8080/hook",
+            "http://10.1.2.3/hook",
+            "http://192.168.0.1/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/hook",
+            "http://[fd00::1]/hook",
+            "http://[::ffff:127.0.0.1]/hook",
+            "http://0.0.0.0/hook",
+            "ftp://example.com/hook",
+        ] {
+            assert!(p.check_url(url).is_err(), "{url}");
+        }
+        assert!(p.check_url("https://example.com/hook").is_ok());
+        assert!(p.check_url("https://93.184.216.34/hook").is_ok());
+    }
+
+    #[test]
+    fn test_mode_allows_loopback_only() {
+        let p = PushPolicy {
+            allow_loopback: true,
+            allow_private: false,
+        };
+        assert!(p.check_url("http://127.0.0.1:9/hook").is_ok());
+        assert!(p.check_url("http://localhost:9/hook").is_ok());
+        assert!(p.check_url("http://10.0.0.1/hook").is_err());
+    }
+
+    #[tokio::test]
+    async fn resolution_is_checked() {
+        let p = PushPolicy::default();
+        let url = reqwest::Url::parse("http://localhost:1/").unwrap();
+        assert!(p.resolve(&url).await.is_err());
+        let allowed = PushPolicy {
+            allow_loopback: true,
+            allow_private: false,
+        };
+        assert!(allowed.resolve(&url).await.unwrap().ip().is_loopback());
+    }
+}

@@ -1,0 +1,202 @@
+//! The durable task store: tasks (ProtoJSON snapshots with a sequence number), their event
+//! logs, the messageId → task map that makes SendMessage idempotent, and push notification
+//! configs. One trait, a Postgres and a SQLite implementation, one test suite
+//! (`tests/store.rs`). Writers use optimistic concurrency on the sequence number, so two
+//! replicas never interleave a task's events.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use liquid_a2a::pb;
+use liquid_store::{Database, StoreError};
+
+pub use postgres::PostgresTaskStore;
+pub use sqlite::SqliteTaskStore;
+
+/// A task as stored: its snapshot, the agent hosting it and its last event's sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTask {
+    /// The snapshot (full history and artifacts).
+    pub task: pb::Task,
+    /// The hosting agent's name.
+    pub agent: String,
+    /// Sequence number of the task's last event (the creation event is 1).
+    pub seq: i64,
+}
+
+/// What ListTasks asks the store for (already validated).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskQuery {
+    /// Only this agent's tasks.
+    pub agent: String,
+    /// Only tasks of this context (empty: any).
+    pub context_id: String,
+    /// Only tasks in this state (0: any).
+    pub state: i32,
+    /// Only tasks whose status changed at or after this time.
+    pub status_after: Option<DateTime<Utc>>,
+    /// Start strictly after this position (newest first).
+    pub after: Option<crate::domain::cursor::Cursor>,
+    /// Most tasks to return.
+    pub limit: u32,
+}
+
+/// One page of tasks, newest status first, and the number of matching tasks before paging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPage {
+    /// The tasks with their sort positions.
+    pub tasks: Vec<(pb::Task, crate::domain::cursor::Cursor)>,
+    /// Matching tasks in all pages.
+    pub total: i64,
+}
+
+/// Result of [`TaskStore::create`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The task was stored.
+    New,
+    /// The message id was already used for this task: nothing was written.
+    Existing(String),
+}
+
+/// Result of [`TaskStore::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored with this sequence number.
+    At(i64),
+    /// Another writer moved the task on (or it was evicted); reload and decide again.
+    Conflict,
+}
+
+/// Persistence of tasks, events and push configs; every call is scoped to a tenant.
+#[async_trait]
+pub trait TaskStore: Send + Sync + std::fmt::Debug {
+    /// Stores a new task with its creation event (sequence 1) and records `message_id` for it,
+    /// in one transaction. When `message_id` is already recorded for `(tenant, agent)`, nothing
+    /// is written and the existing task id is returned.
+    async fn create(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+        task: &pb::Task,
+        event: &pb::StreamResponse,
+    ) -> Result<Created, StoreError>;
+
+    /// Records that `message_id` continued `task_id` (so a retry finds the task).
+    async fn record_message(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+        task_id: &str,
+    ) -> Result<Created, StoreError>;
+
+    /// The task a message id created or continued.
+    async fn task_for_message(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Loads a task.
+    async fn load(&self, tenant: &str, id: &str) -> Result<Option<StoredTask>, StoreError>;
+
+    /// Replaces the snapshot and appends `event` as `expected_seq + 1`, if the task is still at
+    /// `expected_seq`. `expires_at` is set when the task reached a terminal state.
+    async fn append(
+        &self,
+        tenant: &str,
+        id: &str,
+        expected_seq: i64,
+        task: &pb::Task,
+        event: Option<&pb::StreamResponse>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Appended, StoreError>;
+
+    /// The task's events after `seq`, in order.
+    async fn events_after(
+        &self,
+        tenant: &str,
+        id: &str,
+        seq: i64,
+    ) -> Result<Vec<(i64, pb::StreamResponse)>, StoreError>;
+
+    /// A page of tasks.
+    async fn list(&self, tenant: &str, query: &TaskQuery) -> Result<TaskPage, StoreError>;
+
+    /// Deletes tasks whose `expires_at` has passed (with their events and configs).
+    async fn evict_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Stores a push config (replacing one with the same id) unless the task already has `cap`
+    /// other configs; `false` when the cap stopped it.
+    async fn put_push_config(
+        &self,
+        tenant: &str,
+        config: &pb::TaskPushNotificationConfig,
+        cap: u32,
+    ) -> Result<bool, StoreError>;
+
+    /// One push config.
+    async fn get_push_config(
+        &self,
+        tenant: &str,
+        task_id: &str,
+        id: &str,
+    ) -> Result<Option<pb::TaskPushNotificationConfig>, StoreError>;
+
+    /// A task's push configs, oldest first.
+    async fn list_push_configs(
+        &self,
+        tenant: &str,
+        task_id: &str,
+    ) -> Result<Vec<pb::TaskPushNotificationConfig>, StoreError>;
+
+    /// Deletes a push config; `false` when there was none.
+    async fn delete_push_config(
+        &self,
+        tenant: &str,
+        task_id: &str,
+        id: &str,
+    ) -> Result<bool, StoreError>;
+}
+
+/// The store for a database.
+pub fn open(database: &Database) -> Arc<dyn TaskStore> {
+    match database {
+        Database::Postgres(pool) => Arc::new(PostgresTaskStore::new(pool.clone())),
+        Database::Sqlite(pool) => Arc::new(SqliteTaskStore::new(pool.clone())),
+    }
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        what: "a2a json",
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what: "a2a json",
+        reason: e.to_string(),
+    })
+}
+
+/// The status time a task sorts by (its status timestamp, else `fallback`).
+pub(crate) fn status_time(task: &pb::Task, fallback: DateTime<Utc>) -> DateTime<Utc> {
+    task.status
+        .as_ref()
+        .and_then(|s| s.timestamp)
+        .and_then(|t| t.to_datetime())
+        .unwrap_or(fallback)
+}
+
+pub(crate) fn state_of(task: &pb::Task) -> i32 {
+    task.status.as_ref().map(|s| s.state).unwrap_or_default()
+}

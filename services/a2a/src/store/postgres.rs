@@ -1,0 +1,388 @@
+//! The task store on PostgreSQL. JSON goes in and out as text (`$n::jsonb`, `col::text`), so
+//! both backends share the ProtoJSON encoding code.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use liquid_a2a::pb;
+use liquid_store::StoreError;
+use sqlx::{PgPool, Row};
+
+use super::{
+    Appended, Created, StoredTask, TaskPage, TaskQuery, TaskStore, from_json, state_of,
+    status_time, to_json,
+};
+use crate::domain::cursor::Cursor;
+
+/// The task store on a Postgres pool with the a2a migrations applied.
+#[derive(Debug, Clone)]
+pub struct PostgresTaskStore {
+    pool: PgPool,
+}
+
+impl PostgresTaskStore {
+    /// Wraps a pool.
+    pub fn new(pool: PgPool) -> Self {
+        PostgresTaskStore { pool }
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+#[async_trait]
+impl TaskStore for PostgresTaskStore {
+    async fn create(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+        task: &pb::Task,
+        event: &pb::StreamResponse,
+    ) -> Result<Created, StoreError> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        if let Some(existing) = sqlx::query_scalar::<_, String>(
+            "SELECT task_id FROM a2a_task_messages WHERE tenant = $1 AND agent = $2 AND message_id = $3",
+        )
+        .bind(tenant)
+        .bind(agent)
+        .bind(message_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        {
+            return Ok(Created::Existing(existing));
+        }
+        sqlx::query(
+            "INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6::jsonb, $7, $8)",
+        )
+        .bind(tenant)
+        .bind(&task.id)
+        .bind(agent)
+        .bind(&task.context_id)
+        .bind(i16::try_from(state_of(task)).unwrap_or_default())
+        .bind(to_json(task)?)
+        .bind(status_time(task, now))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES ($1, $2, 1, $3::jsonb, $4)",
+        )
+        .bind(tenant)
+        .bind(&task.id)
+        .bind(to_json(event)?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // A concurrent create with the same message id loses here and rolls back.
+        let inserted = sqlx::query(
+            "INSERT INTO a2a_task_messages (tenant, agent, message_id, task_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(agent)
+        .bind(message_id)
+        .bind(&task.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            let existing = self.task_for_message(tenant, agent, message_id).await?;
+            return Ok(existing.map(Created::Existing).unwrap_or(Created::New));
+        }
+        tx.commit().await?;
+        Ok(Created::New)
+    }
+
+    async fn record_message(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+        task_id: &str,
+    ) -> Result<Created, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO a2a_task_messages (tenant, agent, message_id, task_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(agent)
+        .bind(message_id)
+        .bind(task_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Created::New);
+        }
+        let existing = self.task_for_message(tenant, agent, message_id).await?;
+        Ok(Created::Existing(existing.unwrap_or_default()))
+    }
+
+    async fn task_for_message(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT task_id FROM a2a_task_messages WHERE tenant = $1 AND agent = $2 AND message_id = $3",
+        )
+        .bind(tenant)
+        .bind(agent)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn load(&self, tenant: &str, id: &str) -> Result<Option<StoredTask>, StoreError> {
+        let row = sqlx::query(
+            "SELECT agent, seq, task::text AS task FROM a2a_tasks WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StoredTask {
+                agent: r.try_get("agent")?,
+                seq: r.try_get("seq")?,
+                task: from_json(&r.try_get::<String, _>("task")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn append(
+        &self,
+        tenant: &str,
+        id: &str,
+        expected_seq: i64,
+        task: &pb::Task,
+        event: Option<&pb::StreamResponse>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Appended, StoreError> {
+        let now = Utc::now();
+        let next = if event.is_some() {
+            expected_seq + 1
+        } else {
+            expected_seq
+        };
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE a2a_tasks SET seq = $4, state = $5, task = $6::jsonb, status_at = $7, expires_at = $8 \
+             WHERE tenant = $1 AND id = $2 AND seq = $3",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(expected_seq)
+        .bind(next)
+        .bind(i16::try_from(state_of(task)).unwrap_or_default())
+        .bind(to_json(task)?)
+        .bind(status_time(task, now))
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Ok(Appended::Conflict);
+        }
+        if let Some(event) = event {
+            sqlx::query(
+                "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES ($1, $2, $3, $4::jsonb, $5)",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(next)
+            .bind(to_json(event)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Appended::At(next))
+    }
+
+    async fn events_after(
+        &self,
+        tenant: &str,
+        id: &str,
+        seq: i64,
+    ) -> Result<Vec<(i64, pb::StreamResponse)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, event::text AS event FROM a2a_task_events \
+             WHERE tenant = $1 AND task_id = $2 AND seq > $3 ORDER BY seq",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("seq")?,
+                    from_json(&r.try_get::<String, _>("event")?)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn list(&self, tenant: &str, q: &TaskQuery) -> Result<TaskPage, StoreError> {
+        let state = i16::try_from(q.state).unwrap_or_default();
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM a2a_tasks WHERE tenant = $1 AND agent = $2 \
+             AND ($3 = '' OR context_id = $3) AND ($4 = 0 OR state = $4) \
+             AND ($5::timestamptz IS NULL OR status_at >= $5)",
+        )
+        .bind(tenant)
+        .bind(&q.agent)
+        .bind(&q.context_id)
+        .bind(state)
+        .bind(q.status_after)
+        .fetch_one(&self.pool)
+        .await?;
+        let (after_time, after_id) = match &q.after {
+            Some(c) => (
+                DateTime::from_timestamp_micros(c.status_at_us),
+                c.id.clone(),
+            ),
+            None => (None, String::new()),
+        };
+        let rows = sqlx::query(
+            "SELECT task::text AS task, status_at, id FROM a2a_tasks WHERE tenant = $1 AND agent = $2 \
+             AND ($3 = '' OR context_id = $3) AND ($4 = 0 OR state = $4) \
+             AND ($5::timestamptz IS NULL OR status_at >= $5) \
+             AND ($6::timestamptz IS NULL OR (status_at, id) < ($6, $7)) \
+             ORDER BY status_at DESC, id DESC LIMIT $8",
+        )
+        .bind(tenant)
+        .bind(&q.agent)
+        .bind(&q.context_id)
+        .bind(state)
+        .bind(q.status_after)
+        .bind(after_time)
+        .bind(after_id)
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let tasks = rows
+            .into_iter()
+            .map(|r| {
+                let at: DateTime<Utc> = r.try_get("status_at")?;
+                Ok((
+                    from_json(&r.try_get::<String, _>("task")?)?,
+                    Cursor {
+                        status_at_us: micros(at),
+                        id: r.try_get("id")?,
+                    },
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(TaskPage { tasks, total })
+    }
+
+    async fn evict_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM a2a_tasks WHERE expires_at IS NOT NULL AND expires_at <= $1")
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    async fn put_push_config(
+        &self,
+        tenant: &str,
+        config: &pb::TaskPushNotificationConfig,
+        cap: u32,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the task row so concurrent creates count each other.
+        sqlx::query("SELECT 1 FROM a2a_tasks WHERE tenant = $1 AND id = $2 FOR UPDATE")
+            .bind(tenant)
+            .bind(&config.task_id)
+            .execute(&mut *tx)
+            .await?;
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM a2a_push_configs WHERE tenant = $1 AND task_id = $2 AND id <> $3",
+        )
+        .bind(tenant)
+        .bind(&config.task_id)
+        .bind(&config.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if others >= i64::from(cap) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO a2a_push_configs (tenant, task_id, id, config, created_at) VALUES ($1, $2, $3, $4::jsonb, $5) \
+             ON CONFLICT (tenant, task_id, id) DO UPDATE SET config = EXCLUDED.config",
+        )
+        .bind(tenant)
+        .bind(&config.task_id)
+        .bind(&config.id)
+        .bind(to_json(config)?)
+        .bind(Utc::now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_push_config(
+        &self,
+        tenant: &str,
+        task_id: &str,
+        id: &str,
+    ) -> Result<Option<pb::TaskPushNotificationConfig>, StoreError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT config::text FROM a2a_push_configs WHERE tenant = $1 AND task_id = $2 AND id = $3",
+        )
+        .bind(tenant)
+        .bind(task_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|t| from_json(&t)).transpose()
+    }
+
+    async fn list_push_configs(
+        &self,
+        tenant: &str,
+        task_id: &str,
+    ) -> Result<Vec<pb::TaskPushNotificationConfig>, StoreError> {
+        let texts: Vec<String> = sqlx::query_scalar(
+            "SELECT config::text FROM a2a_push_configs WHERE tenant = $1 AND task_id = $2 ORDER BY created_at, id",
+        )
+        .bind(tenant)
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        texts.iter().map(|t| from_json(t)).collect()
+    }
+
+    async fn delete_push_config(
+        &self,
+        tenant: &str,
+        task_id: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM a2a_push_configs WHERE tenant = $1 AND task_id = $2 AND id = $3",
+        )
+        .bind(tenant)
+        .bind(task_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
+    }
+}

@@ -1,0 +1,424 @@
+//! The a2a service end to end, started the way the runtime starts it: the conformance agent
+//! over JSON-RPC, HTTP+JSON and gRPC through the real auth layer; discovery with caching;
+//! multi-turn, cancel, idempotent retries and tenancy; and two replicas on Postgres and NATS
+//! where a subscriber on one follows a task running on the other.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use futures_util::StreamExt;
+use liquid_a2a::client::{A2aClient, event_state};
+use liquid_a2a::pb::{self, send_message_response, stream_response::Payload};
+use liquid_a2a::{A2aError, A2aErrorKind};
+use liquid_a2a_service::config::{A2aSettings, Profile};
+use liquid_auth::{AuthConfig, SigningKey, TokenRequest};
+use liquid_kit::RunningService;
+use liquid_runtime::ServiceConfig;
+use liquid_testkit::nats::NatsServer;
+use liquid_testkit::postgres::TestDatabase;
+use tokio_util::sync::CancellationToken;
+
+struct Keys {
+    _dir: tempfile::TempDir,
+    key: SigningKey,
+    auth: AuthConfig,
+}
+
+fn keys() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let public = dir.path().join("pub.pem");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let auth = AuthConfig::dev_public_key(&public, "liquid-test", "liquid");
+    Keys {
+        _dir: dir,
+        key,
+        auth,
+    }
+}
+
+impl Keys {
+    fn token(&self, tenant: &str) -> String {
+        self.key
+            .mint(
+                &TokenRequest::user("alice", ["a2a:write"])
+                    .tenant(tenant)
+                    .issuer("liquid-test")
+                    .audience("liquid"),
+            )
+            .unwrap()
+    }
+}
+
+fn config(db: &str, bus: &str, auth: &AuthConfig, profile: Profile) -> ServiceConfig<A2aSettings> {
+    let mut c = ServiceConfig::<A2aSettings>::defaults_for(&liquid_a2a_service::SERVICE);
+    c.server = c.server.ephemeral();
+    c.database.url = db.into();
+    c.bus.url = bus.into();
+    c.cache.url = "memory://".into();
+    c.auth = auth.clone();
+    c.settings.a2a.profile = profile;
+    c
+}
+
+async fn start(cfg: &ServiceConfig<A2aSettings>) -> RunningService {
+    liquid_runtime::start::<liquid_a2a_service::A2a>(cfg, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+fn clients(running: &RunningService, token: &str) -> Vec<(&'static str, A2aClient)> {
+    let http = running.http_addr();
+    let grpc = running.grpc_addr().unwrap();
+    vec![
+        (
+            "jsonrpc",
+            A2aClient::jsonrpc(format!("http://{http}/a2a")).with_bearer(token),
+        ),
+        (
+            "rest",
+            A2aClient::http_json(format!("http://{http}/a2a/rest")).with_bearer(token),
+        ),
+        (
+            "grpc",
+            A2aClient::grpc(format!("http://{grpc}"))
+                .unwrap()
+                .with_bearer(token),
+        ),
+    ]
+}
+
+fn message(id: &str, text: &str) -> pb::SendMessageRequest {
+    pb::SendMessageRequest {
+        message: Some(pb::Message {
+            message_id: id.into(),
+            role: pb::Role::User as i32,
+            parts: vec![pb::Part {
+                content: Some(pb::part::Content::Text(text.into())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn task_of(r: pb::SendMessageResponse) -> pb::Task {
+    match r.payload {
+        Some(send_message_response::Payload::Task(t)) => t,
+        other => panic!("expected a task, got {other:?}"),
+    }
+}
+
+fn state(t: &pb::Task) -> i32 {
+    t.status.as_ref().unwrap().state
+}
+
+#[tokio::test]
+async fn conformance_agent_on_every_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let db = format!("sqlite://{}/a2a.db", dir.path().display());
+    let running = start(&config(&db, "memory://", &keys.auth, Profile::Tck)).await;
+    let token = keys.token("acme");
+    for (name, client) in clients(&running, &token) {
+        let id = |s: &str| format!("{s}-{name}");
+        // Blocking send completes with the status message.
+        let t = task_of(
+            client
+                .send_message(message(&id("tck-complete-task"), "hi"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(state(&t), pb::TaskState::Completed as i32, "{name}");
+        let text = &t.status.as_ref().unwrap().message.as_ref().unwrap().parts[0].content;
+        assert_eq!(
+            text,
+            &Some(pb::part::Content::Text("Hello from TCK".into())),
+            "{name}"
+        );
+        // The same message id again is the same task, not a new one.
+        let again = task_of(
+            client
+                .send_message(message(&id("tck-complete-task"), "hi"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(again.id, t.id, "{name}");
+        // A direct message and no task.
+        let r = client
+            .send_message(message(&id("tck-message-response"), "hi"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(r.payload, Some(send_message_response::Payload::Message(_))),
+            "{name}"
+        );
+        // Multi-turn: INPUT_REQUIRED, then a follow-up completes the same task.
+        let t = task_of(
+            client
+                .send_message(message(&id("tck-input-required"), "hi"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(state(&t), pb::TaskState::InputRequired as i32, "{name}");
+        let mut follow = message(&id("tck-complete-task-2"), "done");
+        follow.message.as_mut().unwrap().task_id = t.id.clone();
+        let done = task_of(client.send_message(follow).await.unwrap());
+        assert_eq!(
+            (done.id.as_str(), state(&done)),
+            (t.id.as_str(), pb::TaskState::Completed as i32),
+            "{name}"
+        );
+        let h = client
+            .get_task(pb::GetTaskRequest {
+                id: t.id.clone(),
+                history_length: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(h.history.len(), 1, "{name}");
+        // A terminal task takes no more messages.
+        let mut late = message(&id("late"), "x");
+        late.message.as_mut().unwrap().task_id = t.id.clone();
+        assert_eq!(
+            client.send_message(late).await.unwrap_err().kind(),
+            A2aErrorKind::UnsupportedOperation,
+            "{name}"
+        );
+        // INPUT_REQUIRED tasks can be canceled; terminal ones cannot.
+        let t = task_of(
+            client
+                .send_message(message(&id("tck-input-required-c"), "hi"))
+                .await
+                .unwrap(),
+        );
+        let c = client
+            .cancel_task(pb::CancelTaskRequest {
+                id: t.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(state(&c), pb::TaskState::Canceled as i32, "{name}");
+        let e = client
+            .cancel_task(pb::CancelTaskRequest {
+                id: t.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            A2aError::TaskNotCancelable {
+                task_id: t.id.clone()
+            },
+            "{name}"
+        );
+        // Streaming: the Task first, then working, artifact, completed.
+        let events: Vec<pb::StreamResponse> = client
+            .send_streaming_message(message(&id("tck-stream-001"), "go"))
+            .await
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert!(
+            matches!(events[0].payload, Some(Payload::Task(_))),
+            "{name}"
+        );
+        let tail: Vec<Option<i32>> = events[1..].iter().map(event_state).collect();
+        assert_eq!(tail, [Some(2), None, Some(3)], "{name}");
+        // Chunked artifacts: the second chunk appends and is the last.
+        let events: Vec<pb::StreamResponse> = client
+            .send_streaming_message(message(&id("tck-stream-artifact-chunked"), "go"))
+            .await
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let chunks: Vec<(bool, bool)> = events
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Some(Payload::ArtifactUpdate(a)) => Some((a.append, a.last_chunk)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chunks, [(false, false), (true, true)], "{name}");
+        // Subscribing to a terminal task is refused.
+        let e = client
+            .subscribe_to_task(pb::SubscribeToTaskRequest {
+                id: done.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), A2aErrorKind::UnsupportedOperation, "{name}");
+        // Another tenant sees nothing.
+        let stranger = clients(&running, &keys.token("other")).remove(0).1;
+        let e = stranger
+            .get_task(pb::GetTaskRequest {
+                id: done.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), A2aErrorKind::TaskNotFound, "{name}");
+    }
+    // ListTasks pages through this tenant's tasks, newest first.
+    let client =
+        A2aClient::jsonrpc(format!("http://{}/a2a/", running.http_addr())).with_bearer(&token);
+    let page = client
+        .list_tasks(pb::ListTasksRequest {
+            page_size: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 2);
+    assert!(!page.next_page_token.is_empty());
+    assert!(page.total_size >= 12);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn discovery_and_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let db = format!("sqlite://{}/a2a.db", dir.path().display());
+    let running = start(&config(&db, "memory://", &keys.auth, Profile::Platform)).await;
+    let base = format!("http://{}", running.http_addr());
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{base}/.well-known/agent-card.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].clone();
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=")
+    );
+    assert!(r.headers().contains_key("last-modified"));
+    let card: pb::AgentCard = r.json().await.unwrap();
+    let bindings: Vec<&str> = card
+        .supported_interfaces
+        .iter()
+        .map(|i| i.protocol_binding.as_str())
+        .collect();
+    assert_eq!(bindings, ["JSONRPC", "HTTP+JSON", "GRPC"]);
+    assert_eq!(card.supported_interfaces[0].url, format!("{base}/a2a"));
+    let r = http
+        .get(format!("{base}/.well-known/agent-card.json"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    // Each hosted agent has its own card and interfaces.
+    let tck: pb::AgentCard = http
+        .get(format!("{base}/agents/tck/.well-known/agent-card.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tck.name, "tck");
+    assert_eq!(
+        tck.supported_interfaces[0].url,
+        format!("{base}/agents/tck/a2a")
+    );
+    assert_eq!(tck.supported_interfaces[2].tenant, "tck");
+    // The card's JSON-RPC interface works with a token, and not without.
+    let client = A2aClient::from_card(&tck, &[liquid_a2a::Binding::JsonRpc]).unwrap();
+    let e = client
+        .send_message(message("tck-complete-task-x", "hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), A2aErrorKind::Unauthenticated);
+    let t = task_of(
+        client
+            .with_bearer(&keys.token("acme"))
+            .send_message(message("tck-complete-task-x", "hi"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(state(&t), pb::TaskState::Completed as i32);
+    // gRPC picks the agent by the tenant field.
+    let grpc = A2aClient::grpc(format!("http://{}", running.grpc_addr().unwrap()))
+        .unwrap()
+        .with_bearer(&keys.token("acme"));
+    let mut req = message("tck-complete-task-grpc", "hi");
+    req.tenant = "tck".into();
+    let t = task_of(grpc.send_message(req).await.unwrap());
+    assert_eq!(
+        t.status.unwrap().message.unwrap().parts[0].content,
+        Some(pb::part::Content::Text("Hello from TCK".into()))
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_subscriber_on_another_replica_follows_the_task_in_order() {
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let keys = keys();
+    let cfg = config(db.url(), &nats.url(), &keys.auth, Profile::Tck);
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    let token = keys.token("acme");
+    let on_a = A2aClient::jsonrpc(format!("http://{}/a2a", a.http_addr())).with_bearer(&token);
+    let mut req = message("test-resubscribe-message-id", "wait");
+    req.configuration = Some(pb::SendMessageConfiguration {
+        return_immediately: true,
+        ..Default::default()
+    });
+    let task = task_of(on_a.send_message(req).await.unwrap());
+    // All three bindings subscribe on replica B while the task still runs on A.
+    let mut streams = Vec::new();
+    for (name, client) in clients(&b, &token) {
+        let stream = client
+            .subscribe_to_task(pb::SubscribeToTaskRequest {
+                id: task.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        streams.push((name, stream));
+    }
+    for (name, stream) in streams {
+        let events: Vec<pb::StreamResponse> = stream.map(Result::unwrap).collect().await;
+        assert!(
+            matches!(events[0].payload, Some(Payload::Task(_))),
+            "{name}"
+        );
+        let states: Vec<i32> = events.iter().filter_map(event_state).collect();
+        assert_eq!(
+            states.last(),
+            Some(&(pb::TaskState::Completed as i32)),
+            "{name}"
+        );
+        // Never reordered: states only move forward (working before completed).
+        assert!(
+            states.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: {states:?}"
+        );
+    }
+    // The task and its log are in the shared database: replica B reads what A wrote.
+    let on_b =
+        A2aClient::http_json(format!("http://{}/a2a/rest", b.http_addr())).with_bearer(&token);
+    let t = on_b
+        .get_task(pb::GetTaskRequest {
+            id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(state(&t), pb::TaskState::Completed as i32);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

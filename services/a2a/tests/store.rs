@@ -1,0 +1,345 @@
+//! The task store suite: the same assertions on a fresh PostgreSQL database and a fresh SQLite
+//! file. Creation with idempotent message ids, optimistic appends, event logs, listing with
+//! filters and cursors, tenancy, eviction and push config caps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use liquid_a2a::pb::{self, stream_response::Payload};
+use liquid_a2a::timestamp::Timestamp;
+use liquid_a2a_service::domain::cursor::Cursor;
+use liquid_a2a_service::store::{self, Appended, Created, TaskQuery, TaskStore};
+use liquid_store::Database;
+use liquid_testkit::postgres::TestDatabase;
+
+struct Backend {
+    store: Arc<dyn TaskStore>,
+    _postgres: Option<TestDatabase>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn open(url: &str) -> Arc<dyn TaskStore> {
+    let db = Database::connect(url).await.unwrap();
+    db.migrate(&liquid_a2a_service::MIGRATIONS).await.unwrap();
+    store::open(&db)
+}
+
+async fn postgres() -> Backend {
+    let fixture = TestDatabase::create().await.unwrap();
+    Backend {
+        store: open(fixture.url()).await,
+        _postgres: Some(fixture),
+        _dir: None,
+    }
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/a2a.db", dir.path().display());
+    Backend {
+        store: open(&url).await,
+        _postgres: None,
+        _dir: Some(dir),
+    }
+}
+
+fn task(id: &str, context: &str, state: pb::TaskState, at: &str) -> pb::Task {
+    pb::Task {
+        id: id.into(),
+        context_id: context.into(),
+        status: Some(pb::TaskStatus {
+            state: state as i32,
+            message: None,
+            timestamp: Timestamp::parse(at),
+        }),
+        ..Default::default()
+    }
+}
+
+fn snapshot(t: &pb::Task) -> pb::StreamResponse {
+    pb::StreamResponse {
+        payload: Some(Payload::Task(t.clone())),
+    }
+}
+
+async fn create_is_idempotent_by_message_id(b: &Backend) {
+    let s = b.store.as_ref();
+    let t = task("t1", "c1", pb::TaskState::Submitted, "2026-05-01T10:00:00Z");
+    assert_eq!(
+        s.create("ten", "agent", "m1", &t, &snapshot(&t))
+            .await
+            .unwrap(),
+        Created::New
+    );
+    let other = task("t2", "c1", pb::TaskState::Submitted, "2026-05-01T10:00:00Z");
+    assert_eq!(
+        s.create("ten", "agent", "m1", &other, &snapshot(&other))
+            .await
+            .unwrap(),
+        Created::Existing("t1".into())
+    );
+    assert!(s.load("ten", "t2").await.unwrap().is_none());
+    // Another tenant or agent may use the same message id.
+    assert_eq!(
+        s.create("ten2", "agent", "m1", &other, &snapshot(&other))
+            .await
+            .unwrap(),
+        Created::New
+    );
+    let loaded = s.load("ten", "t1").await.unwrap().unwrap();
+    assert_eq!(
+        (loaded.task, loaded.agent.as_str(), loaded.seq),
+        (t, "agent", 1)
+    );
+    assert!(s.load("other-tenant", "t1").await.unwrap().is_none());
+    assert_eq!(
+        s.task_for_message("ten", "agent", "m1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("t1")
+    );
+    assert_eq!(
+        s.record_message("ten", "agent", "m2", "t1").await.unwrap(),
+        Created::New
+    );
+    assert_eq!(
+        s.record_message("ten", "agent", "m2", "t1").await.unwrap(),
+        Created::Existing("t1".into())
+    );
+}
+
+async fn appends_are_sequenced_and_optimistic(b: &Backend) {
+    let s = b.store.as_ref();
+    let mut t = task("t1", "c1", pb::TaskState::Submitted, "2026-05-01T10:00:00Z");
+    s.create("ten", "agent", "m1", &t, &snapshot(&t))
+        .await
+        .unwrap();
+    t.status.as_mut().unwrap().state = pb::TaskState::Working as i32;
+    let ev = pb::StreamResponse {
+        payload: Some(Payload::StatusUpdate(pb::TaskStatusUpdateEvent {
+            task_id: "t1".into(),
+            context_id: "c1".into(),
+            status: t.status.clone(),
+            metadata: None,
+        })),
+    };
+    assert_eq!(
+        s.append("ten", "t1", 1, &t, Some(&ev), None).await.unwrap(),
+        Appended::At(2)
+    );
+    // A writer that read sequence 1 loses.
+    assert_eq!(
+        s.append("ten", "t1", 1, &t, Some(&ev), None).await.unwrap(),
+        Appended::Conflict
+    );
+    // A snapshot-only write keeps the sequence.
+    t.history.push(pb::Message {
+        message_id: "m2".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        s.append("ten", "t1", 2, &t, None, None).await.unwrap(),
+        Appended::At(2)
+    );
+    assert_eq!(
+        s.append("other", "t1", 2, &t, Some(&ev), None)
+            .await
+            .unwrap(),
+        Appended::Conflict
+    );
+    let events = s.events_after("ten", "t1", 0).await.unwrap();
+    assert_eq!(events.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(events[1].1, ev);
+    assert_eq!(s.events_after("ten", "t1", 2).await.unwrap(), vec![]);
+    assert_eq!(s.load("ten", "t1").await.unwrap().unwrap().task, t);
+}
+
+async fn listing_filters_and_pages(b: &Backend) {
+    let s = b.store.as_ref();
+    for i in 0..7 {
+        let state = if i % 2 == 0 {
+            pb::TaskState::Completed
+        } else {
+            pb::TaskState::Working
+        };
+        let ctx = if i < 4 { "ca" } else { "cb" };
+        let t = task(
+            &format!("t{i}"),
+            ctx,
+            state,
+            &format!("2026-05-01T10:00:0{i}Z"),
+        );
+        s.create("ten", "agent", &format!("m{i}"), &t, &snapshot(&t))
+            .await
+            .unwrap();
+    }
+    let other = task("x", "ca", pb::TaskState::Completed, "2026-05-01T11:00:00Z");
+    s.create("ten", "other-agent", "mx", &other, &snapshot(&other))
+        .await
+        .unwrap();
+    s.create("ten2", "agent", "mx", &other, &snapshot(&other))
+        .await
+        .unwrap();
+
+    let mut q = TaskQuery {
+        agent: "agent".into(),
+        limit: 3,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = s.list("ten", &q).await.unwrap();
+        assert_eq!(page.total, 7);
+        seen.extend(page.tasks.iter().map(|(t, _)| t.id.clone()));
+        if page.tasks.len() < 3 {
+            break;
+        }
+        q.after = page.tasks.last().map(|(_, c)| c.clone());
+    }
+    // Newest status first, every task exactly once.
+    assert_eq!(seen, ["t6", "t5", "t4", "t3", "t2", "t1", "t0"]);
+
+    let q = TaskQuery {
+        agent: "agent".into(),
+        context_id: "ca".into(),
+        state: pb::TaskState::Completed as i32,
+        limit: 10,
+        ..Default::default()
+    };
+    let page = s.list("ten", &q).await.unwrap();
+    assert_eq!(
+        page.tasks
+            .iter()
+            .map(|(t, _)| t.id.as_str())
+            .collect::<Vec<_>>(),
+        ["t2", "t0"]
+    );
+    assert_eq!(page.total, 2);
+
+    let q = TaskQuery {
+        agent: "agent".into(),
+        status_after: Timestamp::parse("2026-05-01T10:00:05Z").and_then(|t| t.to_datetime()),
+        limit: 10,
+        ..Default::default()
+    };
+    let page = s.list("ten", &q).await.unwrap();
+    assert_eq!(
+        page.tasks
+            .iter()
+            .map(|(t, _)| t.id.as_str())
+            .collect::<Vec<_>>(),
+        ["t6", "t5"]
+    );
+    let cursor = &page.tasks[0].1;
+    assert_eq!(Cursor::decode(&cursor.encode()).as_ref(), Some(cursor));
+}
+
+async fn eviction_removes_expired_tasks_with_their_logs(b: &Backend) {
+    let s = b.store.as_ref();
+    let t = task("old", "c", pb::TaskState::Completed, "2026-05-01T10:00:00Z");
+    s.create("ten", "agent", "m-old", &t, &snapshot(&t))
+        .await
+        .unwrap();
+    s.append(
+        "ten",
+        "old",
+        1,
+        &t,
+        None,
+        Some(Utc::now() - Duration::seconds(1)),
+    )
+    .await
+    .unwrap();
+    let keep = task("new", "c", pb::TaskState::Completed, "2026-05-01T10:00:00Z");
+    s.create("ten", "agent", "m-new", &keep, &snapshot(&keep))
+        .await
+        .unwrap();
+    s.append(
+        "ten",
+        "new",
+        1,
+        &keep,
+        None,
+        Some(Utc::now() + Duration::hours(1)),
+    )
+    .await
+    .unwrap();
+    s.put_push_config(
+        "ten",
+        &pb::TaskPushNotificationConfig {
+            task_id: "old".into(),
+            id: "p".into(),
+            url: "https://e.example/h".into(),
+            ..Default::default()
+        },
+        5,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.evict_expired(Utc::now()).await.unwrap(), 1);
+    assert!(s.load("ten", "old").await.unwrap().is_none());
+    assert!(s.events_after("ten", "old", 0).await.unwrap().is_empty());
+    assert!(s.list_push_configs("ten", "old").await.unwrap().is_empty());
+    assert_eq!(
+        s.task_for_message("ten", "agent", "m-old").await.unwrap(),
+        None
+    );
+    assert!(s.load("ten", "new").await.unwrap().is_some());
+}
+
+async fn push_configs_are_capped_and_scoped(b: &Backend) {
+    let s = b.store.as_ref();
+    let t = task("t", "c", pb::TaskState::Working, "2026-05-01T10:00:00Z");
+    s.create("ten", "agent", "m", &t, &snapshot(&t))
+        .await
+        .unwrap();
+    let cfg = |id: &str| pb::TaskPushNotificationConfig {
+        task_id: "t".into(),
+        id: id.into(),
+        url: format!("https://client.example/{id}"),
+        token: "tok".into(),
+        authentication: Some(pb::AuthenticationInfo {
+            scheme: "Bearer".into(),
+            credentials: "c".into(),
+        }),
+        ..Default::default()
+    };
+    assert!(s.put_push_config("ten", &cfg("a"), 2).await.unwrap());
+    assert!(s.put_push_config("ten", &cfg("b"), 2).await.unwrap());
+    assert!(!s.put_push_config("ten", &cfg("c"), 2).await.unwrap());
+    // Replacing an existing id is not a new config.
+    assert!(s.put_push_config("ten", &cfg("a"), 2).await.unwrap());
+    assert_eq!(
+        s.get_push_config("ten", "t", "a").await.unwrap(),
+        Some(cfg("a"))
+    );
+    assert_eq!(s.get_push_config("other", "t", "a").await.unwrap(), None);
+    assert_eq!(s.list_push_configs("ten", "t").await.unwrap().len(), 2);
+    assert!(s.delete_push_config("ten", "t", "a").await.unwrap());
+    assert!(!s.delete_push_config("ten", "t", "a").await.unwrap());
+    assert_eq!(
+        s.list_push_configs("ten", "t").await.unwrap(),
+        vec![cfg("b")]
+    );
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_postgres {
+            $(#[tokio::test] async fn $name() { super::$name(&super::postgres().await).await })*
+        }
+        mod on_sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(&super::sqlite().await).await })*
+        }
+    };
+}
+
+suite!(
+    create_is_idempotent_by_message_id,
+    appends_are_sequenced_and_optimistic,
+    listing_filters_and_pages,
+    eviction_removes_expired_tasks_with_their_logs,
+    push_configs_are_capped_and_scoped,
+);
