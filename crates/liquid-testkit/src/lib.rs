@@ -5,11 +5,13 @@
 //! Fixtures never share mutable state between tests and never wipe a shared server.
 
 pub mod docker;
+pub mod model_servers;
 pub mod nats;
 pub mod otlp;
 pub mod postgres;
 pub mod redis;
 pub mod servers;
+pub mod vault;
 
 use std::path::PathBuf;
 

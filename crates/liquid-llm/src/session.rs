@@ -1,0 +1,336 @@
+//! The session-scoped client factory: each chat session gets its own [`ModelSession`] — a
+//! client handle with the session's model, system prompt, tools and parameters, and the
+//! conversation history — that lives while the session is used and is dropped after an idle
+//! TTL (30 minutes by default).
+//!
+//! Sessions are keyed by ([`SessionKey::tenant`], [`SessionKey::session_id`]): the same
+//! session id under another tenant is another session, so nothing leaks between tenants or
+//! sessions. A session's turns are serialised (one turn at a time, streams included), so its
+//! history is always a valid alternation; a failed turn leaves the history as it was.
+//!
+//! Storage is a `moka::future::Cache` with `time_to_idle`, not a hand-rolled map: moka gives
+//! per-entry idle expiry that resets on every access, a size bound with a good eviction policy,
+//! single-flight creation (`get_with`, so two concurrent first requests for a session create it
+//! once) and an eviction listener for metrics, all lock-free on the read path. An expired entry
+//! is invisible to reads at once, but moka frees it only during its housekeeping, which runs
+//! on cache activity; the named cleanup task (`llm-session-cleanup`, every 5 minutes by
+//! default, stopped by its cancellation token) runs that housekeeping so an idle process does
+//! not keep expired histories in memory, and publishes the session gauge.
+//! History lives in process memory: a gateway replica that restarts forgets its sessions
+//! (clients resend history, or get a fresh session).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use moka::notification::RemovalCause;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::assemble::ChatStream;
+use crate::client::ModelClient;
+use crate::error::LlmError;
+use crate::types::{
+    ChatRequest, ChatResponse, Message, Parameters, StreamEvent, ToolChoice, ToolDefinition, Usage,
+};
+
+/// Lifetimes of sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// Dropped after this long without use.
+    pub idle_ttl: Duration,
+    /// How often expired sessions are freed.
+    pub cleanup_interval: Duration,
+    /// Most sessions held at once.
+    pub max_sessions: u64,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        crate::config::SessionConfig::default().policy()
+    }
+}
+
+/// Identifies a session: tenant (or subject) plus the session id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// The caller's tenant (or subject when there is none).
+    pub tenant: String,
+    /// The session id the caller chose or was issued.
+    pub session_id: String,
+}
+
+impl SessionKey {
+    /// A key for `session_id` under `tenant`.
+    pub fn new(tenant: impl Into<String>, session_id: impl Into<String>) -> Self {
+        SessionKey {
+            tenant: tenant.into(),
+            session_id: session_id.into(),
+        }
+    }
+}
+
+/// What a new session is created with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionOptions {
+    /// Model (empty: the router's default).
+    pub model: String,
+    /// System prompt.
+    pub system: Option<String>,
+    /// Tools offered on every turn.
+    pub tools: Vec<ToolDefinition>,
+    /// Tool-calling mode.
+    pub tool_choice: ToolChoice,
+    /// Sampling parameters.
+    pub params: Parameters,
+}
+
+#[derive(Debug, Default)]
+struct Conversation {
+    messages: Vec<Message>,
+    usage: Usage,
+    cost_usd: f64,
+    turns: u64,
+}
+
+/// Totals of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SessionUsage {
+    /// Completed turns.
+    pub turns: u64,
+    /// Tokens over all turns.
+    pub usage: Usage,
+    /// Cost over all priced turns.
+    pub cost_usd: f64,
+}
+
+/// One session's client handle and conversation.
+pub struct ModelSession {
+    key: SessionKey,
+    options: SessionOptions,
+    client: Arc<dyn ModelClient>,
+    conversation: Arc<Mutex<Conversation>>,
+    created_at: SystemTime,
+}
+
+impl std::fmt::Debug for ModelSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSession")
+            .field("key", &self.key)
+            .field("model", &self.options.model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelSession {
+    /// The session's key.
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    /// The options it was created with.
+    pub fn options(&self) -> &SessionOptions {
+        &self.options
+    }
+
+    /// When it was created.
+    pub fn created_at(&self) -> SystemTime {
+        self.created_at
+    }
+
+    /// The conversation so far.
+    pub async fn history(&self) -> Vec<Message> {
+        self.conversation.lock().await.messages.clone()
+    }
+
+    /// Turns, tokens and cost so far.
+    pub async fn usage(&self) -> SessionUsage {
+        let c = self.conversation.lock().await;
+        SessionUsage {
+            turns: c.turns,
+            usage: c.usage,
+            cost_usd: c.cost_usd,
+        }
+    }
+
+    fn request(&self, messages: Vec<Message>) -> ChatRequest {
+        ChatRequest {
+            model: self.options.model.clone(),
+            system: self.options.system.clone(),
+            messages,
+            tools: self.options.tools.clone(),
+            tool_choice: self.options.tool_choice.clone(),
+            params: self.options.params.clone(),
+        }
+    }
+
+    /// Adds `message` (a user message or tool results) and asks the model; the answer joins
+    /// the history. On failure the history is unchanged.
+    pub async fn send(&self, message: Message) -> Result<ChatResponse, LlmError> {
+        let mut conversation = self.conversation.lock().await;
+        let mut messages = conversation.messages.clone();
+        messages.push(message);
+        let response = self
+            .client
+            .complete(&self.request(messages.clone()))
+            .await?;
+        messages.push(response.to_message());
+        record(&mut conversation, messages, &response);
+        Ok(response)
+    }
+
+    /// Like [`ModelSession::send`], streaming. The session stays locked until the stream ends
+    /// or is dropped; the answer joins the history only if the stream completed.
+    pub async fn send_stream(&self, message: Message) -> Result<ChatStream, LlmError> {
+        let mut conversation = self.conversation.clone().lock_owned().await;
+        let mut messages = conversation.messages.clone();
+        messages.push(message);
+        let inner = self.client.stream(&self.request(messages.clone())).await?;
+        let mut pending = Some(messages);
+        Ok(Box::pin(inner.map(move |item| {
+            if let Ok(StreamEvent::Completed { response }) = &item
+                && let Some(mut messages) = pending.take()
+            {
+                messages.push(response.to_message());
+                record(&mut conversation, messages, response);
+            }
+            item
+        })))
+    }
+
+    /// Forgets the conversation, keeping the session.
+    pub async fn clear(&self) {
+        *self.conversation.lock().await = Conversation::default();
+    }
+}
+
+fn record(conversation: &mut Conversation, messages: Vec<Message>, response: &ChatResponse) {
+    conversation.messages = messages;
+    conversation.usage.add(response.usage);
+    conversation.cost_usd += response.cost_usd.unwrap_or(0.0);
+    conversation.turns += 1;
+}
+
+/// Counts of sessions removed, by cause.
+#[derive(Debug, Default)]
+struct Removals {
+    expired: AtomicU64,
+    destroyed: AtomicU64,
+    evicted_for_size: AtomicU64,
+}
+
+/// The factory: hands out one [`ModelSession`] per key.
+pub struct SessionClients {
+    cache: moka::future::Cache<SessionKey, Arc<ModelSession>>,
+    client: Arc<dyn ModelClient>,
+    removals: Arc<Removals>,
+    cleanup: CancellationToken,
+}
+
+impl SessionClients {
+    /// A factory whose sessions talk through `client` (normally the [`crate::ModelRouter`]).
+    /// Spawns the cleanup task, which stops when `shutdown` is cancelled or the factory is
+    /// dropped. Must be called inside a Tokio runtime.
+    pub fn new(
+        client: Arc<dyn ModelClient>,
+        policy: SessionPolicy,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let removals = Arc::new(Removals::default());
+        let listener_removals = removals.clone();
+        let cache = moka::future::Cache::builder()
+            .name("llm-sessions")
+            .max_capacity(policy.max_sessions)
+            .time_to_idle(policy.idle_ttl)
+            .eviction_listener(move |key: Arc<SessionKey>, _session, cause| {
+                let (counter, label) = match cause {
+                    RemovalCause::Expired => (&listener_removals.expired, "expired"),
+                    RemovalCause::Explicit => (&listener_removals.destroyed, "destroyed"),
+                    RemovalCause::Size => (&listener_removals.evicted_for_size, "size"),
+                    // Replaced: a session is never inserted twice under one key.
+                    RemovalCause::Replaced => return,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("liquid_llm_sessions_removed_total", "cause" => label)
+                    .increment(1);
+                tracing::debug!(target: "ai", tenant = %key.tenant, session = %key.session_id, cause = label, "model session removed");
+            })
+            .build();
+        let cleanup = shutdown.child_token();
+        let task_cache = cache.clone();
+        liquid_kit::shutdown::spawn_named("llm-session-cleanup", cleanup.clone(), async move {
+            let mut ticker = tokio::time::interval(policy.cleanup_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                task_cache.run_pending_tasks().await;
+                metrics::gauge!("liquid_llm_sessions").set(task_cache.entry_count() as f64);
+            }
+        });
+        SessionClients {
+            cache,
+            client,
+            removals,
+            cleanup,
+        }
+    }
+
+    /// The session for `key`, created with `options` if it does not exist (options of an
+    /// existing session are not changed). Using a session resets its idle clock.
+    pub async fn session(&self, key: &SessionKey, options: SessionOptions) -> Arc<ModelSession> {
+        let client = self.client.clone();
+        let owned_key = key.clone();
+        self.cache
+            .get_with(key.clone(), async move {
+                tracing::debug!(target: "ai", tenant = %owned_key.tenant, session = %owned_key.session_id, "model session created");
+                metrics::counter!("liquid_llm_sessions_created_total").increment(1);
+                Arc::new(ModelSession {
+                    key: owned_key,
+                    options,
+                    client,
+                    conversation: Arc::new(Mutex::new(Conversation::default())),
+                    created_at: SystemTime::now(),
+                })
+            })
+            .await
+    }
+
+    /// The existing session for `key`, or [`LlmError::SessionNotFound`] (expired, destroyed,
+    /// or another tenant's).
+    pub async fn get(&self, key: &SessionKey) -> Result<Arc<ModelSession>, LlmError> {
+        self.cache
+            .get(key)
+            .await
+            .ok_or_else(|| LlmError::SessionNotFound {
+                session: key.session_id.clone(),
+            })
+    }
+
+    /// Removes the session and its history; true if it existed.
+    pub async fn destroy_session(&self, key: &SessionKey) -> bool {
+        self.cache.remove(key).await.is_some()
+    }
+
+    /// Live sessions (expired ones are freed first, so the count is exact).
+    pub async fn session_count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
+    /// Sessions freed because they idled out, so far.
+    pub fn expired_count(&self) -> u64 {
+        self.removals.expired.load(Ordering::Relaxed)
+    }
+
+    /// Sessions removed by [`SessionClients::destroy_session`], so far.
+    pub fn destroyed_count(&self) -> u64 {
+        self.removals.destroyed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SessionClients {
+    fn drop(&mut self) {
+        self.cleanup.cancel();
+    }
+}

@@ -1,0 +1,262 @@
+//! The session-scoped client factory against a local OpenAI server: isolation between
+//! sessions and tenants, destroy, idle expiry, failed and streamed turns.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{router, server};
+use liquid_kit::HasErrorCode;
+use liquid_llm::{
+    Message, ModelClient, SessionClients, SessionKey, SessionOptions, SessionPolicy, collect_stream,
+};
+use liquid_testkit::model_servers::{Reply, Vendor};
+use tokio_util::sync::CancellationToken;
+
+fn options() -> SessionOptions {
+    SessionOptions {
+        model: "gpt-4o-mini".into(),
+        system: Some("You are a helpful assistant.".into()),
+        ..SessionOptions::default()
+    }
+}
+
+fn policy(idle_ttl: Duration) -> SessionPolicy {
+    SessionPolicy {
+        idle_ttl,
+        cleanup_interval: Duration::from_millis(50),
+        max_sessions: 1_000,
+    }
+}
+
+fn user_texts(body: &serde_json::Value) -> Vec<String> {
+    body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap_or("<not a string>").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn each_session_sends_only_its_own_history() {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client,
+        policy(Duration::from_secs(60)),
+        CancellationToken::new(),
+    );
+    for reply in ["a-one", "b-one", "a-two"] {
+        server.push(Reply::text(reply));
+    }
+    let a = sessions
+        .session(&SessionKey::new("t1", "A"), options())
+        .await;
+    let b = sessions
+        .session(&SessionKey::new("t1", "B"), options())
+        .await;
+    a.send(Message::user("first in A")).await.unwrap();
+    b.send(Message::user("first in B")).await.unwrap();
+    let third = a.send(Message::user("second in A")).await.unwrap();
+    assert_eq!(third.text, "a-two");
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(user_texts(&requests[1].body), ["first in B"]);
+    assert_eq!(user_texts(&requests[2].body), ["first in A", "second in A"]);
+    let assistant: Vec<_> = requests[2].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| m["content"].clone())
+        .collect();
+    assert_eq!(assistant, [serde_json::json!("a-one")]);
+    assert_eq!(a.history().await.len(), 4);
+    assert_eq!(
+        b.history().await,
+        vec![Message::user("first in B"), Message::assistant("b-one")]
+    );
+    let usage = a.usage().await;
+    assert_eq!(usage.turns, 2);
+    assert_eq!(usage.usage.input_tokens, 20);
+    assert!(usage.cost_usd > 0.0);
+    assert_eq!(sessions.session_count().await, 2);
+}
+
+#[tokio::test]
+async fn the_same_session_id_under_another_tenant_is_another_session() {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client,
+        policy(Duration::from_secs(60)),
+        CancellationToken::new(),
+    );
+    server.push(Reply::text("for tenant one"));
+    server.push(Reply::text("for tenant two"));
+    let one = sessions
+        .session(&SessionKey::new("tenant-1", "s"), options())
+        .await;
+    one.send(Message::user("secret of tenant one"))
+        .await
+        .unwrap();
+    let two = sessions
+        .session(&SessionKey::new("tenant-2", "s"), options())
+        .await;
+    assert!(two.history().await.is_empty());
+    two.send(Message::user("hello")).await.unwrap();
+    assert_eq!(user_texts(&server.requests()[1].body), ["hello"]);
+    let err = sessions
+        .get(&SessionKey::new("tenant-3", "s"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code().as_str(), "not_found");
+}
+
+#[tokio::test]
+async fn concurrent_first_use_creates_one_session() {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client,
+        policy(Duration::from_secs(60)),
+        CancellationToken::new(),
+    );
+    let key = SessionKey::new("t", "s");
+    let (x, y) = tokio::join!(
+        sessions.session(&key, options()),
+        sessions.session(&key, options())
+    );
+    assert!(Arc::ptr_eq(&x, &y));
+    assert_eq!(sessions.session_count().await, 1);
+}
+
+#[tokio::test]
+async fn destroy_session_forgets_it_and_its_history() {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client,
+        policy(Duration::from_secs(60)),
+        CancellationToken::new(),
+    );
+    server.push(Reply::text("remembered"));
+    let key = SessionKey::new("t", "s");
+    sessions
+        .session(&key, options())
+        .await
+        .send(Message::user("remember this"))
+        .await
+        .unwrap();
+    assert_eq!(sessions.session_count().await, 1);
+    assert!(sessions.destroy_session(&key).await);
+    assert!(!sessions.destroy_session(&key).await);
+    assert_eq!(sessions.session_count().await, 0);
+    assert_eq!(sessions.destroyed_count(), 1);
+    assert!(sessions.get(&key).await.is_err());
+    let fresh = sessions.session(&key, options()).await;
+    assert!(fresh.history().await.is_empty());
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_and_the_cleanup_task_frees_them() {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client,
+        policy(Duration::from_millis(200)),
+        CancellationToken::new(),
+    );
+    server.push(Reply::text("soon forgotten"));
+    let key = SessionKey::new("t", "idle");
+    sessions
+        .session(&key, options())
+        .await
+        .send(Message::user("hello"))
+        .await
+        .unwrap();
+    // Nothing touches the cache from here: only the cleanup task can free the session.
+    let mut waited = Duration::ZERO;
+    while sessions.expired_count() == 0 {
+        assert!(
+            waited < Duration::from_secs(10),
+            "the cleanup task never freed the idle session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    assert_eq!(sessions.expired_count(), 1);
+    assert_eq!(sessions.session_count().await, 0);
+    let err = sessions.get(&key).await.unwrap_err();
+    assert_eq!(err.error_code().as_str(), "not_found");
+    assert!(
+        sessions
+            .session(&key, options())
+            .await
+            .history()
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_failed_turn_leaves_the_history_unchanged() {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client,
+        policy(Duration::from_secs(60)),
+        CancellationToken::new(),
+    );
+    server.push(Reply::text("ok"));
+    server.push(Reply::failure(500, None));
+    let session = sessions
+        .session(&SessionKey::new("t", "s"), options())
+        .await;
+    session.send(Message::user("one")).await.unwrap();
+    let err = session.send(Message::user("two")).await.unwrap_err();
+    assert_eq!(err.error_code().as_str(), "unavailable");
+    assert_eq!(
+        session.history().await,
+        vec![Message::user("one"), Message::assistant("ok")]
+    );
+    assert_eq!(session.usage().await.turns, 1);
+}
+
+#[tokio::test]
+async fn a_streamed_turn_joins_the_history_once_complete() {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client,
+        policy(Duration::from_secs(60)),
+        CancellationToken::new(),
+    );
+    server.push(Reply::text("streamed answer"));
+    server.push(Reply::text("second"));
+    let session = sessions
+        .session(&SessionKey::new("t", "s"), options())
+        .await;
+    let stream = session
+        .send_stream(Message::user("stream it"))
+        .await
+        .unwrap();
+    let response = collect_stream(stream).await.unwrap();
+    assert_eq!(response.text, "streamed answer");
+    assert_eq!(
+        session.history().await,
+        vec![
+            Message::user("stream it"),
+            Message::assistant("streamed answer")
+        ]
+    );
+    session.send(Message::user("next")).await.unwrap();
+    assert_eq!(
+        user_texts(&server.requests()[1].body),
+        ["stream it", "next"]
+    );
+}
