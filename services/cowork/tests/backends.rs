@@ -35,8 +35,19 @@ fn keys() -> Keys {
     }
 }
 
-fn config(db: &str, bus: &str, cache: &str, auth: &AuthConfig) -> ServiceConfig {
-    let mut c = ServiceConfig::defaults_for(&liquid_cowork::SERVICE);
+fn config(
+    db: &str,
+    bus: &str,
+    cache: &str,
+    auth: &AuthConfig,
+) -> ServiceConfig<liquid_cowork::CoworkSettings> {
+    let mut c =
+        ServiceConfig::<liquid_cowork::CoworkSettings>::defaults_for(&liquid_cowork::SERVICE);
+    // Sandboxes live in a directory of the test's own (kept for the process: the service may
+    // outlive this function).
+    let root = std::env::temp_dir().join(format!("liquid-cowork-backends-{}", std::process::id()));
+    c.settings.sandbox.root = root.join("sandboxes").display().to_string();
+    c.settings.sandbox.workspace_roots = vec![root.join("ws").display().to_string()];
     c.server = c.server.ephemeral();
     c.database.url = db.into();
     c.bus.url = bus.into();
