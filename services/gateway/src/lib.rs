@@ -1,13 +1,52 @@
-//! The gateway service: the platform's only public edge. This first part verifies every
-//! caller (the auth layer of the shared foundation) and forwards `/api/v1/<service>/...` to
-//! the owning service with the caller's token, request id and trace context; rate limits,
-//! coalescing, WebSocket, GraphQL and chat arrive with the gateway issue.
+//! The gateway service: the platform's only public edge.
+//!
+//! What it does per request, outermost first: CORS for the allowed origins (preflights are
+//! answered before authentication, as browsers send them without credentials), token
+//! verification with the shared verifier behind a cache of verified tokens ([`auth`]; the
+//! shared layer's refusals) (except the WebSocket endpoint,
+//! the session endpoint and public discovery paths, which verify or need nothing themselves),
+//! the tiered rate limit ([`ratelimit`]), then the gateway's own routes ([`api`], [`ws`]) or
+//! forwarding to the service that owns the path ([`proxy`]). Request ids, trace spans, RED
+//! metrics and the global body limit come from the shared host.
+//!
+//! The gateway's routes therefore sit in [`ServiceParts::public_http`] under the gateway's
+//! own authentication (same verifier, same refusals) so that CORS can wrap it; only the
+//! platform info route uses the foundation's layer.
+//!
+//! Background tasks: the hub's fan-out from the bus (`ws.>`), the price relay
+//! (`prices.>`), the simulated price feed when enabled, and the drain that waits for open
+//! WebSocket connections to close at shutdown. Chat, request coalescing and GraphQL arrive
+//! with the rest of issue 6; the seams are [`ws::ChatHandler`] and the hub's `chat:<session>`
+//! channel.
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod hub;
+pub mod prices;
 pub mod proxy;
+pub mod ratelimit;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use liquid_runtime::{Foundation, NoSettings, Service, ServiceDefaults, ServiceParts, StartError};
+use axum::routing::{get, post};
+use http::{HeaderName, HeaderValue, Method};
+use liquid_kit::config::Validate;
+use liquid_kit::telemetry::target;
+use liquid_runtime::{Foundation, Service, ServiceDefaults, ServiceParts, StartError};
 use liquid_store::Migrations;
+use rand::RngCore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use config::Settings;
+
+use crate::domain::session_token::SessionSigner;
+use crate::error::GatewayError;
 
 /// Name, version and usual port of the gateway (it has no gRPC API of its own).
 pub static SERVICE: ServiceDefaults = ServiceDefaults {
@@ -27,7 +66,7 @@ pub static MIGRATIONS: Migrations = Migrations {
 pub struct Gateway;
 
 impl Service for Gateway {
-    type Settings = NoSettings;
+    type Settings = Settings;
 
     fn defaults() -> &'static ServiceDefaults {
         &SERVICE
@@ -39,16 +78,164 @@ impl Service for Gateway {
 
     async fn build(
         foundation: &Foundation,
-        _settings: &NoSettings,
+        settings: &Settings,
     ) -> Result<ServiceParts, StartError> {
+        settings.validate()?;
+        let public_http = edge(foundation, settings)
+            .await
+            .map_err(StartError::service)?;
         Ok(ServiceParts {
-            http: routes(foundation),
+            public_http,
             ..ServiceParts::default()
         })
     }
 }
 
-/// The gateway's routes: forwarding to every other service.
-pub fn routes(foundation: &Foundation) -> Router {
-    proxy::router(foundation.peers.clone())
+fn session_signer(foundation: &Foundation, settings: &Settings) -> SessionSigner {
+    if settings.sessions.secret.is_empty() {
+        if foundation.cache.kind() == "redis" {
+            tracing::warn!(target: target::SECURITY, "sessions.secret is empty: this replica signs session tokens with its own random key, which other replicas refuse; set LIQUID_GATEWAY__SESSIONS__SECRET");
+        }
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        SessionSigner::new(&key)
+    } else {
+        SessionSigner::new(settings.sessions.secret.expose().as_bytes())
+    }
+}
+
+async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, GatewayError> {
+    // The process-wide recorder must exist before the first metric below is registered (the
+    // host installs it only when it starts, after this).
+    liquid_kit::metrics::handle();
+    let sessions = Arc::new(session_signer(foundation, settings));
+    // Without a URL of its own, the limiter shares the replicas' Redis: the cache's.
+    let mut limits = settings.rate_limit.clone();
+    if limits.redis_url.is_empty() && foundation.cache.kind() == "redis" {
+        limits.redis_url = foundation.cache_url.clone();
+    }
+    let limiter =
+        ratelimit::RateLimiter::new(&limits, foundation.cache.prefix(), sessions.clone())?;
+    if limiter.shared() {
+        limiter.warm_up().await;
+    }
+
+    let hub = hub::Hub::new(
+        foundation.bus.clone(),
+        settings.websocket.send_queue,
+        settings.websocket.max_connections,
+    );
+    let (fanout, relay) = hub
+        .run(&settings.prices.subject_prefix, foundation.shutdown.clone())
+        .await?;
+    foundation.spawn("websocket-fanout", fanout);
+    foundation.spawn("price-relay", relay);
+    if settings.prices.simulated_feed {
+        foundation.spawn(
+            "simulated-price-feed",
+            prices::simulate(
+                foundation.bus.clone(),
+                settings.prices.clone(),
+                foundation.shutdown.clone(),
+            ),
+        );
+    }
+    let drain_hub = hub.clone();
+    let shutdown = foundation.shutdown.clone();
+    foundation.spawn("websocket-drain", async move {
+        shutdown.cancelled().await;
+        let open = drain_hub.connection_count();
+        drain_hub.tasks().close();
+        if open > 0 {
+            tracing::info!(target: target::WEBSOCKET, open, "closing websocket connections");
+        }
+        drain_hub.tasks().wait().await;
+    });
+
+    let tokens = auth::TokenCache::new(foundation.verifier.clone(), &settings.token_cache);
+    let upstreams = proxy::Upstreams::new(foundation.peers.clone(), &settings.routing);
+    let api_state = api::ApiState {
+        hub: hub.clone(),
+        sessions,
+        session_ttl_secs: settings.sessions.ttl_secs,
+    };
+    let ws_state = ws::WsState {
+        tokens: tokens.clone(),
+        hub,
+        limiter: limiter.clone(),
+        settings: Arc::new(settings.websocket.clone()),
+        bus: foundation.bus.clone(),
+        chat: None,
+        shutdown: foundation.shutdown.clone(),
+        replica: foundation.info.instance_id.to_string(),
+    };
+    let limit = axum::middleware::from_fn_with_state(limiter, ratelimit::limit);
+
+    let verified = Router::new()
+        .route("/api/v1/gateway/whoami", get(api::whoami))
+        .route(
+            "/api/v1/gateway/channels/{channel}/messages",
+            post(api::publish),
+        )
+        .with_state(api_state.clone())
+        .merge(proxy::router(upstreams.clone()))
+        .layer(limit.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::authenticate,
+        ));
+    let open = Router::new()
+        .route("/api/v1/gateway/sessions", post(api::create_session))
+        .with_state(api_state)
+        .merge(proxy::public_router(upstreams))
+        .layer(limit)
+        .route("/ws", get(ws::upgrade).with_state(ws_state));
+    let router = verified.merge(open);
+    Ok(match cors(&settings.cors) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    })
+}
+
+fn cors(settings: &config::CorsSettings) -> Option<CorsLayer> {
+    if settings.allowed_origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = settings
+        .allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    let header = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers([
+                http::header::AUTHORIZATION,
+                http::header::CONTENT_TYPE,
+                header("x-session-token"),
+                header("idempotency-key"),
+                header("x-request-id"),
+            ])
+            .expose_headers([
+                header("ratelimit-limit"),
+                header("ratelimit-remaining"),
+                header("ratelimit-reset"),
+                header("ratelimit-policy"),
+                header("x-ratelimit-tier"),
+                http::header::RETRY_AFTER,
+                header("x-request-id"),
+                header("x-session-token"),
+            ])
+            .allow_credentials(settings.allow_credentials)
+            .max_age(Duration::from_secs(settings.max_age_secs)),
+    )
 }

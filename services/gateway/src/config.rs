@@ -1,0 +1,673 @@
+//! The gateway's own configuration sections, flattened beside the shared ones:
+//! `[rate_limit]`, `[sessions]`, `[websocket]`, `[prices]`, `[routing]` and `[cors]`
+//! (`LIQUID_GATEWAY__RATE_LIMIT__...`). Each refuses unknown keys and is validated at start-up
+//! with the failing key's name.
+
+use std::collections::BTreeMap;
+
+use liquid_kit::Secret;
+use liquid_kit::config::{ConfigError, Validate};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::channel::Channel;
+use crate::domain::routing::{Alias, default_aliases};
+use crate::domain::tier::Cidr;
+
+/// Every gateway section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Tiered rate limits.
+    pub rate_limit: RateLimitSettings,
+    /// Gateway-issued session tokens.
+    pub sessions: SessionSettings,
+    /// The WebSocket hub.
+    pub websocket: WebSocketSettings,
+    /// Price channels and the simulated feed.
+    pub prices: PriceSettings,
+    /// Forwarding to the services.
+    pub routing: RoutingSettings,
+    /// Cross-origin requests from browsers.
+    pub cors: CorsSettings,
+    /// Remembering verified tokens.
+    pub token_cache: TokenCacheSettings,
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.rate_limit.validate()?;
+        self.sessions.validate()?;
+        self.websocket.validate()?;
+        self.prices.validate()?;
+        self.routing.validate()?;
+        self.cors.validate()?;
+        self.token_cache.validate()
+    }
+}
+
+/// The quota of one route class per tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassLimits {
+    /// Requests per period for a verified user (subject within its tenant).
+    pub user: u32,
+    /// Requests per period for a gateway session (`X-Session-Token`).
+    pub session: u32,
+    /// Requests per period for a client address.
+    pub ip: u32,
+    /// The period in seconds.
+    pub period_secs: u64,
+}
+
+impl Default for ClassLimits {
+    fn default() -> Self {
+        ClassLimits {
+            user: 100,
+            session: 50,
+            ip: 30,
+            period_secs: 900,
+        }
+    }
+}
+
+/// Which route class a path prefix belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteClass {
+    /// Path prefix (matches the path and everything below `prefix/`).
+    pub prefix: String,
+    /// Class name in `rate_limit.classes`.
+    pub class: String,
+}
+
+impl Default for RouteClass {
+    fn default() -> Self {
+        RouteClass {
+            prefix: "/".into(),
+            class: "default".into(),
+        }
+    }
+}
+
+/// `[rate_limit]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Whether requests are limited at all.
+    pub enabled: bool,
+    /// Redis for the shared limits (`redis://host:port`); normally the same URL as
+    /// `cache.url`. Empty: every replica limits on its own (embedded mode).
+    pub redis_url: Secret<String>,
+    /// Prefix of every rate-limit key in Redis (after the gateway's namespace).
+    pub key_prefix: String,
+    /// Milliseconds one Redis decision may take before the replica decides locally.
+    pub redis_timeout_ms: u64,
+    /// Seconds the replica keeps deciding locally after Redis failed, before trying again.
+    pub redis_retry_secs: u64,
+    /// Addresses or blocks (`10.0.0.0/8`) of proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Most keys the local limiter holds (least recently used go first).
+    pub local_max_keys: u64,
+    /// Quotas by route class; `default` must exist.
+    pub classes: BTreeMap<String, ClassLimits>,
+    /// Route classes by path prefix; the longest prefix wins, else `default`.
+    pub routes: Vec<RouteClass>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            enabled: true,
+            redis_url: Secret::default(),
+            key_prefix: "rl:".into(),
+            redis_timeout_ms: 100,
+            redis_retry_secs: 5,
+            trusted_proxies: Vec::new(),
+            local_max_keys: 100_000,
+            classes: BTreeMap::from([("default".to_owned(), ClassLimits::default())]),
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl RateLimitSettings {
+    /// The trusted proxy blocks, parsed.
+    pub fn trusted(&self) -> Result<Vec<Cidr>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<Cidr>()
+                    .map_err(|e| ConfigError::invalid("rate_limit.trusted_proxies", e.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl Validate for RateLimitSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.redis_url.expose();
+        if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("rediss://") {
+            return Err(ConfigError::invalid(
+                "rate_limit.redis_url",
+                "must start with redis:// or rediss://, or be empty for per-replica limits",
+            ));
+        }
+        if self.redis_timeout_ms == 0 || self.redis_timeout_ms > 10_000 {
+            return Err(ConfigError::invalid(
+                "rate_limit.redis_timeout_ms",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.local_max_keys == 0 {
+            return Err(ConfigError::invalid(
+                "rate_limit.local_max_keys",
+                "must be at least 1",
+            ));
+        }
+        self.trusted()?;
+        if !self.classes.contains_key("default") {
+            return Err(ConfigError::invalid(
+                "rate_limit.classes",
+                "must define the `default` class",
+            ));
+        }
+        for (name, class) in &self.classes {
+            for (tier, limit) in [
+                ("user", class.user),
+                ("session", class.session),
+                ("ip", class.ip),
+            ] {
+                if limit == 0 {
+                    return Err(ConfigError::invalid(
+                        format!("rate_limit.classes.{name}.{tier}"),
+                        "must be at least 1",
+                    ));
+                }
+                if u64::from(limit) > class.period_secs.saturating_mul(1000) {
+                    return Err(ConfigError::invalid(
+                        format!("rate_limit.classes.{name}.{tier}"),
+                        "must be at most one per millisecond of the period",
+                    ));
+                }
+            }
+            if class.period_secs == 0 {
+                return Err(ConfigError::invalid(
+                    format!("rate_limit.classes.{name}.period_secs"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.prefix.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("rate_limit.routes[{i}].prefix"),
+                    "must start with /",
+                ));
+            }
+            if !self.classes.contains_key(&route.class) {
+                return Err(ConfigError::invalid(
+                    format!("rate_limit.routes[{i}].class"),
+                    format!("`{}` is not in rate_limit.classes", route.class),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[sessions]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    /// HMAC key of `X-Session-Token` (at least 32 bytes); every replica needs the same one.
+    /// Empty: a random key per process (embedded mode; tokens die with the process).
+    pub secret: Secret<String>,
+    /// Seconds a session token lives.
+    pub ttl_secs: u64,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            secret: Secret::default(),
+            ttl_secs: 86_400,
+        }
+    }
+}
+
+impl Validate for SessionSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.secret.is_empty() && self.secret.expose().len() < 32 {
+            return Err(ConfigError::invalid(
+                "sessions.secret",
+                "must be at least 32 bytes (or empty for a per-process key)",
+            ));
+        }
+        if self.ttl_secs == 0 {
+            return Err(ConfigError::invalid(
+                "sessions.ttl_secs",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[websocket]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketSettings {
+    /// Refuse connections without a verified token (`REQUIRE_WS_AUTH`). Off: an anonymous
+    /// connection holds `anonymous_scopes` only.
+    pub require_auth: bool,
+    /// Scopes of an anonymous connection when `require_auth` is off.
+    pub anonymous_scopes: Vec<String>,
+    /// Seconds a connection without a token at connect has to send `{"type":"auth"}`.
+    pub auth_deadline_secs: u64,
+    /// Seconds between server pings.
+    pub heartbeat_secs: u64,
+    /// Seconds without any frame from the client before the connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Messages queued for one connection before it counts as slow and is closed.
+    pub send_queue: usize,
+    /// Largest message a client may send, in bytes.
+    pub max_message_bytes: usize,
+    /// Most channels one connection may follow.
+    pub max_subscriptions: usize,
+    /// Most connections one replica accepts.
+    pub max_connections: usize,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        WebSocketSettings {
+            require_auth: true,
+            anonymous_scopes: vec!["read:prices".into()],
+            auth_deadline_secs: 5,
+            heartbeat_secs: 25,
+            idle_timeout_secs: 75,
+            send_queue: 64,
+            max_message_bytes: 64 * 1024,
+            max_subscriptions: 64,
+            max_connections: 19_000,
+        }
+    }
+}
+
+impl Validate for WebSocketSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("websocket.auth_deadline_secs", self.auth_deadline_secs),
+            ("websocket.heartbeat_secs", self.heartbeat_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if self.idle_timeout_secs <= self.heartbeat_secs {
+            return Err(ConfigError::invalid(
+                "websocket.idle_timeout_secs",
+                "must be longer than websocket.heartbeat_secs",
+            ));
+        }
+        for (key, value) in [
+            ("websocket.send_queue", self.send_queue),
+            ("websocket.max_message_bytes", self.max_message_bytes),
+            ("websocket.max_subscriptions", self.max_subscriptions),
+            ("websocket.max_connections", self.max_connections),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        for scope in &self.anonymous_scopes {
+            liquid_auth::Scope::parse(scope).map_err(|_| {
+                ConfigError::invalid(
+                    "websocket.anonymous_scopes",
+                    format!("`{scope}` is not a scope"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `[prices]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PriceSettings {
+    /// Bus subject prefix feeds publish ticks on (`<prefix>.<symbol>`).
+    pub subject_prefix: String,
+    /// Run the built-in simulated feed (ticks say `"source":"simulated"`).
+    pub simulated_feed: bool,
+    /// Symbols of the simulated feed.
+    pub symbols: Vec<String>,
+    /// Milliseconds between simulated ticks.
+    pub tick_ms: u64,
+}
+
+impl Default for PriceSettings {
+    fn default() -> Self {
+        PriceSettings {
+            subject_prefix: "prices".into(),
+            simulated_feed: true,
+            symbols: vec!["BTC-USD".into(), "ETH-USD".into(), "SOL-USD".into()],
+            tick_ms: 1_000,
+        }
+    }
+}
+
+impl Validate for PriceSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        liquid_bus::subject::validate(&self.subject_prefix, false)
+            .map_err(|e| ConfigError::invalid("prices.subject_prefix", e.to_string()))?;
+        for symbol in &self.symbols {
+            Channel::prices(symbol)
+                .map_err(|e| ConfigError::invalid("prices.symbols", e.to_string()))?;
+        }
+        if self.tick_ms < 10 {
+            return Err(ConfigError::invalid(
+                "prices.tick_ms",
+                "must be at least 10",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A path prefix served by a service (`[[routing.aliases]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AliasSetting {
+    /// Path prefix.
+    pub prefix: String,
+    /// Service name.
+    pub service: String,
+}
+
+impl Default for AliasSetting {
+    fn default() -> Self {
+        AliasSetting {
+            prefix: "/".into(),
+            service: String::new(),
+        }
+    }
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingSettings {
+    /// Seconds an upstream call may take (all attempts together).
+    pub timeout_secs: u64,
+    /// Per-service overrides of `timeout_secs`, by service name.
+    pub service_timeout_secs: BTreeMap<String, u64>,
+    /// Milliseconds to open a connection to a service.
+    pub connect_timeout_ms: u64,
+    /// Extra attempts for idempotent calls that failed to connect or got 502/503/504.
+    pub retries: u32,
+    /// Milliseconds before the first retry (doubling after).
+    pub retry_backoff_ms: u64,
+    /// Consecutive failures that open a service's circuit.
+    pub breaker_failures: u32,
+    /// Seconds an open circuit refuses calls before one probe.
+    pub breaker_open_secs: u64,
+    /// Largest request body forwarded, in bytes.
+    pub max_body_bytes: usize,
+    /// Paths outside `/api/v1/<service>` and the services that serve them; replaces the
+    /// built-in list (the seed's paths and A2A) when set.
+    pub aliases: Vec<AliasSetting>,
+    /// Forwarded paths served without a token (discovery documents).
+    pub public_paths: Vec<String>,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            timeout_secs: 30,
+            service_timeout_secs: BTreeMap::new(),
+            connect_timeout_ms: 2_000,
+            retries: 2,
+            retry_backoff_ms: 50,
+            breaker_failures: 5,
+            breaker_open_secs: 10,
+            max_body_bytes: 2 * 1024 * 1024,
+            aliases: default_aliases()
+                .into_iter()
+                .map(|a| AliasSetting {
+                    prefix: a.prefix,
+                    service: a.service,
+                })
+                .collect(),
+            public_paths: vec!["/.well-known/agent-card.json".into()],
+        }
+    }
+}
+
+impl RoutingSettings {
+    /// The aliases in domain form.
+    pub fn aliases(&self) -> Vec<Alias> {
+        self.aliases
+            .iter()
+            .map(|a| Alias {
+                prefix: a.prefix.clone(),
+                service: a.service.clone(),
+            })
+            .collect()
+    }
+}
+
+impl Validate for RoutingSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                "routing.timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        for (service, secs) in &self.service_timeout_secs {
+            if *secs == 0 {
+                return Err(ConfigError::invalid(
+                    format!("routing.service_timeout_secs.{service}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "routing.connect_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.retries > 5 {
+            return Err(ConfigError::invalid("routing.retries", "must be at most 5"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "routing.max_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        for (i, alias) in self.aliases.iter().enumerate() {
+            if !alias.prefix.starts_with('/') || alias.prefix.len() < 2 {
+                return Err(ConfigError::invalid(
+                    format!("routing.aliases[{i}].prefix"),
+                    "must start with / and name a path",
+                ));
+            }
+            if alias.service.is_empty() || alias.service == "gateway" {
+                return Err(ConfigError::invalid(
+                    format!("routing.aliases[{i}].service"),
+                    "must name another service",
+                ));
+            }
+        }
+        for (i, path) in self.public_paths.iter().enumerate() {
+            if !path.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("routing.public_paths[{i}]"),
+                    "must start with /",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[cors]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Origins browsers may call from (`https://console.example.com`); empty: no cross-origin
+    /// access.
+    pub allowed_origins: Vec<String>,
+    /// Let browsers send cookies and credentials.
+    pub allow_credentials: bool,
+    /// Seconds a browser may cache a preflight answer.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsSettings {
+    fn default() -> Self {
+        CorsSettings {
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            max_age_secs: 600,
+        }
+    }
+}
+
+impl Validate for CorsSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.allowed_origins {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.trim_end_matches('/').contains(['*', ' '])
+                && http::HeaderValue::from_str(origin).is_ok();
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "cors.allowed_origins",
+                    format!(
+                        "`{origin}` is not an origin like https://console.example.com (no wildcards)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[token_cache]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenCacheSettings {
+    /// Remember verified tokens (a signature check per request otherwise).
+    pub enabled: bool,
+    /// Seconds a verified token is remembered (never past its `exp`).
+    pub ttl_secs: u64,
+    /// Most tokens remembered.
+    pub max_entries: u64,
+}
+
+impl Default for TokenCacheSettings {
+    fn default() -> Self {
+        TokenCacheSettings {
+            enabled: true,
+            ttl_secs: 60,
+            max_entries: 100_000,
+        }
+    }
+}
+
+impl Validate for TokenCacheSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.ttl_secs == 0 || self.ttl_secs > 3_600 {
+            return Err(ConfigError::invalid(
+                "token_cache.ttl_secs",
+                "must be between 1 and 3600",
+            ));
+        }
+        if self.max_entries == 0 {
+            return Err(ConfigError::invalid(
+                "token_cache.max_entries",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(result: Result<(), ConfigError>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_issue() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        let d = &s.rate_limit.classes["default"];
+        assert_eq!((d.user, d.session, d.ip, d.period_secs), (100, 50, 30, 900));
+        assert!(s.websocket.require_auth, "REQUIRE_WS_AUTH is on by default");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut s = Settings::default();
+        s.rate_limit.trusted_proxies = vec!["10.0.0.0/99".into()];
+        assert!(key_of(s.validate()).contains("rate_limit.trusted_proxies"));
+
+        let mut s = Settings::default();
+        s.rate_limit.classes.get_mut("default").unwrap().ip = 0;
+        assert!(key_of(s.validate()).contains("rate_limit.classes.default.ip"));
+
+        let mut s = Settings::default();
+        s.rate_limit.routes = vec![RouteClass {
+            prefix: "/api/v1/chat".into(),
+            class: "chat".into(),
+        }];
+        assert!(key_of(s.validate()).contains("rate_limit.routes[0].class"));
+
+        let mut s = Settings::default();
+        s.rate_limit.redis_url = Secret::new("memcached://x".into());
+        assert!(key_of(s.validate()).contains("rate_limit.redis_url"));
+
+        let mut s = Settings::default();
+        s.sessions.secret = Secret::new("short".into());
+        assert!(key_of(s.validate()).contains("sessions.secret"));
+
+        let mut s = Settings::default();
+        s.websocket.idle_timeout_secs = s.websocket.heartbeat_secs;
+        assert!(key_of(s.validate()).contains("websocket.idle_timeout_secs"));
+
+        let mut s = Settings::default();
+        s.websocket.anonymous_scopes = vec!["prices".into()];
+        assert!(key_of(s.validate()).contains("websocket.anonymous_scopes"));
+
+        let mut s = Settings::default();
+        s.prices.symbols = vec!["BTC.USD".into()];
+        assert!(key_of(s.validate()).contains("prices.symbols"));
+
+        let mut s = Settings::default();
+        s.routing.aliases[0].service = "gateway".into();
+        assert!(key_of(s.validate()).contains("routing.aliases[0].service"));
+
+        let mut s = Settings::default();
+        s.cors.allowed_origins = vec!["*".into()];
+        assert!(key_of(s.validate()).contains("cors.allowed_origins"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let mut s = Settings::default();
+        s.sessions.secret = Secret::new("a-very-secret-value-of-32-bytes!!".into());
+        s.rate_limit.redis_url = Secret::new("redis://:pw@host:6379".into());
+        let text = format!("{s:?}");
+        assert!(
+            !text.contains("a-very-secret") && !text.contains(":pw@"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,486 @@
+//! The distributed WebSocket hub: which local connection follows which channel, and fan-out
+//! of channel messages across every gateway replica.
+//!
+//! Publishing never delivers locally: a message goes to the bus on its channel's subject
+//! (`ws.public.<channel>` or `ws.tenant.<tenant>.<channel>`, core NATS, may be lost), and every
+//! replica — the publishing one included — receives it on its single `ws.>` subscription and
+//! hands it to its own subscribers. Other services publish to the same subjects
+//! ([`Channel::subject`]) and reach every browser without knowing the gateway's replicas.
+//!
+//! Prices come straight from the price subjects (`prices.<symbol>`) every replica subscribes
+//! to; any feed may publish there. A symbol's ticks are forwarded only in increasing time, so
+//! identical ticks from several simulated feeds (one per replica) reach clients once.
+//!
+//! Each connection has a bounded queue; a message that does not fit marks the connection slow
+//! and its task closes it (`ws::CLOSE_SLOW`), so a stalled client costs at most its queue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use liquid_bus::{EventBus, Headers, Message};
+use liquid_kit::telemetry::target;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::channel::{Channel, SUBJECT_PREFIX};
+use crate::domain::price::PriceTick;
+use crate::error::GatewayError;
+
+/// A connection's handle as the hub holds it.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    sender: mpsc::Sender<Utf8Bytes>,
+    slow: CancellationToken,
+}
+
+/// A registered connection: its id, the receiving end of its queue and the token cancelled
+/// when it falls behind.
+pub struct Registration {
+    /// The connection id (unique within the replica).
+    pub id: u64,
+    /// Messages to send to the client.
+    pub inbox: mpsc::Receiver<Utf8Bytes>,
+    /// Cancelled when the queue overflowed.
+    pub slow: CancellationToken,
+    _guard: ConnectionGuard,
+}
+
+impl Registration {
+    /// Removes the connection and all its subscriptions (also done on drop).
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+struct ConnectionGuard {
+    hub: Hub,
+    id: u64,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.hub.remove_connection(self.id);
+    }
+}
+
+/// The hub of one replica; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    bus: Arc<dyn EventBus>,
+    /// Bus subject → connection id → outbox.
+    subscribers: RwLock<HashMap<String, HashMap<u64, Outbox>>>,
+    /// Connection id → the subjects it follows.
+    following: Mutex<HashMap<u64, Vec<String>>>,
+    /// Connection id → outbox (for registration and counting).
+    outboxes: Mutex<HashMap<u64, Outbox>>,
+    connections: AtomicUsize,
+    max_connections: usize,
+    queue: usize,
+    next_id: AtomicU64,
+    last_tick: Mutex<HashMap<String, u64>>,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connections", &self.connection_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub publishing on `bus`, with `queue` messages per connection and at most
+    /// `max_connections`.
+    pub fn new(bus: Arc<dyn EventBus>, queue: usize, max_connections: usize) -> Hub {
+        // Registered from the start (an increment of zero keeps other replicas' counts).
+        metrics::gauge!("liquid_gateway_ws_connections").increment(0.0);
+        metrics::counter!("liquid_gateway_ws_messages_sent_total").increment(0);
+        metrics::counter!("liquid_gateway_ws_slow_consumers_total").increment(0);
+        Hub {
+            inner: Arc::new(HubInner {
+                bus,
+                subscribers: RwLock::new(HashMap::new()),
+                following: Mutex::new(HashMap::new()),
+                outboxes: Mutex::new(HashMap::new()),
+                connections: AtomicUsize::new(0),
+                max_connections,
+                queue,
+                next_id: AtomicU64::new(1),
+                last_tick: Mutex::new(HashMap::new()),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Tracks connection tasks so shutdown can wait for them to close cleanly.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// Open connections on this replica.
+    pub fn connection_count(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// Registers a new connection; `None` when the replica is full.
+    pub fn register(&self) -> Option<Registration> {
+        let inner = &self.inner;
+        let previous = inner.connections.fetch_add(1, Ordering::AcqRel);
+        if previous >= inner.max_connections {
+            inner.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, inbox) = mpsc::channel(inner.queue);
+        let slow = CancellationToken::new();
+        let outbox = Outbox {
+            sender,
+            slow: slow.clone(),
+        };
+        if let Ok(mut map) = inner.outboxes.lock() {
+            map.insert(id, outbox);
+        }
+        metrics::gauge!("liquid_gateway_ws_connections").increment(1.0);
+        Some(Registration {
+            id,
+            inbox,
+            slow,
+            _guard: ConnectionGuard {
+                hub: self.clone(),
+                id,
+            },
+        })
+    }
+
+    fn remove_connection(&self, id: u64) {
+        let inner = &self.inner;
+        let subjects = inner
+            .following
+            .lock()
+            .ok()
+            .and_then(|mut f| f.remove(&id))
+            .unwrap_or_default();
+        if !subjects.is_empty()
+            && let Ok(mut subs) = inner.subscribers.write()
+        {
+            for subject in subjects {
+                if let Some(conns) = subs.get_mut(&subject) {
+                    conns.remove(&id);
+                    if conns.is_empty() {
+                        subs.remove(&subject);
+                    }
+                }
+            }
+        }
+        if let Ok(mut map) = inner.outboxes.lock() {
+            map.remove(&id);
+        }
+        inner.connections.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("liquid_gateway_ws_connections").decrement(1.0);
+    }
+
+    /// Makes connection `id` follow `subject`; false when it already did.
+    pub fn follow(&self, id: u64, subject: &str) -> bool {
+        let inner = &self.inner;
+        let Some(outbox) = inner.outboxes.lock().ok().and_then(|m| m.get(&id).cloned()) else {
+            return false;
+        };
+        let added = inner.following.lock().is_ok_and(|mut f| {
+            let list = f.entry(id).or_default();
+            if list.iter().any(|s| s == subject) {
+                false
+            } else {
+                list.push(subject.to_owned());
+                true
+            }
+        });
+        if added && let Ok(mut subs) = inner.subscribers.write() {
+            subs.entry(subject.to_owned())
+                .or_default()
+                .insert(id, outbox);
+        }
+        added
+    }
+
+    /// Stops connection `id` following `subject`; false when it did not.
+    pub fn unfollow(&self, id: u64, subject: &str) -> bool {
+        let inner = &self.inner;
+        let removed = inner.following.lock().is_ok_and(|mut f| {
+            f.get_mut(&id).is_some_and(|list| {
+                let before = list.len();
+                list.retain(|s| s != subject);
+                before != list.len()
+            })
+        });
+        if removed
+            && let Ok(mut subs) = inner.subscribers.write()
+            && let Some(conns) = subs.get_mut(subject)
+        {
+            conns.remove(&id);
+            if conns.is_empty() {
+                subs.remove(subject);
+            }
+        }
+        removed
+    }
+
+    /// How many channels connection `id` follows.
+    pub fn following_count(&self, id: u64) -> usize {
+        self.inner
+            .following
+            .lock()
+            .map_or(0, |f| f.get(&id).map_or(0, Vec::len))
+    }
+
+    /// Publishes `data` on `channel` for `tenant` to every replica's subscribers.
+    pub async fn publish(
+        &self,
+        channel: &Channel,
+        tenant: &str,
+        data: &serde_json::Value,
+    ) -> Result<String, GatewayError> {
+        let subject = channel.subject(tenant);
+        let payload = serde_json::to_vec(data)
+            .map_err(|e| GatewayError::InvalidArgument(format!("message is not json: {e}")))?;
+        self.inner
+            .bus
+            .publish(&subject, Headers::new(), Bytes::from(payload))
+            .await?;
+        Ok(subject)
+    }
+
+    /// Hands one message to the local subscribers of `subject`; returns how many got it.
+    pub fn deliver_local(&self, subject: &str, channel: &str, data: &serde_json::Value) -> usize {
+        let Ok(subs) = self.inner.subscribers.read() else {
+            return 0;
+        };
+        let Some(conns) = subs.get(subject) else {
+            return 0;
+        };
+        let frame = serde_json::json!({"type": "message", "channel": channel, "data": data});
+        let frame = Utf8Bytes::from(frame.to_string());
+        let mut delivered = 0;
+        for outbox in conns.values() {
+            match outbox.sender.try_send(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !outbox.slow.is_cancelled() {
+                        metrics::counter!("liquid_gateway_ws_slow_consumers_total").increment(1);
+                        outbox.slow.cancel();
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        metrics::counter!("liquid_gateway_ws_messages_sent_total").increment(delivered as u64);
+        delivered
+    }
+
+    fn on_channel_message(&self, message: &Message) {
+        // ws.public.<channel> or ws.tenant.<tenant>.<channel>; channels contain no dots.
+        let Some(channel) = message.subject.rsplit('.').next() else {
+            return;
+        };
+        match serde_json::from_slice::<serde_json::Value>(&message.payload) {
+            Ok(data) => {
+                self.deliver_local(&message.subject, channel, &data);
+            }
+            Err(error) => {
+                tracing::debug!(target: target::WEBSOCKET, subject = %message.subject, %error, "channel message is not json; dropped");
+            }
+        }
+    }
+
+    fn on_price_tick(&self, message: &Message) {
+        let tick: PriceTick = match serde_json::from_slice(&message.payload) {
+            Ok(t) => t,
+            Err(error) => {
+                tracing::debug!(target: target::WEBSOCKET, subject = %message.subject, %error, "price tick malformed; dropped");
+                return;
+            }
+        };
+        let Ok(channel) = Channel::prices(&tick.symbol) else {
+            return;
+        };
+        let newer = self.inner.last_tick.lock().is_ok_and(|mut last| {
+            let seen = last.entry(tick.symbol.clone()).or_insert(0);
+            if tick.ts_ms > *seen {
+                *seen = tick.ts_ms;
+                true
+            } else {
+                false
+            }
+        });
+        if newer {
+            let data = serde_json::to_value(&tick).unwrap_or_default();
+            self.deliver_local(&channel.subject(""), &channel.to_string(), &data);
+        }
+    }
+
+    /// Subscribes this replica to every channel subject and to the price subjects; the
+    /// returned futures run until `shutdown`.
+    pub async fn run(
+        &self,
+        price_prefix: &str,
+        shutdown: CancellationToken,
+    ) -> Result<
+        (
+            impl Future<Output = ()> + Send + 'static,
+            impl Future<Output = ()> + Send + 'static,
+        ),
+        GatewayError,
+    > {
+        let mut channels = self
+            .inner
+            .bus
+            .subscribe(&format!("{SUBJECT_PREFIX}.>"))
+            .await?;
+        let mut prices = self
+            .inner
+            .bus
+            .subscribe(&format!("{price_prefix}.>"))
+            .await?;
+        let hub = self.clone();
+        let stop = shutdown.clone();
+        let fanout = async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    next = channels.next() => match next {
+                        Some(message) => hub.on_channel_message(&message),
+                        None => {
+                            tracing::warn!(target: target::WEBSOCKET, "channel subscription ended");
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        let hub = self.clone();
+        let feed = async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    next = prices.next() => match next {
+                        Some(message) => hub.on_price_tick(&message),
+                        None => {
+                            tracing::warn!(target: target::WEBSOCKET, "price subscription ended");
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        Ok((fanout, feed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(queue: usize, max: usize) -> Hub {
+        Hub::new(Arc::new(liquid_bus::MemoryBus::new()), queue, max)
+    }
+
+    #[tokio::test]
+    async fn messages_reach_followers_only() {
+        let hub = hub(8, 10);
+        let mut a = hub.register().unwrap();
+        let mut b = hub.register().unwrap();
+        assert!(hub.follow(a.id, "ws.public.prices:BTC"));
+        assert!(
+            !hub.follow(a.id, "ws.public.prices:BTC"),
+            "following twice is one follow"
+        );
+        let n = hub.deliver_local(
+            "ws.public.prices:BTC",
+            "prices:BTC",
+            &serde_json::json!({"p": 1}),
+        );
+        assert_eq!(n, 1);
+        let frame = a.inbox.recv().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(v["channel"], "prices:BTC");
+        assert_eq!(v["data"]["p"], 1);
+        assert!(b.inbox.try_recv().is_err());
+        assert!(hub.unfollow(a.id, "ws.public.prices:BTC"));
+        assert_eq!(
+            hub.deliver_local("ws.public.prices:BTC", "prices:BTC", &serde_json::json!(1)),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_marks_the_connection_slow_without_growing() {
+        let hub = hub(2, 10);
+        let a = hub.register().unwrap();
+        hub.follow(a.id, "s");
+        for _ in 0..5 {
+            hub.deliver_local("s", "c", &serde_json::json!(null));
+        }
+        assert!(a.slow.is_cancelled());
+        assert_eq!(
+            a.inbox.len(),
+            2,
+            "the queue never holds more than its bound"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_connection_limit_holds_and_closing_frees_everything() {
+        let hub = hub(2, 2);
+        let a = hub.register().unwrap();
+        let b = hub.register().unwrap();
+        assert!(hub.register().is_none());
+        assert_eq!(hub.connection_count(), 2);
+        hub.follow(a.id, "x");
+        hub.follow(a.id, "y");
+        assert_eq!(hub.following_count(a.id), 2);
+        a.close();
+        assert_eq!(hub.connection_count(), 1);
+        assert!(hub.inner.subscribers.read().unwrap().is_empty());
+        assert!(hub.register().is_some());
+        drop(b);
+    }
+
+    #[tokio::test]
+    async fn price_ticks_are_forwarded_once_in_time_order() {
+        let hub = hub(8, 10);
+        let mut a = hub.register().unwrap();
+        let subject = Channel::prices("BTC").unwrap().subject("");
+        hub.follow(a.id, &subject);
+        let tick = |ts: u64| Message {
+            subject: "prices.BTC".into(),
+            headers: Headers::new(),
+            payload: Bytes::from(
+                serde_json::to_vec(&PriceTick {
+                    symbol: "BTC".into(),
+                    price: 1.0,
+                    ts_ms: ts,
+                    source: "simulated".into(),
+                })
+                .unwrap(),
+            ),
+        };
+        hub.on_price_tick(&tick(1_000));
+        hub.on_price_tick(&tick(1_000));
+        hub.on_price_tick(&tick(500));
+        hub.on_price_tick(&tick(2_000));
+        assert_eq!(a.inbox.len(), 2);
+        let first: serde_json::Value =
+            serde_json::from_str(a.inbox.recv().await.unwrap().as_str()).unwrap();
+        assert_eq!(first["data"]["source"], "simulated");
+        assert_eq!(first["data"]["ts_ms"], 1_000);
+    }
+}

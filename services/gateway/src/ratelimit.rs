@@ -1,0 +1,606 @@
+//! Tiered rate limits at the edge: which quota a request is charged to (`domain::tier`), the
+//! GCRA decision (`domain::gcra`) taken in Redis in one round trip over one shared multiplexed
+//! connection, and the `RateLimit-*` / `Retry-After` headers.
+//!
+//! Shared limits: a Lua script runs the GCRA arithmetic atomically with Redis's own clock
+//! (`TIME`), so replicas with skewed clocks still agree; the script is loaded once and then
+//! called by hash (`EVALSHA`). When Redis does not answer within `rate_limit.redis_timeout_ms`
+//! the replica decides with its own in-memory GCRA (fail-open to per-replica limits: each
+//! replica then admits up to the quota), counts `liquid_gateway_rate_limit_fallback_total`,
+//! logs the transition once, and tries Redis again after `rate_limit.redis_retry_secs`.
+//! Without a Redis URL (embedded mode) every decision is local.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use liquid_auth::Claims;
+use liquid_kit::secret::redact_url;
+use liquid_kit::telemetry::target;
+use liquid_kit::{ApiError, ErrorCode};
+use moka::ops::compute::Op;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::{ClassLimits, RateLimitSettings};
+use crate::domain::gcra::{self, Decision, Quota};
+use crate::domain::session_token::SessionSigner;
+use crate::domain::tier::{self, Charge, Cidr, Tier};
+use crate::error::GatewayError;
+
+/// The header carrying a gateway session token.
+pub const SESSION_HEADER: &str = "x-session-token";
+/// The header naming the tier a request was charged to.
+pub const TIER_HEADER: &str = "x-ratelimit-tier";
+
+/// GCRA in Redis: KEYS[1] the key, ARGV[1] the emission interval and ARGV[2] the window, in
+/// milliseconds. Returns {allowed, remaining, reset_after_ms, retry_after_ms}; the same
+/// arithmetic as `domain::gcra::decide`.
+const GCRA_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - window
+if now < allow_at then
+  return {0, 0, tat - now, allow_at - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+return {1, math.floor((window - (new_tat - now)) / interval), new_tat - now, 0}
+";
+
+/// Where a decision was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In Redis, shared by every replica.
+    Redis,
+    /// In this replica's memory.
+    Local,
+}
+
+impl Backend {
+    /// `redis` or `local`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Redis => "redis",
+            Backend::Local => "local",
+        }
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The GCRA decision.
+    pub decision: Decision,
+    /// Who was charged.
+    pub charge: Charge,
+    /// The route class.
+    pub class: String,
+    /// The quota's period in seconds (for `RateLimit-Policy`).
+    pub period_secs: u64,
+    /// Where it was decided.
+    pub backend: Backend,
+}
+
+struct SharedLimits {
+    connection: ConnectionManager,
+    script: redis::Script,
+    url: String,
+}
+
+/// Decides rate limits for the gateway; cheap to clone.
+#[derive(Clone)]
+pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    enabled: bool,
+    classes: BTreeMap<String, ClassLimits>,
+    routes: Vec<(String, String)>,
+    trusted: Vec<Cidr>,
+    key_prefix: String,
+    redis: Option<SharedLimits>,
+    redis_timeout: Duration,
+    redis_retry: Duration,
+    /// Unix milliseconds until which Redis is skipped; 0 while it answers.
+    redis_down_until: AtomicU64,
+    local: moka::sync::Cache<String, u64>,
+    sessions: Arc<SessionSigner>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl RateLimiter {
+    /// A limiter from `[rate_limit]`; `namespace` prefixes every Redis key (the gateway's cache
+    /// namespace). Connects to Redis lazily, so a Redis that is down at start-up leaves the
+    /// gateway serving on local limits until it answers.
+    pub fn new(
+        settings: &RateLimitSettings,
+        namespace: &str,
+        sessions: Arc<SessionSigner>,
+    ) -> Result<RateLimiter, GatewayError> {
+        let trusted = settings.trusted().map_err(|e| GatewayError::Config {
+            key: "rate_limit.trusted_proxies",
+            reason: e.to_string(),
+        })?;
+        let redis = if settings.redis_url.is_empty() {
+            None
+        } else {
+            let url = settings.redis_url.expose();
+            let client = redis::Client::open(url.as_str()).map_err(|e| GatewayError::Config {
+                key: "rate_limit.redis_url",
+                reason: e.to_string(),
+            })?;
+            let timeout = Duration::from_millis(settings.redis_timeout_ms);
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            let connection =
+                ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+                    GatewayError::RedisUnreachable {
+                        url: redact_url(url),
+                        reason: e.to_string(),
+                    }
+                })?;
+            Some(SharedLimits {
+                connection,
+                script: redis::Script::new(GCRA_SCRIPT),
+                url: redact_url(url),
+            })
+        };
+        let mut routes: Vec<(String, String)> = settings
+            .routes
+            .iter()
+            .map(|r| (r.prefix.trim_end_matches('/').to_owned(), r.class.clone()))
+            .collect();
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        let longest = settings
+            .classes
+            .values()
+            .map(|c| c.period_secs)
+            .max()
+            .unwrap_or(900);
+        // Registered from the start so dashboards see zeros rather than no series.
+        let backend = if redis.is_some() { "redis" } else { "local" };
+        for class in settings.classes.keys() {
+            for tier in [Tier::User, Tier::Session, Tier::Ip] {
+                for outcome in ["allowed", "limited"] {
+                    metrics::counter!("liquid_gateway_rate_limit_decisions_total",
+                        "tier" => tier.as_str(), "class" => class.clone(), "outcome" => outcome, "backend" => backend)
+                    .increment(0);
+                }
+            }
+        }
+        metrics::counter!("liquid_gateway_rate_limit_fallback_total").increment(0);
+        metrics::gauge!("liquid_gateway_rate_limit_redis_up").set(if redis.is_some() {
+            1.0
+        } else {
+            0.0
+        });
+        Ok(RateLimiter {
+            inner: Arc::new(Inner {
+                enabled: settings.enabled,
+                classes: settings.classes.clone(),
+                routes,
+                trusted,
+                key_prefix: format!("{namespace}{}", settings.key_prefix),
+                redis,
+                redis_timeout: Duration::from_millis(settings.redis_timeout_ms),
+                redis_retry: Duration::from_secs(settings.redis_retry_secs),
+                redis_down_until: AtomicU64::new(0),
+                local: moka::sync::Cache::builder()
+                    .max_capacity(settings.local_max_keys)
+                    .time_to_idle(Duration::from_secs(longest))
+                    .build(),
+                sessions,
+            }),
+        })
+    }
+
+    /// True when limits are shared through Redis.
+    pub fn shared(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
+    /// Loads the script into Redis ahead of the first request (best effort).
+    pub async fn warm_up(&self) {
+        if let Some(shared) = &self.inner.redis {
+            let mut conn = shared.connection.clone();
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                shared.script.prepare_invoke().load_async(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {
+                    tracing::info!(target: target::CACHE, url = %shared.url, "rate limits shared through redis");
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(target: target::CACHE, url = %shared.url, %error, "rate-limit redis not answering at start-up; deciding locally until it does");
+                }
+                Err(_) => {
+                    tracing::warn!(target: target::CACHE, url = %shared.url, "rate-limit redis not answering at start-up; deciding locally until it does");
+                }
+            }
+        }
+    }
+
+    /// The route class of `path`: the longest configured prefix, else `default`.
+    pub fn class_of(&self, path: &str) -> &str {
+        self.inner
+            .routes
+            .iter()
+            .find(|(prefix, _)| {
+                path == prefix
+                    || path
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+                    || prefix.is_empty()
+            })
+            .map_or("default", |(_, class)| class.as_str())
+    }
+
+    /// The verified session id of an `X-Session-Token`, if it is valid.
+    pub fn session_of(&self, headers: &HeaderMap) -> Option<String> {
+        let token = headers.get(SESSION_HEADER)?.to_str().ok()?;
+        match self.inner.sessions.verify(token, now_ms() / 1000) {
+            Ok(session) => Some(session.id),
+            Err(error) => {
+                tracing::debug!(target: target::SECURITY, %error, "session token ignored");
+                None
+            }
+        }
+    }
+
+    /// The client address behind trusted proxies.
+    pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        tier::client_address(peer, forwarded, &self.inner.trusted)
+    }
+
+    /// Who a request is charged to.
+    pub fn charge(&self, claims: Option<&Claims>, headers: &HeaderMap, peer: IpAddr) -> Charge {
+        let session = if claims.is_none() {
+            self.session_of(headers)
+        } else {
+            None
+        };
+        let client = self.client_address(peer, headers);
+        tier::select(
+            claims.map(|c| (c.tenant_id(), c.sub.as_str())),
+            session.as_deref(),
+            client,
+        )
+    }
+
+    /// Charges one request of `class` to `charge`; `None` when limits are disabled.
+    pub async fn check(&self, class: &str, charge: Charge) -> Option<Outcome> {
+        let inner = &self.inner;
+        if !inner.enabled {
+            return None;
+        }
+        let (class_name, limits) = match inner.classes.get_key_value(class) {
+            Some((name, limits)) => (name.clone(), limits),
+            None => ("default".to_owned(), inner.classes.get("default")?),
+        };
+        let limit = match charge.tier {
+            Tier::User => limits.user,
+            Tier::Session => limits.session,
+            Tier::Ip => limits.ip,
+        };
+        let quota = Quota::new(limit, limits.period_secs.saturating_mul(1000));
+        let key = format!(
+            "{}{class_name}:{}:{}",
+            inner.key_prefix,
+            charge.tier.as_str(),
+            charge.key
+        );
+        let (decision, backend) = match self.check_shared(&key, quota).await {
+            Some(decision) => (decision, Backend::Redis),
+            None => (self.check_local(key, quota), Backend::Local),
+        };
+        let outcome = if decision.allowed {
+            "allowed"
+        } else {
+            "limited"
+        };
+        metrics::counter!("liquid_gateway_rate_limit_decisions_total",
+            "tier" => charge.tier.as_str(), "class" => class_name.clone(), "outcome" => outcome, "backend" => backend.as_str())
+        .increment(1);
+        Some(Outcome {
+            decision,
+            charge,
+            class: class_name,
+            period_secs: limits.period_secs,
+            backend,
+        })
+    }
+
+    async fn check_shared(&self, key: &str, quota: Quota) -> Option<Decision> {
+        let inner = &self.inner;
+        let shared = inner.redis.as_ref()?;
+        let now = now_ms();
+        if inner.redis_down_until.load(Ordering::Relaxed) > now {
+            metrics::counter!("liquid_gateway_rate_limit_fallback_total").increment(1);
+            return None;
+        }
+        let mut conn = shared.connection.clone();
+        let mut invocation = shared.script.key(key);
+        invocation
+            .arg(quota.emission_interval_ms())
+            .arg(quota.window_ms());
+        let answer = tokio::time::timeout(
+            inner.redis_timeout,
+            invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn),
+        )
+        .await;
+        let reason = match answer {
+            Ok(Ok((allowed, remaining, reset, retry))) => {
+                if inner.redis_down_until.swap(0, Ordering::Relaxed) != 0 {
+                    metrics::gauge!("liquid_gateway_rate_limit_redis_up").set(1.0);
+                    tracing::info!(target: target::CACHE, url = %shared.url, "rate-limit redis answers again; limits are shared");
+                }
+                let clamp = |v: i64| u64::try_from(v).unwrap_or(0);
+                return Some(Decision {
+                    allowed: allowed == 1,
+                    limit: quota.limit,
+                    remaining: u32::try_from(clamp(remaining)).unwrap_or(u32::MAX),
+                    reset_after_ms: clamp(reset),
+                    retry_after_ms: clamp(retry),
+                });
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {}ms", inner.redis_timeout.as_millis()),
+        };
+        let until = now + u64::try_from(inner.redis_retry.as_millis()).unwrap_or(u64::MAX);
+        if inner.redis_down_until.swap(until, Ordering::Relaxed) == 0 {
+            metrics::gauge!("liquid_gateway_rate_limit_redis_up").set(0.0);
+            tracing::warn!(target: target::CACHE, url = %shared.url, %reason, retry_secs = inner.redis_retry.as_secs(), "rate-limit redis failed; deciding locally per replica");
+        }
+        metrics::counter!("liquid_gateway_rate_limit_fallback_total").increment(1);
+        None
+    }
+
+    fn check_local(&self, key: String, quota: Quota) -> Decision {
+        let now = now_ms();
+        let mut decision = None;
+        self.inner.local.entry(key).and_compute_with(|entry| {
+            let (d, new_tat) = gcra::decide(quota, entry.map(|e| e.into_value()), now);
+            decision = Some(d);
+            match new_tat {
+                Some(tat) => Op::Put(tat),
+                None => Op::Nop,
+            }
+        });
+        decision.unwrap_or(Decision {
+            allowed: true,
+            limit: quota.limit,
+            remaining: quota.limit,
+            reset_after_ms: 0,
+            retry_after_ms: 0,
+        })
+    }
+}
+
+/// Writes the `RateLimit-*` headers (draft-ietf-httpapi-ratelimit-headers) and the tier.
+pub fn write_headers(headers: &mut HeaderMap, outcome: &Outcome) {
+    let d = &outcome.decision;
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("ratelimit-limit", d.limit.to_string());
+    put("ratelimit-remaining", d.remaining.to_string());
+    put(
+        "ratelimit-reset",
+        gcra::ceil_secs(d.reset_after_ms).to_string(),
+    );
+    put(
+        "ratelimit-policy",
+        format!("{};w={}", d.limit, outcome.period_secs),
+    );
+    put(TIER_HEADER, outcome.charge.tier.as_str().to_owned());
+}
+
+/// The 429 answer for a refused request, with `Retry-After`.
+pub fn refusal(outcome: &Outcome) -> Response {
+    let retry = gcra::ceil_secs(outcome.decision.retry_after_ms).max(1);
+    tracing::info!(target: target::SECURITY, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = retry, "rate limited");
+    let mut response = ApiError::new(
+        ErrorCode::RateLimited,
+        format!(
+            "rate limit of {} requests per {}s for this {} reached; retry after {retry}s",
+            outcome.decision.limit,
+            outcome.period_secs,
+            outcome.charge.tier.as_str()
+        ),
+    )
+    .with_details(serde_json::json!({
+        "tier": outcome.charge.tier.as_str(),
+        "class": outcome.class,
+        "limit": outcome.decision.limit,
+        "period_seconds": outcome.period_secs,
+        "retry_after_seconds": retry,
+    }))
+    .into_response();
+    write_headers(response.headers_mut(), outcome);
+    response
+}
+
+/// The TCP peer of a request (`0.0.0.0` when the server did not record it).
+pub fn peer_of(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+/// Middleware: charges every request to its tier; refuses with 429 or passes and adds the
+/// headers. Runs inside the auth layer, so verified claims are in the extensions.
+pub async fn limit(State(limiter): State<RateLimiter>, request: Request, next: Next) -> Response {
+    let class = limiter.class_of(request.uri().path()).to_owned();
+    let charge = limiter.charge(
+        request.extensions().get::<Claims>(),
+        request.headers(),
+        peer_of(&request),
+    );
+    let Some(outcome) = limiter.check(&class, charge).await else {
+        return next.run(request).await;
+    };
+    if !outcome.decision.allowed {
+        return refusal(&outcome);
+    }
+    let mut response = next.run(request).await;
+    write_headers(response.headers_mut(), &outcome);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteClass;
+
+    fn limiter(settings: RateLimitSettings) -> RateLimiter {
+        RateLimiter::new(
+            &settings,
+            "test:",
+            Arc::new(SessionSigner::new(b"0123456789abcdef0123456789abcdef")),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn local_limits_hold_per_tier_key() {
+        let mut s = RateLimitSettings::default();
+        s.classes.insert(
+            "default".into(),
+            ClassLimits {
+                user: 3,
+                session: 2,
+                ip: 1,
+                period_secs: 900,
+            },
+        );
+        let l = limiter(s);
+        let user = |k: &str| Charge {
+            tier: Tier::User,
+            key: k.into(),
+        };
+        for i in 0..3 {
+            let o = l.check("default", user("a/bob")).await.unwrap();
+            assert!(o.decision.allowed, "{i}");
+            assert_eq!(o.backend, Backend::Local);
+        }
+        let o = l.check("default", user("a/bob")).await.unwrap();
+        assert!(!o.decision.allowed);
+        // One emission interval (900 s / 3) from the first request, less the few ms the test
+        // itself took: the local clock is real.
+        assert!(
+            (290_000..=300_000).contains(&o.decision.retry_after_ms),
+            "{}",
+            o.decision.retry_after_ms
+        );
+        assert!(
+            l.check("default", user("a/ann"))
+                .await
+                .unwrap()
+                .decision
+                .allowed
+        );
+        let ip = Charge {
+            tier: Tier::Ip,
+            key: "1.2.3.4".into(),
+        };
+        assert!(
+            l.check("default", ip.clone())
+                .await
+                .unwrap()
+                .decision
+                .allowed
+        );
+        assert!(!l.check("default", ip).await.unwrap().decision.allowed);
+    }
+
+    #[test]
+    fn route_classes_use_the_longest_prefix() {
+        let mut s = RateLimitSettings::default();
+        s.classes.insert("chat".into(), ClassLimits::default());
+        s.classes.insert("ws".into(), ClassLimits::default());
+        s.routes = vec![
+            RouteClass {
+                prefix: "/api/v1".into(),
+                class: "ws".into(),
+            },
+            RouteClass {
+                prefix: "/api/v1/chat".into(),
+                class: "chat".into(),
+            },
+        ];
+        let l = limiter(s);
+        assert_eq!(l.class_of("/api/v1/chat"), "chat");
+        assert_eq!(l.class_of("/api/v1/chat/x"), "chat");
+        assert_eq!(l.class_of("/api/v1/chatty"), "ws");
+        assert_eq!(l.class_of("/other"), "default");
+    }
+
+    #[test]
+    fn refusals_carry_retry_after_and_the_headers() {
+        let outcome = Outcome {
+            decision: Decision {
+                allowed: false,
+                limit: 30,
+                remaining: 0,
+                reset_after_ms: 899_500,
+                retry_after_ms: 29_001,
+            },
+            charge: Charge {
+                tier: Tier::Ip,
+                key: "1.2.3.4".into(),
+            },
+            class: "default".into(),
+            period_secs: 900,
+            backend: Backend::Local,
+        };
+        let r = refusal(&outcome);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "30");
+        assert_eq!(r.headers()["ratelimit-limit"], "30");
+        assert_eq!(r.headers()["ratelimit-remaining"], "0");
+        assert_eq!(r.headers()["ratelimit-reset"], "900");
+        assert_eq!(r.headers()["ratelimit-policy"], "30;w=900");
+        assert_eq!(r.headers()[TIER_HEADER], "ip");
+    }
+
+    #[tokio::test]
+    async fn disabled_limits_decide_nothing() {
+        let s = RateLimitSettings {
+            enabled: false,
+            ..RateLimitSettings::default()
+        };
+        let l = limiter(s);
+        let charge = Charge {
+            tier: Tier::Ip,
+            key: "x".into(),
+        };
+        assert!(l.check("default", charge).await.is_none());
+    }
+}

@@ -1,0 +1,684 @@
+//! The WebSocket endpoint `/ws`: authentication at connect and per action, the client
+//! protocol, heartbeats and closing.
+//!
+//! A token comes at connect in `Authorization: Bearer`, or as the subprotocol `bearer.<jwt>`
+//! offered beside `liquid.v1` (browsers cannot set headers), or as the first message
+//! `{"type":"auth","token":"..."}` within `websocket.auth_deadline_secs`. A token sent at
+//! connect that does not verify refuses the upgrade with the usual 401 envelope. With
+//! `websocket.require_auth` off, a connection without a token holds
+//! `websocket.anonymous_scopes` and cannot follow tenant channels.
+//!
+//! Every action is checked again against the connection's current claims
+//! (`domain::channel::authorize`): the scope it needs and the token's expiry. The connection
+//! closes when its token expires unless the client sent a fresh one (`auth` again, same
+//! subject and tenant).
+//!
+//! Client → server (JSON text): `auth`, `subscribe {channel}`, `unsubscribe {channel}`,
+//! `chat {session, message}`, `trade {intent}`, `ping`; each may carry an `id` echoed in the
+//! answer. Server → client: `welcome`, `subscribed`, `unsubscribed`, `message {channel, data}`,
+//! `ack`, `pong`, `error {code, message}`. Close codes: 1001 shutdown, 4001 unauthenticated,
+//! 4002 token expired, 4003 heartbeat timeout, 4008 slow consumer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderMap;
+use liquid_auth::{AuthError, Claims, bearer_from_headers};
+use liquid_bus::{EventBus, Headers};
+use liquid_kit::telemetry::target;
+use liquid_kit::{ApiError, ErrorCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::TokenCache;
+use crate::config::WebSocketSettings;
+use crate::domain::channel::{Action, Channel, authorize, encode_tenant};
+use crate::hub::{Hub, Registration};
+use crate::ratelimit::{self, RateLimiter};
+
+/// The subprotocol the gateway speaks.
+pub const PROTOCOL: &str = "liquid.v1";
+/// Prefix of the subprotocol that carries a token.
+pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
+/// Server shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// No valid token at connect or within the deadline.
+pub const CLOSE_UNAUTHENTICATED: u16 = 4001;
+/// The token expired and no fresh one came.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
+/// The client stopped answering heartbeats.
+pub const CLOSE_IDLE: u16 = 4003;
+/// The client read too slowly; its queue overflowed.
+pub const CLOSE_SLOW: u16 = 4008;
+/// Bus subject prefix of trade intents (`trades.intents.<tenant>`).
+pub const TRADE_SUBJECT_PREFIX: &str = "trades.intents";
+
+/// What chat over the WebSocket calls once the chat API exists (issue 6, items 1–2): it gets
+/// the verified caller, the session and the message, streams its output to the tenant's
+/// `chat:<session>` channel through the hub, and answers the acknowledgement's data.
+pub trait ChatHandler: Send + Sync {
+    /// Handles one chat message.
+    fn handle(
+        &self,
+        caller: Claims,
+        session: String,
+        message: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send>>;
+}
+
+/// What the WebSocket endpoint needs.
+#[derive(Clone)]
+pub struct WsState {
+    /// Verifies tokens.
+    pub tokens: TokenCache,
+    /// The hub.
+    pub hub: Hub,
+    /// The rate limiter (connects are charged like requests).
+    pub limiter: RateLimiter,
+    /// `[websocket]`.
+    pub settings: Arc<WebSocketSettings>,
+    /// The bus (trade intents).
+    pub bus: Arc<dyn EventBus>,
+    /// Chat, once it exists.
+    pub chat: Option<Arc<dyn ChatHandler>>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    /// This replica's id (in `welcome`).
+    pub replica: String,
+}
+
+fn token_at_connect(headers: &HeaderMap) -> Result<Option<String>, AuthError> {
+    if let Some(token) = bearer_from_headers(headers)? {
+        return Ok(Some(token.to_owned()));
+    }
+    let offered = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
+        .map(str::to_owned);
+    Ok(offered)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn expiry_instant(claims: &Claims) -> Instant {
+    Instant::now() + Duration::from_secs(claims.exp.saturating_sub(unix_now()))
+}
+
+/// `GET /ws`: verifies what came at connect, charges the rate limit, upgrades.
+pub async fn upgrade(State(state): State<WsState>, request: Request) -> Response {
+    let peer = ratelimit::peer_of(&request);
+    let (mut parts, _body) = request.into_parts();
+    let claims = match token_at_connect(&parts.headers) {
+        Ok(Some(token)) => match state.tokens.verify(&token).await {
+            Ok(claims) => Some(claims),
+            Err(error) => {
+                tracing::info!(target: target::SECURITY, reason = error.reason(), %error, "websocket connect refused");
+                return error.into_response();
+            }
+        },
+        Ok(None) => None,
+        Err(error) => return error.into_response(),
+    };
+    let class = state.limiter.class_of(parts.uri.path()).to_owned();
+    let charge = state.limiter.charge(claims.as_ref(), &parts.headers, peer);
+    let outcome = state.limiter.check(&class, charge).await;
+    if let Some(outcome) = &outcome
+        && !outcome.decision.allowed
+    {
+        return ratelimit::refusal(outcome);
+    }
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(registration) = state.hub.register() else {
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "this gateway replica holds its maximum of websocket connections; retry (another replica may answer)",
+        )
+        .with_details(json!({"retry_after_seconds": 1}))
+        .into_response();
+    };
+    let settings = state.settings.clone();
+    let tasks = state.hub.tasks().clone();
+    let mut response = upgrade
+        .protocols([PROTOCOL])
+        .read_buffer_size(2 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(settings.max_message_bytes)
+        .max_frame_size(settings.max_message_bytes)
+        .on_upgrade(move |socket| {
+            tasks.track_future(Connection::new(state, registration, claims).run(socket))
+        });
+    if let Some(outcome) = &outcome {
+        ratelimit::write_headers(response.headers_mut(), outcome);
+    }
+    response
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    Auth {
+        token: String,
+        #[serde(default)]
+        id: Value,
+    },
+    Subscribe {
+        channel: String,
+        #[serde(default)]
+        id: Value,
+    },
+    Unsubscribe {
+        channel: String,
+        #[serde(default)]
+        id: Value,
+    },
+    Chat {
+        session: String,
+        message: Value,
+        #[serde(default)]
+        id: Value,
+    },
+    Trade {
+        intent: Value,
+        #[serde(default)]
+        id: Value,
+    },
+    Ping {
+        #[serde(default)]
+        id: Value,
+    },
+}
+
+/// Why the loop ended, with the close frame to send.
+struct Closing {
+    code: u16,
+    reason: &'static str,
+    label: &'static str,
+}
+
+impl Closing {
+    fn new(code: u16, label: &'static str, reason: &'static str) -> Closing {
+        Closing {
+            code,
+            reason,
+            label,
+        }
+    }
+}
+
+enum Step {
+    Continue,
+    Close(Closing),
+}
+
+struct Connection {
+    state: WsState,
+    registration: Registration,
+    claims: Option<Claims>,
+    /// Waiting for the first-message token until this instant.
+    pending_auth: bool,
+    deadline: Instant,
+}
+
+fn error_frame(id: &Value, code: ErrorCode, message: impl Into<String>) -> Value {
+    json!({"type": "error", "id": id, "code": code.as_str(), "message": message.into()})
+}
+
+impl Connection {
+    fn new(state: WsState, registration: Registration, claims: Option<Claims>) -> Connection {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let (pending_auth, deadline) = match &claims {
+            Some(c) => (false, expiry_instant(c)),
+            None if state.settings.require_auth => (
+                true,
+                Instant::now() + Duration::from_secs(state.settings.auth_deadline_secs),
+            ),
+            None => (false, far),
+        };
+        Connection {
+            state,
+            registration,
+            claims,
+            pending_auth,
+            deadline,
+        }
+    }
+
+    fn scopes(&self) -> Vec<&str> {
+        match &self.claims {
+            Some(c) => c.scopes().iter().map(String::as_str).collect(),
+            None => self
+                .state
+                .settings
+                .anonymous_scopes
+                .iter()
+                .map(String::as_str)
+                .collect(),
+        }
+    }
+
+    fn welcome(&self) -> Value {
+        json!({
+            "type": "welcome",
+            "connection": self.registration.id,
+            "replica": self.state.replica,
+            "subject": self.claims.as_ref().map(|c| c.sub.clone()),
+            "tenant": self.claims.as_ref().map(|c| c.tenant_id().to_owned()),
+            "scopes": self.scopes(),
+            "heartbeat_secs": self.state.settings.heartbeat_secs,
+        })
+    }
+
+    async fn run(mut self, socket: WebSocket) {
+        let (mut sink, mut stream) = socket.split();
+        let settings = self.state.settings.clone();
+        let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
+        let mut heartbeat = tokio::time::interval_at(
+            Instant::now() + Duration::from_secs(settings.heartbeat_secs),
+            Duration::from_secs(settings.heartbeat_secs),
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        let expiry = tokio::time::sleep_until(self.deadline);
+        tokio::pin!(expiry);
+        let shutdown = self.state.shutdown.clone();
+        let slow = self.registration.slow.clone();
+        if !self.pending_auth {
+            let text = self.welcome().to_string();
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                return;
+            }
+        }
+        let closing = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    break Some(Closing::new(CLOSE_GOING_AWAY, "shutdown", "server shutting down"));
+                }
+                () = slow.cancelled() => {
+                    break Some(Closing::new(CLOSE_SLOW, "slow", "slow consumer: send queue full"));
+                }
+                () = &mut expiry => {
+                    break Some(if self.pending_auth {
+                        Closing::new(CLOSE_UNAUTHENTICATED, "auth_deadline", "no token within the deadline")
+                    } else {
+                        Closing::new(CLOSE_TOKEN_EXPIRED, "token_expired", "token expired; reconnect with a fresh token")
+                    });
+                }
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() > idle_timeout {
+                        break Some(Closing::new(CLOSE_IDLE, "idle", "heartbeat timeout"));
+                    }
+                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        break None;
+                    }
+                }
+                outgoing = self.registration.inbox.recv() => {
+                    let Some(frame) = outgoing else { break None };
+                    if sink.send(Message::Text(frame)).await.is_err() {
+                        break None;
+                    }
+                }
+                incoming = stream.next() => {
+                    last_seen = Instant::now();
+                    let text = match incoming {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Binary(_))) => {
+                            let frame = error_frame(&Value::Null, ErrorCode::InvalidArgument, "send json text frames");
+                            if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                                break None;
+                            }
+                            continue;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | None => break Some(Closing::new(1000, "client", "")),
+                        Some(Err(_)) => break None,
+                    };
+                    let (reply, step) = self.handle(text.as_str()).await;
+                    if let Some(reply) = reply
+                        && sink.send(Message::Text(reply.to_string().into())).await.is_err()
+                    {
+                        break None;
+                    }
+                    if let Step::Close(c) = step {
+                        break Some(c);
+                    }
+                    expiry.as_mut().reset(self.deadline);
+                }
+            }
+        };
+        let label = closing.as_ref().map_or("error", |c| c.label);
+        metrics::counter!("liquid_gateway_ws_closed_total", "reason" => label).increment(1);
+        if let Some(c) = closing
+            && c.label != "client"
+        {
+            tracing::debug!(target: target::WEBSOCKET, connection = self.registration.id, code = c.code, reason = c.label, "closing websocket");
+            let frame = CloseFrame {
+                code: c.code,
+                reason: Utf8Bytes::from_static(c.reason),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                sink.send(Message::Close(Some(frame))),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    }
+
+    /// Handles one client message: the answer to send, and whether to close.
+    async fn handle(&mut self, text: &str) -> (Option<Value>, Step) {
+        let message: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                let reply = error_frame(
+                    &Value::Null,
+                    ErrorCode::InvalidArgument,
+                    format!("unreadable message: {e}"),
+                );
+                if self.pending_auth {
+                    return (
+                        Some(reply),
+                        Step::Close(Closing::new(
+                            CLOSE_UNAUTHENTICATED,
+                            "unauthenticated",
+                            "the first message must be {\"type\":\"auth\"}",
+                        )),
+                    );
+                }
+                return (Some(reply), Step::Continue);
+            }
+        };
+        if self.pending_auth && !matches!(message, ClientMessage::Auth { .. }) {
+            tracing::info!(target: target::SECURITY, connection = self.registration.id, "websocket action before auth refused");
+            return (
+                Some(error_frame(
+                    &Value::Null,
+                    ErrorCode::Unauthenticated,
+                    "send {\"type\":\"auth\",\"token\":\"...\"} first",
+                )),
+                Step::Close(Closing::new(
+                    CLOSE_UNAUTHENTICATED,
+                    "unauthenticated",
+                    "the first message must be {\"type\":\"auth\"}",
+                )),
+            );
+        }
+        // Checked again per action: an expired token acts no more, even before the timer fires.
+        if let Some(claims) = &self.claims
+            && claims.exp <= unix_now()
+            && !matches!(message, ClientMessage::Auth { .. })
+        {
+            return (
+                None,
+                Step::Close(Closing::new(
+                    CLOSE_TOKEN_EXPIRED,
+                    "token_expired",
+                    "token expired; reconnect with a fresh token",
+                )),
+            );
+        }
+        match message {
+            ClientMessage::Auth { token, id } => self.authenticate(&token, id).await,
+            ClientMessage::Ping { id } => (Some(json!({"type": "pong", "id": id})), Step::Continue),
+            ClientMessage::Subscribe { channel, id } => {
+                (Some(self.subscribe(&channel, id)), Step::Continue)
+            }
+            ClientMessage::Unsubscribe { channel, id } => {
+                (Some(self.unsubscribe(&channel, id)), Step::Continue)
+            }
+            ClientMessage::Chat {
+                session,
+                message,
+                id,
+            } => (Some(self.chat(session, message, id).await), Step::Continue),
+            ClientMessage::Trade { intent, id } => {
+                (Some(self.trade(intent, id).await), Step::Continue)
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, token: &str, id: Value) -> (Option<Value>, Step) {
+        match self.state.tokens.verify(token).await {
+            Ok(claims) => {
+                if let Some(old) = &self.claims
+                    && (old.sub != claims.sub || old.tenant_id() != claims.tenant_id())
+                {
+                    tracing::info!(target: target::SECURITY, connection = self.registration.id, "websocket token of another subject refused");
+                    return (
+                        Some(error_frame(
+                            &id,
+                            ErrorCode::PermissionDenied,
+                            "a fresh token must belong to the same subject and tenant",
+                        )),
+                        Step::Continue,
+                    );
+                }
+                self.deadline = expiry_instant(&claims);
+                self.claims = Some(claims);
+                let first = std::mem::replace(&mut self.pending_auth, false);
+                let mut reply = if first {
+                    self.welcome()
+                } else {
+                    json!({"type": "ack", "action": "auth"})
+                };
+                reply["id"] = id;
+                (Some(reply), Step::Continue)
+            }
+            Err(error) => {
+                tracing::info!(target: target::SECURITY, connection = self.registration.id, reason = error.reason(), %error, "websocket token refused");
+                let reply = error_frame(&id, ErrorCode::Unauthenticated, error.to_string());
+                if self.pending_auth {
+                    (
+                        Some(reply),
+                        Step::Close(Closing::new(
+                            CLOSE_UNAUTHENTICATED,
+                            "unauthenticated",
+                            "token refused",
+                        )),
+                    )
+                } else {
+                    (Some(reply), Step::Continue)
+                }
+            }
+        }
+    }
+
+    fn check(&self, action: &Action, id: &Value) -> Result<(), Value> {
+        authorize(action, self.scopes()).map_err(|needed| {
+            tracing::info!(target: target::SECURITY, connection = self.registration.id, scope = needed, "websocket action refused");
+            error_frame(
+                id,
+                ErrorCode::PermissionDenied,
+                format!("missing scope `{needed}`"),
+            )
+        })
+    }
+
+    fn subscribe(&mut self, channel: &str, id: Value) -> Value {
+        let channel = match Channel::parse(channel) {
+            Ok(c) => c,
+            Err(e) => return error_frame(&id, ErrorCode::InvalidArgument, e.to_string()),
+        };
+        let action = Action::Subscribe(channel.clone());
+        if let Err(reply) = self.check(&action, &id) {
+            return reply;
+        }
+        let tenant = match (&self.claims, channel.kind().per_tenant()) {
+            (Some(c), _) => c.tenant_id().to_owned(),
+            (None, false) => String::new(),
+            (None, true) => {
+                return error_frame(
+                    &id,
+                    ErrorCode::PermissionDenied,
+                    "tenant channels need a verified token",
+                );
+            }
+        };
+        let conn = self.registration.id;
+        if self.state.hub.following_count(conn) >= self.state.settings.max_subscriptions {
+            return error_frame(
+                &id,
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "a connection follows at most {} channels",
+                    self.state.settings.max_subscriptions
+                ),
+            );
+        }
+        self.state.hub.follow(conn, &channel.subject(&tenant));
+        json!({"type": "subscribed", "id": id, "channel": channel.to_string()})
+    }
+
+    fn unsubscribe(&mut self, channel: &str, id: Value) -> Value {
+        let channel = match Channel::parse(channel) {
+            Ok(c) => c,
+            Err(e) => return error_frame(&id, ErrorCode::InvalidArgument, e.to_string()),
+        };
+        let tenant = self
+            .claims
+            .as_ref()
+            .map(|c| c.tenant_id().to_owned())
+            .unwrap_or_default();
+        let was = self
+            .state
+            .hub
+            .unfollow(self.registration.id, &channel.subject(&tenant));
+        json!({"type": "unsubscribed", "id": id, "channel": channel.to_string(), "was_subscribed": was})
+    }
+
+    async fn chat(&mut self, session: String, message: Value, id: Value) -> Value {
+        if let Err(reply) = self.check(&Action::Chat, &id) {
+            return reply;
+        }
+        let Some(claims) = self.claims.clone() else {
+            return error_frame(
+                &id,
+                ErrorCode::Unauthenticated,
+                "chat needs a verified token",
+            );
+        };
+        if Channel::parse(&format!("chat:{session}")).is_err() {
+            return error_frame(
+                &id,
+                ErrorCode::InvalidArgument,
+                "session ids are letters, digits, `-` and `_`",
+            );
+        }
+        let Some(chat) = self.state.chat.clone() else {
+            return error_frame(
+                &id,
+                ErrorCode::Unavailable,
+                "chat over the websocket is not enabled on this gateway yet",
+            );
+        };
+        match chat.handle(claims, session, message).await {
+            Ok(data) => json!({"type": "ack", "action": "chat", "id": id, "data": data}),
+            Err(e) => error_frame(&id, e.code, e.message),
+        }
+    }
+
+    async fn trade(&mut self, intent: Value, id: Value) -> Value {
+        if let Err(reply) = self.check(&Action::Trade, &id) {
+            return reply;
+        }
+        let Some(claims) = &self.claims else {
+            return error_frame(
+                &id,
+                ErrorCode::Unauthenticated,
+                "trades need a verified token",
+            );
+        };
+        if !intent.is_object() {
+            return error_frame(
+                &id,
+                ErrorCode::InvalidArgument,
+                "intent must be a json object",
+            );
+        }
+        let intent_id = uuid::Uuid::now_v7();
+        let subject = format!(
+            "{TRADE_SUBJECT_PREFIX}.{}",
+            encode_tenant(claims.tenant_id())
+        );
+        let payload = json!({
+            "id": intent_id,
+            "tenant": claims.tenant_id(),
+            "subject": claims.sub,
+            "intent": intent,
+            "received_at_ms": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        });
+        match self
+            .state
+            .bus
+            .publish(&subject, Headers::new(), Bytes::from(payload.to_string()))
+            .await
+        {
+            Ok(()) => {
+                json!({"type": "ack", "action": "trade", "id": id, "intent_id": intent_id, "published_on": subject})
+            }
+            Err(e) => {
+                tracing::warn!(target: target::WEBSOCKET, error = %e, "trade intent publish failed");
+                error_frame(
+                    &id,
+                    ErrorCode::Unavailable,
+                    "the bus did not take the trade intent; retry",
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_comes_from_the_header_or_the_subprotocol() {
+        let mut h = HeaderMap::new();
+        assert_eq!(token_at_connect(&h).unwrap(), None);
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "liquid.v1, bearer.aaa.bbb.ccc".parse().unwrap(),
+        );
+        assert_eq!(
+            token_at_connect(&h).unwrap().as_deref(),
+            Some("aaa.bbb.ccc")
+        );
+        h.insert(http::header::AUTHORIZATION, "Bearer hdr".parse().unwrap());
+        assert_eq!(token_at_connect(&h).unwrap().as_deref(), Some("hdr"));
+        h.insert(http::header::AUTHORIZATION, "Basic x".parse().unwrap());
+        assert!(token_at_connect(&h).is_err());
+    }
+
+    #[test]
+    fn client_messages_parse_by_type() {
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"subscribe","channel":"prices:BTC","id":7}"#).unwrap();
+        assert!(
+            matches!(m, ClientMessage::Subscribe { ref channel, .. } if channel == "prices:BTC")
+        );
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"launch"}"#).is_err());
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert!(matches!(m, ClientMessage::Ping { id: Value::Null }));
+    }
+}

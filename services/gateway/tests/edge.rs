@@ -1,0 +1,724 @@
+//! The gateway on real backends: PostgreSQL, NATS (a server of the test's own) and Redis, with
+//! two replicas in this process where the behaviour spans replicas. What a client sees:
+//! refused tokens on every entry point, tiered limits that hold across replicas, a message
+//! published on one replica reaching subscribers on the other, limits that keep serving when
+//! Redis dies, and forwarding with retries, circuit breaking, body limits and CORS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use liquid_bus::Headers;
+use liquid_testkit::nats::NatsServer;
+use liquid_testkit::postgres::TestDatabase;
+use liquid_testkit::redis::TestRedis;
+use liquid_testkit::servers::RedisServer;
+use serde_json::{Value, json};
+use support::*;
+
+async fn code_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_entry_point_refuses_forged_expired_wrong_audience_and_wrong_scope_tokens() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let redis = TestRedis::new().await.unwrap();
+    let upstream = upstream().await;
+    let mut cfg = config(&keys, db.url(), &nats.url(), redis.url(), &upstream.url);
+    cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
+    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
+    cfg.settings.websocket.auth_deadline_secs = 1;
+    let gw = start(&cfg).await;
+    let http = reqwest::Client::new();
+
+    for (what, token) in keys.refused() {
+        // REST: the gateway's own route.
+        let r = http
+            .get(format!("{}/api/v1/gateway/whoami", gw.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            code_of(r).await,
+            (401, "unauthenticated".into()),
+            "{what} on REST"
+        );
+        // Proxied routes, including an A2A endpoint: refused before any service sees them.
+        for path in ["/api/v1/cowork/info", "/a2a", "/api/v1/sandbox/x"] {
+            let r = http
+                .post(format!("{}{path}", gw.base))
+                .bearer_auth(&token)
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                code_of(r).await,
+                (401, "unauthenticated".into()),
+                "{what} on {path}"
+            );
+        }
+        // WebSocket connect, with the header and with the subprotocol.
+        let auth = format!("Bearer {token}");
+        assert_eq!(
+            ws_connect(&gw.ws, &[("authorization", &auth)]).await.err(),
+            Some(401),
+            "{what} on websocket connect (header)"
+        );
+        let protocols = format!("liquid.v1, bearer.{token}");
+        assert_eq!(
+            ws_connect(&gw.ws, &[("sec-websocket-protocol", &protocols)])
+                .await
+                .err(),
+            Some(401),
+            "{what} on websocket connect (subprotocol)"
+        );
+        // WebSocket first message.
+        let mut ws = ws_connect(&gw.ws, &[]).await.unwrap();
+        send(&mut ws, json!({"type": "auth", "token": token})).await;
+        let reply = next_json(&mut ws).await;
+        assert_eq!(
+            reply["code"], "unauthenticated",
+            "{what} as first message: {reply}"
+        );
+        assert_eq!(close_code(&mut ws).await, 4001);
+    }
+    assert_eq!(
+        upstream.total_hits(),
+        0,
+        "no refused call reached a service"
+    );
+
+    // No token at all: REST refused, websocket closed after the deadline.
+    let r = http
+        .get(format!("{}/api/v1/cowork/info", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (401, "unauthenticated".into()));
+    let mut silent = ws_connect(&gw.ws, &[]).await.unwrap();
+    assert_eq!(
+        close_code(&mut silent).await,
+        4001,
+        "no token within the deadline"
+    );
+    // An action before auth closes at once.
+    let mut eager = ws_connect(&gw.ws, &[]).await.unwrap();
+    send(
+        &mut eager,
+        json!({"type": "subscribe", "channel": "prices:BTC"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut eager).await["code"], "unauthenticated");
+    assert_eq!(close_code(&mut eager).await, 4001);
+
+    // Wrong scope: REST publish needs gateway:write.
+    let reader = keys.token("ann", "acme", &["read:prices"]);
+    let r = http
+        .post(format!(
+            "{}/api/v1/gateway/channels/healing/messages",
+            gw.base
+        ))
+        .bearer_auth(&reader)
+        .json(&json!({"data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (403, "permission_denied".into()));
+
+    // Wrong scope per websocket action.
+    let mut ws = ws_with_token(&gw.ws, &keys.token("ann", "acme", &["write:chat"])).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "channel": "prices:BTC", "id": 1}),
+    )
+    .await;
+    let r = next_json(&mut ws).await;
+    assert_eq!(
+        (r["code"].as_str(), r["id"].as_i64()),
+        (Some("permission_denied"), Some(1)),
+        "{r}"
+    );
+    assert!(r["message"].as_str().unwrap().contains("read:prices"));
+    send(
+        &mut ws,
+        json!({"type": "trade", "intent": {"symbol": "BTC"}, "id": 2}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["code"], "permission_denied");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "channel": "cowork:s1", "id": 3}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["code"], "permission_denied");
+    // The scope it holds passes the check; chat itself is not in this gateway yet.
+    send(
+        &mut ws,
+        json!({"type": "chat", "session": "s1", "message": {"text": "hi"}, "id": 4}),
+    )
+    .await;
+    let r = next_json(&mut ws).await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "channel": "chat:s1", "id": 5}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    // The connection is still open after refusals.
+    send(&mut ws, json!({"type": "ping", "id": 6})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "pong");
+
+    // Prices-only token: chat refused; a trade with write:trades is published on the bus.
+    let mut prices = ws_with_token(&gw.ws, &keys.token("ann", "acme", &["read:prices"])).await;
+    send(
+        &mut prices,
+        json!({"type": "chat", "session": "s1", "message": {}, "id": 1}),
+    )
+    .await;
+    assert_eq!(next_json(&mut prices).await["code"], "permission_denied");
+    let bus = liquid_bus::connect(&nats.url()).await.unwrap();
+    let mut intents = bus.subscribe("trades.intents.>").await.unwrap();
+    let mut trader = ws_with_token(&gw.ws, &keys.token("tim", "acme", &["write:trades"])).await;
+    send(
+        &mut trader,
+        json!({"type": "trade", "intent": {"symbol": "BTC", "qty": 1}, "id": 9}),
+    )
+    .await;
+    let ack = next_json(&mut trader).await;
+    assert_eq!(ack["published_on"], "trades.intents.acme", "{ack}");
+    let published = futures_util::StreamExt::next(&mut intents).await.unwrap();
+    let intent: Value = serde_json::from_slice(&published.payload).unwrap();
+    assert_eq!(intent["subject"], "tim");
+    assert_eq!(intent["intent"]["qty"], 1);
+
+    // Admin covers every action.
+    let mut admin = ws_with_token(&gw.ws, &keys.token("root", "acme", &["admin:*"])).await;
+    for channel in ["prices:BTC", "cowork:s1", "media:j1", "healing", "chat:s1"] {
+        subscribe(&mut admin, channel).await;
+    }
+    gw.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_per_tier_across_replicas_and_ignore_spoofed_forwarded_for() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let redis = TestRedis::new().await.unwrap();
+    let upstream = upstream().await;
+    let mut cfg = config(&keys, db.url(), &nats.url(), redis.url(), &upstream.url);
+    cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
+    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
+    quotas(&mut cfg, 5, 3, 2);
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    let http = reqwest::Client::new();
+
+    // User tier: 5 per period, shared by both replicas.
+    let token = keys.token("bob", "acme", &["read:prices"]);
+    for i in 0..5 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let r = http
+            .get(format!("{base}/api/v1/gateway/whoami"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.headers()["x-ratelimit-tier"], "user");
+        assert_eq!(r.headers()["ratelimit-limit"], "5");
+        assert_eq!(
+            r.headers()["ratelimit-remaining"],
+            (4 - i).to_string().as_str()
+        );
+    }
+    let r = http
+        .get(format!("{}/api/v1/gateway/whoami", b.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(retry, 180, "one request every 900/5 s");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["details"]["tier"], "user");
+    // Another user of the same tenant has its own quota; proxied routes are limited too.
+    let other = keys.token("carol", "acme", &["read:prices"]);
+    let r = http
+        .get(format!("{}/api/v1/cowork/info", a.base))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-remaining"], "4");
+
+    // Session tier: a gateway-issued session token, on a public route, 3 per period. Getting
+    // the session costs one request of the IP quota (2).
+    let session: Value = http
+        .post(format!("{}/api/v1/gateway/sessions", a.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session_token = session["session_token"].as_str().unwrap().to_owned();
+    let card = "/.well-known/agent-card.json";
+    for i in 0..3 {
+        let base = if i % 2 == 0 { &b.base } else { &a.base };
+        let r = http
+            .get(format!("{base}{card}"))
+            .header("x-session-token", &session_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "session request {i}");
+        assert_eq!(r.headers()["x-ratelimit-tier"], "session");
+    }
+    let r = http
+        .get(format!("{}{card}", a.base))
+        .header("x-session-token", &session_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // A forged session token is not a session: it counts against the address instead.
+    let r = http
+        .get(format!("{}{card}", a.base))
+        .header("x-session-token", format!("{session_token}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-ratelimit-tier"], "ip");
+    assert_eq!(
+        r.status(),
+        200,
+        "the second and last request of the ip quota"
+    );
+
+    // IP tier: the quota (2) is spent; a client that changes X-Forwarded-For from an untrusted
+    // peer is still the same address.
+    for spoof in ["203.0.113.1", "203.0.113.2", "198.51.100.7, 10.0.0.1"] {
+        let r = http
+            .get(format!("{}{card}", b.base))
+            .header("x-forwarded-for", spoof)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429, "spoofed {spoof}");
+        assert_eq!(r.headers()["x-ratelimit-tier"], "ip");
+    }
+    // Behind a trusted proxy (loopback here) the forwarded address is the key.
+    let mut proxied = cfg.clone();
+    proxied.settings.rate_limit.trusted_proxies = vec!["127.0.0.1".into()];
+    let c = start(&proxied).await;
+    for client in ["203.0.113.1", "203.0.113.2"] {
+        let r = http
+            .get(format!("{}{card}", c.base))
+            .header("x-forwarded-for", format!("6.6.6.6, {client}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "client {client} behind the proxy");
+        assert_eq!(r.headers()["ratelimit-remaining"], "1");
+    }
+    for gw in [a, b, c] {
+        gw.running.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_one_replica_reaches_subscribers_on_the_other() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let redis = TestRedis::new().await.unwrap();
+    let upstream = upstream().await;
+    let mut cfg = config(&keys, db.url(), &nats.url(), redis.url(), &upstream.url);
+    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
+    cfg.settings.websocket.heartbeat_secs = 1;
+    cfg.settings.websocket.idle_timeout_secs = 30;
+    let a = start(&cfg).await;
+    let mut with_feed = cfg.clone();
+    with_feed.settings.prices.simulated_feed = true;
+    with_feed.settings.prices.symbols = vec!["SIM-1".into()];
+    with_feed.settings.prices.tick_ms = 50;
+    let b = start(&with_feed).await;
+    let http = reqwest::Client::new();
+
+    let acme_on_b = keys.token("ann", "acme", &["write:chat", "read:prices"]);
+    let mut ann = ws_with_token(&b.ws, &acme_on_b).await;
+    subscribe(&mut ann, "chat:s1").await;
+    let mut eve = ws_with_token(
+        &b.ws,
+        &keys.token("eve", "globex", &["write:chat", "healer:read"]),
+    )
+    .await;
+    subscribe(&mut eve, "chat:s1").await;
+    subscribe(&mut eve, "healing").await;
+    let mut ann_on_a = ws_with_token(&a.ws, &acme_on_b).await;
+    subscribe(&mut ann_on_a, "chat:s1").await;
+
+    // Published through replica A for tenant acme.
+    let publisher = keys.token("svc", "acme", &["gateway:write"]);
+    let r = http
+        .post(format!(
+            "{}/api/v1/gateway/channels/chat:s1/messages",
+            a.base
+        ))
+        .bearer_auth(&publisher)
+        .json(&json!({"data": {"text": "hello from a"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    for ws in [&mut ann, &mut ann_on_a] {
+        let m = next_json(ws).await;
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["channel"], "chat:s1");
+        assert_eq!(m["data"]["text"], "hello from a");
+    }
+    // Another tenant's chat:s1 is another channel: eve's next message is the public one.
+    let r = http
+        .post(format!(
+            "{}/api/v1/gateway/channels/healing/messages",
+            a.base
+        ))
+        .bearer_auth(&publisher)
+        .json(&json!({"data": {"incident": 7}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let m = next_json(&mut eve).await;
+    assert_eq!(
+        (m["channel"].as_str(), &m["data"]["incident"]),
+        (Some("healing"), &json!(7)),
+        "{m}"
+    );
+
+    // Prices: any feed publishing on prices.<symbol> reaches subscribers on every replica.
+    subscribe(&mut ann_on_a, "prices:EXT-1").await;
+    let feed = liquid_bus::connect(&nats.url()).await.unwrap();
+    let tick = json!({"symbol": "EXT-1", "price": 42.5, "ts_ms": 1_000, "source": "test-feed"});
+    feed.publish(
+        "prices.EXT-1",
+        Headers::new(),
+        Bytes::from(tick.to_string()),
+    )
+    .await
+    .unwrap();
+    let m = next_json(&mut ann_on_a).await;
+    assert_eq!(
+        (m["channel"].as_str(), m["data"]["price"].as_f64()),
+        (Some("prices:EXT-1"), Some(42.5))
+    );
+    // The simulated feed of replica B says what it is, and reaches replica A too.
+    subscribe(&mut ann_on_a, "prices:SIM-1").await;
+    let m = next_json(&mut ann_on_a).await;
+    assert_eq!(m["data"]["source"], "simulated", "{m}");
+
+    // Heartbeats: the server pings an idle client.
+    let ping = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) = eve.next().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ping.is_ok(), "no heartbeat ping");
+
+    // Shutdown closes open connections with 1001.
+    a.shutdown.cancel();
+    assert_eq!(close_code(&mut ann_on_a).await, 1001);
+    a.running.wait().await.unwrap();
+    b.running.stop().await.unwrap();
+    assert_eq!(close_code(&mut ann).await, 1001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_closed_as_slow() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let mut cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    cfg.settings.websocket.send_queue = 4;
+    quotas(&mut cfg, 10_000, 10, 10);
+    let gw = start(&cfg).await;
+    let token = keys.token("ann", "acme", &["admin:*"]);
+    let mut ws = ws_with_token(&gw.ws, &token).await;
+    subscribe(&mut ws, "healing").await;
+    // The client stops reading; 64 KiB messages fill the socket, then the queue.
+    let http = reqwest::Client::new();
+    let blob = "x".repeat(64 * 1024);
+    for _ in 0..600 {
+        let r = http
+            .post(format!(
+                "{}/api/v1/gateway/channels/healing/messages",
+                gw.base
+            ))
+            .bearer_auth(&token)
+            .json(&json!({"data": blob}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    assert_eq!(close_code(&mut ws).await, 4008, "slow consumer close code");
+    let metrics = http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("liquid_gateway_ws_slow_consumers_total"),
+        "{metrics}"
+    );
+    gw.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_test_leaves_the_gateway_serving_on_local_limits() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let redis = RedisServer::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .await
+        .unwrap();
+    let upstream = upstream().await;
+    let mut cfg = config(&keys, db.url(), &nats.url(), &redis.url(), &upstream.url);
+    cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url());
+    quotas(&mut cfg, 6, 3, 3);
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    let http = reqwest::Client::new();
+    let token = keys.token("bob", "acme", &["read:prices"]);
+    let get = |base: String| {
+        let http = http.clone();
+        let token = token.clone();
+        async move {
+            http.get(format!("{base}/api/v1/gateway/whoami"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for base in [&a.base, &b.base] {
+        let r = get(base.clone()).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        get(a.base.clone()).await.headers()["ratelimit-remaining"],
+        "3",
+        "shared in redis"
+    );
+
+    drop(redis);
+    // Every replica keeps answering, now with its own quota (6 each, nothing spent locally).
+    for base in [&a.base, &b.base] {
+        for i in 0..6 {
+            let r = get(base.clone()).await;
+            assert_eq!(r.status(), 200, "{base} request {i} with redis down");
+            assert!(r.headers().contains_key("ratelimit-remaining"));
+        }
+        let r = get(base.clone()).await;
+        assert_eq!(r.status(), 429, "local limits still hold");
+    }
+    let metrics = http
+        .get(format!("{}/metrics", a.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let fallback = metrics
+        .lines()
+        .find(|l| l.starts_with("liquid_gateway_rate_limit_fallback_total"))
+        .expect("fallback counter exported");
+    let count: f64 = fallback.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1.0, "{fallback}");
+    assert!(
+        metrics.contains("liquid_gateway_rate_limit_redis_up 0"),
+        "the redis gauge shows it down"
+    );
+    for gw in [a, b] {
+        gw.running.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let mut cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    quotas(&mut cfg, 10_000, 10, 10);
+    cfg.settings.routing.retries = 2;
+    cfg.settings.routing.retry_backoff_ms = 1;
+    cfg.settings.routing.breaker_failures = 2;
+    cfg.settings.routing.breaker_open_secs = 600;
+    cfg.settings.routing.max_body_bytes = 1024;
+    cfg.settings
+        .routing
+        .service_timeout_secs
+        .insert("healer".into(), 1);
+    cfg.settings.cors.allowed_origins = vec!["https://console.example.com".into()];
+    let gw = start(&cfg).await;
+    let http = reqwest::Client::new();
+    let token = keys.token("bob", "acme", &["admin:*"]);
+
+    // The caller's token, the request id and the trace context reach the service.
+    let r = http
+        .get(format!("{}/api/v1/cowork/echo?x=1", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let seen = upstream.headers("/api/v1/cowork/echo");
+    assert_eq!(seen["authorization"], format!("Bearer {token}"));
+    assert_eq!(seen["x-request-id"], request_id);
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+
+    // The seed's paths go to their services.
+    let r: Value = http
+        .get(format!("{}/api/v1/sandbox/abc/diff", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["path"], "/api/v1/sandbox/abc/diff");
+    let r = http
+        .get(format!("{}/api/v1/nonesuch/x", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (404, "not_found".into()));
+
+    // An idempotent call is retried through two 503s; a POST is not.
+    let r: Value = http
+        .get(format!("{}/api/v1/cowork/fail/2/get", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["call"], 3);
+    let r = http
+        .post(format!("{}/api/v1/cowork/fail/2/post", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        upstream.hits("/api/v1/cowork/fail/2/post"),
+        1,
+        "no retry without idempotency"
+    );
+    let r = http
+        .post(format!("{}/api/v1/cowork/fail/1/keyed", gw.base))
+        .bearer_auth(&token)
+        .header("idempotency-key", "k1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a POST with Idempotency-Key is retried");
+
+    // Two failures open registry's circuit; then the gateway answers without calling it.
+    for _ in 0..2 {
+        let r = http
+            .get(format!("{}/api/v1/registry/broken", gw.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+    }
+    let r = http
+        .get(format!("{}/api/v1/registry/echo", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(code_of(r).await, (503, "unavailable".into()));
+    assert_eq!(upstream.hits("/api/v1/registry/echo"), 0);
+    assert_eq!(upstream.hits("/api/v1/registry/broken"), 2);
+
+    // Bodies over the limit are refused at the edge.
+    let r = http
+        .post(format!("{}/api/v1/media/upload", gw.base))
+        .bearer_auth(&token)
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (413, "payload_too_large".into()));
+    assert_eq!(upstream.hits("/api/v1/media/upload"), 0);
+
+    // A service over its deadline answers 504.
+    let r = http
+        .get(format!("{}/api/v1/healer/slow", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(r).await, (504, "deadline_exceeded".into()));
+
+    // CORS: an allowed origin's preflight is answered without a token; others get nothing.
+    let preflight = |origin: &'static str| {
+        http.request(
+            http::Method::OPTIONS,
+            format!("{}/api/v1/cowork/echo", gw.base),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .send()
+    };
+    let r = preflight("https://console.example.com").await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://console.example.com"
+    );
+    let r = preflight("https://evil.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    gw.running.stop().await.unwrap();
+}

@@ -1,0 +1,351 @@
+//! Shared pieces of the gateway's service tests: keys and tokens, gateway configurations on
+//! real backends, an upstream service that records what reached it, WebSocket helpers.
+#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use liquid_auth::{AuthConfig, SigningKey, TokenRequest};
+use liquid_gateway::Settings;
+use liquid_gateway::config::ClassLimits;
+use liquid_kit::RunningService;
+use liquid_runtime::{Peer, ServiceConfig};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_util::sync::CancellationToken;
+
+pub const ISSUER: &str = "liquid-test";
+pub const AUDIENCE: &str = "liquid";
+
+/// The test's signing key and the verifier configuration that trusts it.
+pub struct Keys {
+    _dir: tempfile::TempDir,
+    pub key: SigningKey,
+    pub other: SigningKey,
+    pub auth: AuthConfig,
+}
+
+pub fn keys() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let public = dir.path().join("pub.pem");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let auth = AuthConfig::dev_public_key(&public, ISSUER, AUDIENCE);
+    Keys {
+        _dir: dir,
+        key,
+        other: SigningKey::generate().unwrap(),
+        auth,
+    }
+}
+
+impl Keys {
+    /// A valid token.
+    pub fn token(&self, sub: &str, tenant: &str, scopes: &[&str]) -> String {
+        self.key
+            .mint(
+                &TokenRequest::user(sub, scopes.iter().copied())
+                    .tenant(tenant)
+                    .issuer(ISSUER)
+                    .audience(AUDIENCE),
+            )
+            .unwrap()
+    }
+
+    /// Signed by a key the gateway does not trust.
+    pub fn forged(&self) -> String {
+        self.other
+            .mint(
+                &TokenRequest::user("mallory", ["admin:*"])
+                    .issuer(ISSUER)
+                    .audience(AUDIENCE),
+            )
+            .unwrap()
+    }
+
+    /// Expired an hour ago.
+    pub fn expired(&self) -> String {
+        self.key
+            .mint(
+                &TokenRequest::user("bob", ["admin:*"])
+                    .issuer(ISSUER)
+                    .audience(AUDIENCE)
+                    .issued_at(SystemTime::now() - Duration::from_secs(7_200))
+                    .ttl(Duration::from_secs(3_600)),
+            )
+            .unwrap()
+    }
+
+    /// For another audience.
+    pub fn wrong_audience(&self) -> String {
+        self.key
+            .mint(
+                &TokenRequest::user("bob", ["admin:*"])
+                    .issuer(ISSUER)
+                    .audience("someone-else"),
+            )
+            .unwrap()
+    }
+
+    /// Every refused token with its name.
+    pub fn refused(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("forged", self.forged()),
+            ("expired", self.expired()),
+            ("wrong audience", self.wrong_audience()),
+            ("garbage", "not.a.jwt".to_owned()),
+        ]
+    }
+}
+
+/// A gateway configuration on the given backends, with its peers pointing at `upstream`.
+pub fn config(
+    keys: &Keys,
+    database: &str,
+    bus: &str,
+    cache: &str,
+    upstream: &str,
+) -> ServiceConfig<Settings> {
+    let mut c = ServiceConfig::<Settings>::defaults_for(&liquid_gateway::SERVICE);
+    c.server = c.server.ephemeral();
+    c.database.url = database.into();
+    c.bus.url = bus.into();
+    c.cache.url = cache.into();
+    c.auth = keys.auth.clone();
+    c.peers = [
+        "a2a",
+        "cowork",
+        "container_pool",
+        "healer",
+        "registry",
+        "media",
+    ]
+    .iter()
+    .map(|p| {
+        (
+            (*p).to_owned(),
+            Peer {
+                http: upstream.to_owned(),
+                grpc: String::new(),
+            },
+        )
+    })
+    .collect::<BTreeMap<_, _>>();
+    c.settings.prices.simulated_feed = false;
+    c.settings.sessions.secret =
+        liquid_kit::Secret::new("the-test-session-secret-of-32-bytes!".into());
+    c
+}
+
+/// Sets the default class quotas.
+pub fn quotas(c: &mut ServiceConfig<Settings>, user: u32, session: u32, ip: u32) {
+    c.settings.rate_limit.classes.insert(
+        "default".into(),
+        ClassLimits {
+            user,
+            session,
+            ip,
+            period_secs: 900,
+        },
+    );
+}
+
+/// A started gateway and its base URL.
+pub struct Gateway {
+    pub running: RunningService,
+    pub base: String,
+    pub ws: String,
+    pub shutdown: CancellationToken,
+}
+
+pub async fn start(c: &ServiceConfig<Settings>) -> Gateway {
+    let shutdown = CancellationToken::new();
+    let running = liquid_runtime::start::<liquid_gateway::Gateway>(c, shutdown.clone())
+        .await
+        .unwrap();
+    let addr = running.http_addr();
+    Gateway {
+        running,
+        base: format!("http://{addr}"),
+        ws: format!("ws://{addr}/ws"),
+        shutdown,
+    }
+}
+
+/// What the fake upstream saw.
+#[derive(Default)]
+pub struct Seen {
+    pub hits: HashMap<String, u32>,
+    pub last_headers: HashMap<String, HashMap<String, String>>,
+}
+
+/// An HTTP service standing in for a platform service: it answers by path and records every
+/// request. `/fail/<n>/...` answers 503 to its first n calls, `/broken` always 500, `/slow`
+/// waits 3 s, anything else echoes the path, method and body size.
+pub struct Upstream {
+    pub url: String,
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+impl Upstream {
+    pub fn hits(&self, path: &str) -> u32 {
+        self.seen
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn total_hits(&self) -> u32 {
+        self.seen.lock().unwrap().hits.values().sum()
+    }
+
+    pub fn headers(&self, path: &str) -> HashMap<String, String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .last_headers
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+async fn upstream_handler(State(seen): State<Arc<Mutex<Seen>>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let method = request.method().to_string();
+    let headers: HashMap<String, String> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = axum::body::to_bytes(request.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let n = {
+        let mut s = seen.lock().unwrap();
+        let n = s.hits.entry(path.clone()).or_default();
+        *n += 1;
+        let n = *n;
+        s.last_headers.insert(path.clone(), headers);
+        n
+    };
+    let segments: Vec<&str> = path.split('/').collect();
+    if let Some(i) = segments.iter().position(|s| *s == "fail") {
+        let failures: u32 = segments[i + 1].parse().unwrap();
+        if n <= failures {
+            return (http::StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
+        }
+    }
+    if path.ends_with("/broken") {
+        return (http::StatusCode::INTERNAL_SERVER_ERROR, "broken").into_response();
+    }
+    if path.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    axum::Json(json!({"path": path, "method": method, "body_bytes": body.len(), "call": n}))
+        .into_response()
+}
+
+pub async fn upstream() -> Upstream {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let app = Router::new()
+        .fallback(upstream_handler)
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Upstream {
+        url: format!("http://{addr}"),
+        seen,
+    }
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects with optional headers; `Err(status)` when the upgrade is refused over HTTP.
+pub async fn ws_connect(url: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("websocket connect failed: {e}"),
+    }
+}
+
+/// Connects with a bearer header and reads the welcome.
+pub async fn ws_with_token(url: &str, token: &str) -> Ws {
+    let auth = format!("Bearer {token}");
+    let mut ws = ws_connect(url, &[("authorization", &auth)]).await.unwrap();
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    ws
+}
+
+pub async fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// The next JSON text frame (skipping pings), or panics after 20 s.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a json frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no frame within 20 s")
+}
+
+/// Reads until the server closes; returns the close code.
+pub async fn close_code(ws: &mut Ws) -> u16 {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Close(None))) | None => return 1005,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("websocket error before close: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no close within 30 s")
+}
+
+/// Subscribes and waits for the acknowledgement.
+pub async fn subscribe(ws: &mut Ws, channel: &str) {
+    send(
+        ws,
+        json!({"type": "subscribe", "channel": channel, "id": channel}),
+    )
+    .await;
+    let ack = next_json(ws).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+}
