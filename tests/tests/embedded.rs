@@ -187,6 +187,48 @@ async fn liquid_up_serves_every_service_through_the_gateway_as_one_trace() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    // Agent work through the gateway: a warm container (or the labelled process runtime when
+    // no Docker engine answers) claimed, used and released.
+    let claim: Value = http
+        .post(format!("{gateway}/api/v1/containers/claims"))
+        .bearer_auth(up.token())
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let claim_id = claim["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no claim id: {claim}"));
+    let exec: Value = http
+        .post(format!(
+            "{gateway}/api/v1/containers/claims/{claim_id}/exec"
+        ))
+        .bearer_auth(up.token())
+        .json(&serde_json::json!({"argv": ["echo", "hello from the pool"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(exec["exit_code"], 0, "{exec}");
+    assert!(
+        exec["stdout"]
+            .as_str()
+            .is_some_and(|o| o.contains("hello from the pool")),
+        "{exec}"
+    );
+    let released = http
+        .delete(format!("{gateway}/api/v1/containers/claims/{claim_id}"))
+        .bearer_auth(up.token())
+        .send()
+        .await
+        .unwrap();
+    assert!(released.status().is_success(), "{}", released.status());
+
     // Every metric a Grafana dashboard queries is one the services really export.
     let mut scrape = String::new();
     for service in SERVICES {

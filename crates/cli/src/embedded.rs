@@ -54,8 +54,11 @@ struct Started {
 impl Launch<'_> {
     /// The embedded configuration of service `S`.
     fn config<S: Service>(&self) -> anyhow::Result<ServiceConfig<S::Settings>> {
+        let mut settings = S::Settings::default();
+        S::embedded_defaults(&mut settings, self.data_dir);
         embedded_config(
             S::defaults(),
+            settings,
             self.data_dir,
             self.public_key,
             self.file,
@@ -113,6 +116,7 @@ fn dev_key(data_dir: &Path) -> anyhow::Result<(liquid_auth::SigningKey, PathBuf)
 /// then the TOML file and the environment on top.
 fn embedded_config<S>(
     defaults: &ServiceDefaults,
+    settings: S,
     data_dir: &Path,
     public_key: &Path,
     file: Option<&Path>,
@@ -122,6 +126,7 @@ where
     S: Default + serde::Serialize + serde::de::DeserializeOwned + liquid_kit::config::Validate,
 {
     let mut base = ServiceConfig::defaults_for(defaults);
+    base.settings = settings;
     base.database.url = format!("sqlite://{}/{}.db", data_dir.display(), defaults.name);
     base.auth = liquid_auth::AuthConfig::dev_public_key(public_key, DEV_ISSUER, DEV_AUDIENCE);
     if ephemeral_ports {
@@ -173,6 +178,7 @@ pub async fn up(data_dir: &Path, file: Option<&Path>, ephemeral_ports: bool) -> 
     let (key, public) = dev_key(data_dir)?;
     let telemetry_cfg = embedded_config::<<liquid_gateway::Gateway as Service>::Settings>(
         &liquid_gateway::SERVICE,
+        Default::default(),
         data_dir,
         &public,
         file,

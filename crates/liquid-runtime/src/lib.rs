@@ -102,6 +102,11 @@ pub trait Service: Send + Sync + 'static {
     /// The service's schema, for Postgres and SQLite.
     fn migrations() -> &'static Migrations;
 
+    /// Adjusts the settings' defaults for embedded mode (`liquid up`): state that would otherwise
+    /// land in the working directory goes under `data_dir`. The file and the environment are
+    /// layered on top afterwards, so users can still move it.
+    fn embedded_defaults(_settings: &mut Self::Settings, _data_dir: &std::path::Path) {}
+
     /// Builds the service's routes, gRPC services, readiness checks and background tasks on
     /// the connected backends. Background work goes through [`Foundation::spawn`] so shutdown
     /// waits for it.
@@ -138,6 +143,9 @@ pub struct Foundation {
     pub bus: Arc<dyn EventBus>,
     /// The cache, namespaced by service.
     pub cache: Arc<dyn Cache>,
+    /// The cache's URL, for a service that needs its own connection to the same server (the
+    /// gateway's rate limiter runs Lua on Redis). May hold a password: never log it.
+    pub cache_url: liquid_kit::Secret<String>,
     /// Verifies callers' tokens.
     pub verifier: Arc<Verifier>,
     /// What this replica is.
@@ -182,6 +190,7 @@ impl Foundation {
             database,
             bus,
             cache,
+            cache_url: liquid_kit::Secret::new(config.cache.url.clone()),
             verifier,
             info,
             peers,
