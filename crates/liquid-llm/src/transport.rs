@@ -14,6 +14,7 @@ use liquid_kit::Secret;
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue};
 
+use crate::assemble::{Assembler, ChatStream, StreamDecoder, sse_stream};
 use crate::config::{LlmConfig, RetryConfig};
 use crate::error::LlmError;
 
@@ -68,6 +69,29 @@ impl Transport {
     /// POSTs `body` to `url` with `headers`, retrying what is retryable. For `streaming`
     /// requests the timeout covers the response headers only; otherwise it covers the whole
     /// body too. Returns the successful response and the body if it was read.
+    /// Posts a streaming request and decodes its SSE body with `decoder` into one
+    /// [`ChatStream`] (retries happen only before the first byte, in [`Transport::post_json`]).
+    pub(crate) async fn post_sse<D: StreamDecoder>(
+        &self,
+        provider: &str,
+        url: &str,
+        headers: &HeaderMap,
+        body: &serde_json::Value,
+        decoder: D,
+        model: &str,
+    ) -> Result<ChatStream, LlmError> {
+        let sent = self.post_json(provider, url, headers, body, true).await?;
+        let response = sent
+            .response
+            .ok_or_else(|| LlmError::protocol(provider, "no stream body"))?;
+        Ok(sse_stream(
+            response,
+            decoder,
+            Assembler::new(provider, model),
+            self.stream_idle_timeout(),
+        ))
+    }
+
     pub(crate) async fn post_json(
         &self,
         provider: &str,

@@ -18,7 +18,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::assemble::{Assembler, ChatStream, Flow, StreamDecoder, sse_stream};
+use crate::assemble::{Assembler, ChatStream, Flow, StreamDecoder};
 use crate::client::ModelClient;
 use crate::config::ProviderConfig;
 use crate::error::LlmError;
@@ -346,25 +346,16 @@ impl ModelClient for AnthropicClient {
     }
 
     async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
-        let sent = self
-            .transport
-            .post_json(
+        self.transport
+            .post_sse(
                 &self.name,
                 &self.url,
                 &self.headers,
                 &request_body(request, true),
-                true,
+                AnthropicDecoder,
+                &request.model,
             )
-            .await?;
-        let response = sent
-            .response
-            .ok_or_else(|| LlmError::protocol(&self.name, "no stream body"))?;
-        Ok(sse_stream(
-            response,
-            AnthropicDecoder,
-            Assembler::new(&self.name, &request.model),
-            self.transport.stream_idle_timeout(),
-        ))
+            .await
     }
 }
 

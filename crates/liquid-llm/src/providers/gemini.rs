@@ -19,7 +19,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::assemble::{Assembler, ChatStream, Flow, StreamDecoder, sse_stream};
+use crate::assemble::{Assembler, ChatStream, Flow, StreamDecoder};
 use crate::client::ModelClient;
 use crate::config::ProviderConfig;
 use crate::error::LlmError;
@@ -356,25 +356,16 @@ impl ModelClient for GeminiClient {
 
     async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
         check_model_name(&request.model)?;
-        let sent = self
-            .transport
-            .post_json(
+        self.transport
+            .post_sse(
                 &self.name,
                 &self.url(&request.model, true),
                 &self.headers,
                 &request_body(request),
-                true,
+                GeminiDecoder { next_call: 0 },
+                &request.model,
             )
-            .await?;
-        let response = sent
-            .response
-            .ok_or_else(|| LlmError::protocol(&self.name, "no stream body"))?;
-        Ok(sse_stream(
-            response,
-            GeminiDecoder { next_call: 0 },
-            Assembler::new(&self.name, &request.model),
-            self.transport.stream_idle_timeout(),
-        ))
+            .await
     }
 }
 
