@@ -78,6 +78,9 @@ pub enum PoolError {
     /// The operation is not possible in this state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The request collides with another one (an `Idempotency-Key` in use, say).
+    #[error("{0}")]
+    Conflict(String),
     /// The pool is shutting down.
     #[error("the container pool is shutting down")]
     ShuttingDown,
@@ -137,6 +140,7 @@ impl HasErrorCode for PoolError {
             PoolError::ContainerGone(_) | PoolError::FailedPrecondition(_) => {
                 ErrorCode::FailedPrecondition
             }
+            PoolError::Conflict(_) => ErrorCode::Conflict,
             PoolError::ShuttingDown => ErrorCode::Unavailable,
             PoolError::Store(e) => e.error_code(),
             PoolError::Database(_) => ErrorCode::Unavailable,

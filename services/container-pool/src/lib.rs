@@ -197,7 +197,7 @@ impl Service for ContainerPool {
             grpc_service,
         ));
         Ok(ServiceParts {
-            http: api::http::routes(pools.clone(), foundation.cache.clone()),
+            http: api::http::routes(pools.clone()),
             public_http: axum::Router::new(),
             grpc: Some(grpc),
             readiness: vec![Arc::new(DockerReady(pools))],

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use liquid_kit::Secret;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -37,7 +38,7 @@ use crate::runtime::{
     TEMPLATE_LABEL, check_container_path, process_alive,
 };
 use crate::secrets::SecretResolver;
-use crate::store::{ClaimRow, PoolStore, ReplicaRow};
+use crate::store::{ClaimRow, IdempotencyState, PoolStore, ReplicaRow};
 
 const M_CONTAINERS: &str = "liquid_container_pool_containers";
 const M_WAITING: &str = "liquid_container_pool_wait_queue_depth";
@@ -90,6 +91,9 @@ pub struct AcquireRequest {
     pub timeout: Option<Duration>,
     /// Host directory to bind at /mnt/staging (a dedicated container).
     pub staging_dir: Option<String>,
+    /// `Idempotency-Key`: a second acquire with the same key (of the same tenant) gets the
+    /// first one's claim instead of a new one, however the two interleave.
+    pub idempotency_key: Option<String>,
 }
 
 /// A claim as callers see it.
@@ -303,6 +307,36 @@ pub struct PoolParts {
     pub shutdown: CancellationToken,
 }
 
+/// The `released` event of a claim.
+fn released_event(
+    claim_id: Uuid,
+    tenant: &str,
+    container_id: &str,
+    template: &str,
+) -> Option<liquid_bus::Event> {
+    PoolEvents::event(
+        "released",
+        tenant,
+        serde_json::json!({"claim_id": claim_id, "container_id": container_id, "template": template}),
+    )
+}
+
+/// The `released` event of a claim closed because its replica went away.
+fn released_with_replica(row: &ClaimRow) -> Option<liquid_bus::Event> {
+    released_event(row.claim_id, &row.tenant, &row.container_id, &row.template)
+}
+
+/// How long an `Idempotency-Key` is remembered (the usual 24 hours of HTTP APIs).
+const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 3600 * 1000;
+
+/// How long a release through another replica waits for the owner's reset.
+const OWNER_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Subject on which replica `replica` takes release requests for its claims.
+fn release_subject(replica: Uuid) -> String {
+    format!("svc.container-pool.replica.{replica}.release")
+}
+
 fn secs_since(epoch: Instant) -> f64 {
     epoch.elapsed().as_secs_f64()
 }
@@ -480,6 +514,21 @@ impl WarmPools {
         spawn("pool-lease", Box::pin(async move { p.lease_loop().await }));
         let p = self.clone();
         spawn(
+            "pool-outbox",
+            Box::pin(async move {
+                p.inner
+                    .events
+                    .relay(p.inner.store.clone(), p.inner.shutdown.clone())
+                    .await;
+            }),
+        );
+        let p = self.clone();
+        spawn(
+            "pool-owner-releases",
+            Box::pin(async move { p.serve_owner_releases().await }),
+        );
+        let p = self.clone();
+        spawn(
             "pool-drain",
             Box::pin(async move {
                 p.inner.shutdown.cancelled().await;
@@ -617,13 +666,22 @@ impl WarmPools {
         }
         self.host_released(p.host);
         metrics::counter!(M_REAPED, "reason" => reason).increment(1);
-        self.inner.events.publish(
+        self.emit(
             "reaped",
             tenant,
             serde_json::json!({
                 "container_id": p.id, "template": template, "host": self.host_name(p.host), "reason": reason,
             }),
-        );
+        )
+        .await;
+    }
+
+    /// Queues an event that belongs to no claim change.
+    async fn emit(&self, verb: &str, tenant: &str, data: serde_json::Value) {
+        self.inner
+            .events
+            .emit(self.inner.store.as_ref(), verb, tenant, data)
+            .await;
     }
 
     /// Hands a ready container to the oldest waiter, or puts it back idle.
@@ -665,6 +723,85 @@ impl WarmPools {
 
     /// Claims a container. See the module docs for the order of things.
     pub async fn acquire(&self, tenant: &str, req: AcquireRequest) -> Result<ClaimInfo, PoolError> {
+        self.acquire_keyed(tenant, req).await.map(|(info, _)| info)
+    }
+
+    /// Claims a container, honouring the request's `Idempotency-Key`; the flag is true when
+    /// the claim is an earlier request's with the same key (nothing new was claimed).
+    ///
+    /// The key is registered before anything is claimed (insert first, in the database every
+    /// replica shares), so of two concurrent requests with one key exactly one claims and the
+    /// other waits for that claim. A failed acquire drops its registration, so a retry claims.
+    pub async fn acquire_keyed(
+        &self,
+        tenant: &str,
+        req: AcquireRequest,
+    ) -> Result<(ClaimInfo, bool), PoolError> {
+        let Some(key) = req.idempotency_key.clone() else {
+            return self
+                .acquire_claim(tenant, req, None)
+                .await
+                .map(|c| (c, false));
+        };
+        if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+            return Err(PoolError::invalid(
+                "idempotency_key",
+                "must be 1 to 200 printable characters",
+            ));
+        }
+        let settings = &self.inner.settings.pool;
+        let wait = Duration::from_millis(settings.max_acquire_timeout_ms);
+        // A registration without a claim older than the longest acquire (plus a minute) is a
+        // request that died; it is taken over.
+        let stale_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2) + 60_000;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let now = Utc::now().timestamp_millis();
+            match self
+                .inner
+                .store
+                .begin_idempotent(tenant, &key, now, now.saturating_sub(stale_ms))
+                .await?
+            {
+                IdempotencyState::Owned => {
+                    let claimed = self.acquire_claim(tenant, req, Some(&key)).await;
+                    if claimed.is_err()
+                        && let Err(error) = self.inner.store.abandon_idempotent(tenant, &key).await
+                    {
+                        tracing::warn!(%error, "idempotency key not released after a failed acquire");
+                    }
+                    return claimed.map(|c| (c, false));
+                }
+                IdempotencyState::Claimed(id) => {
+                    return match self.claim(tenant, id).await {
+                        Ok(c) => Ok((c, true)),
+                        Err(PoolError::UnknownClaim(_)) => Err(PoolError::Conflict(format!(
+                            "Idempotency-Key `{key}` was used for claim {id}, which has been released"
+                        ))),
+                        Err(e) => Err(e),
+                    };
+                }
+                IdempotencyState::Pending => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(PoolError::Conflict(format!(
+                            "a request with Idempotency-Key `{key}` is still acquiring"
+                        )));
+                    }
+                    tokio::select! {
+                        () = self.inner.shutdown.cancelled() => return Err(PoolError::ShuttingDown),
+                        () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn acquire_claim(
+        &self,
+        tenant: &str,
+        req: AcquireRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<ClaimInfo, PoolError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(PoolError::ShuttingDown);
         }
@@ -719,8 +856,15 @@ impl WarmPools {
                 Ok(()) => {
                     let info = self
                         .record_claim(
-                            tenant, &template, pooled, served, dedicated, &names, &workdir,
+                            tenant,
+                            &template,
+                            pooled,
+                            served,
+                            dedicated,
+                            &names,
+                            &workdir,
                             &req.env,
+                            idempotency_key,
                         )
                         .await?;
                     metrics::histogram!(M_ACQUIRE, "template" => template.name.clone(), "served" => served)
@@ -988,6 +1132,7 @@ impl WarmPools {
         secrets: &[String],
         workdir: &str,
         env: &BTreeMap<String, String>,
+        idempotency_key: Option<&str>,
     ) -> Result<ClaimInfo, PoolError> {
         let rt = self
             .runtime(pooled.host)
@@ -1029,12 +1174,7 @@ impl WarmPools {
             broken: AtomicBool::new(false),
         });
         lock(&self.inner.claims).insert(info.id, claim.clone());
-        if let Err(e) = self.inner.store.insert_claim(&row).await {
-            // Not recorded: give the container back rather than hold an untracked claim.
-            let _ = self.release_local(claim).await;
-            return Err(e);
-        }
-        self.inner.events.publish(
+        let acquired = PoolEvents::event(
             "acquired",
             tenant,
             serde_json::json!({
@@ -1042,6 +1182,18 @@ impl WarmPools {
                 "host": info.host, "runtime": info.runtime, "served": info.served,
             }),
         );
+        let recorded = self
+            .inner
+            .store
+            .insert_claim(&row, acquired.as_slice(), idempotency_key)
+            .await;
+        if let Err(e) = recorded {
+            // Not recorded: give the container back rather than hold an untracked claim.
+            lock(&self.inner.claims).remove(&info.id);
+            let _ = self.release_local(claim).await;
+            return Err(e);
+        }
+        self.inner.events.queued();
         Ok(info)
     }
 
@@ -1083,6 +1235,11 @@ impl WarmPools {
     }
 
     /// Gives a claim back: its container is reset (or replaced) before anyone else gets it.
+    ///
+    /// The release is recorded (with its `released` event) first, so it happens once whichever
+    /// replicas are asked. A claim another replica holds is reset by that replica, asked over
+    /// the bus, which answers once the container is clean and its slot free; when it does not
+    /// answer (it died), the container is removed here instead.
     pub async fn release(&self, tenant: &str, id: Uuid) -> Result<(), PoolError> {
         let claim = {
             let mut claims = lock(&self.inner.claims);
@@ -1091,31 +1248,112 @@ impl WarmPools {
                 _ => None,
             }
         };
-        match claim {
-            Some(c) => {
-                self.inner.store.release_claim(id, Utc::now()).await?;
-                self.release_local(c).await
+        if let Some(c) = claim {
+            let event = released_event(id, tenant, &c.info.container_id, &c.info.template);
+            if let Err(e) = self
+                .inner
+                .store
+                .release_claim(id, Utc::now(), event.as_slice())
+                .await
+            {
+                // Not recorded: the claim stays the caller's, as it was.
+                lock(&self.inner.claims).insert(id, c);
+                return Err(e);
             }
-            None => {
-                // A claim another replica holds: close it and remove its container; that
-                // replica notices at its next health check and frees the slot.
-                let row = self
-                    .inner
-                    .store
-                    .open_claim(id, tenant)
-                    .await?
-                    .ok_or_else(|| PoolError::UnknownClaim(id.to_string()))?;
-                self.inner.store.release_claim(id, Utc::now()).await?;
+            self.inner.events.queued();
+            return self.release_local(c).await;
+        }
+        let row = self
+            .inner
+            .store
+            .open_claim(id, tenant)
+            .await?
+            .ok_or_else(|| PoolError::UnknownClaim(id.to_string()))?;
+        let event = released_event(id, tenant, &row.container_id, &row.template);
+        if !self
+            .inner
+            .store
+            .release_claim(id, Utc::now(), event.as_slice())
+            .await?
+        {
+            return Err(PoolError::UnknownClaim(id.to_string()));
+        }
+        self.inner.events.queued();
+        if row.replica_id == self.inner.replica.id {
+            // Ours but no longer in memory: a release racing this one took it.
+            return Ok(());
+        }
+        let subject = release_subject(row.replica_id);
+        let asked = self
+            .inner
+            .events
+            .bus()
+            .request(
+                &subject,
+                liquid_bus::Headers::new(),
+                Bytes::from(id.to_string()),
+                OWNER_RELEASE_TIMEOUT,
+            )
+            .await;
+        match asked {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, claim = %id, owner = %row.replica_id, "the owning replica did not reset the claim; removing its container");
                 if let Some(rt) = self.runtime_named(&row.host) {
                     rt.remove(&row.container_id).await?;
                 }
-                self.inner.events.publish(
-                    "released",
+                self.emit(
+                    "reaped",
                     tenant,
-                    serde_json::json!({"claim_id": id, "container_id": row.container_id, "reset": false}),
-                );
+                    serde_json::json!({
+                        "container_id": row.container_id, "template": row.template, "host": row.host,
+                        "reason": "replaced",
+                    }),
+                )
+                .await;
                 Ok(())
             }
+        }
+    }
+
+    /// Serves release requests other replicas send for claims this replica holds (see
+    /// [`WarmPools::release`]), until shutdown.
+    async fn serve_owner_releases(&self) {
+        let subject = release_subject(self.inner.replica.id);
+        let mut requests = match self.inner.events.bus().serve(&subject).await {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::warn!(%error, %subject, "cannot serve release requests; releases through other replicas fall back to removal");
+                return;
+            }
+        };
+        loop {
+            let request = tokio::select! {
+                () = self.inner.shutdown.cancelled() => return,
+                r = requests.next() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            let claim = std::str::from_utf8(&request.message.payload)
+                .ok()
+                .and_then(|t| Uuid::parse_str(t).ok());
+            let p = self.clone();
+            tokio::spawn(async move {
+                if let Some(id) = claim {
+                    let local = lock(&p.inner.claims).remove(&id);
+                    if let Some(c) = local
+                        && let Err(error) = p.release_local(c).await
+                    {
+                        tracing::warn!(%error, claim = %id, "release for another replica failed");
+                    }
+                }
+                // Answered in every case: whether this call or the health check did the
+                // reset, the owner is alive and the container is not left behind.
+                let _ = request
+                    .respond(liquid_bus::Headers::new(), Bytes::from_static(b"ok"))
+                    .await;
+            });
         }
     }
 
@@ -1154,14 +1392,6 @@ impl WarmPools {
             self.destroy(&p, reason, &name, &c.tenant).await;
             self.inner.wake.notify_one();
         }
-        self.inner.events.publish(
-            "released",
-            &c.tenant,
-            serde_json::json!({
-                "claim_id": c.info.id, "container_id": c.info.container_id, "template": name,
-                "reset": reset_ok,
-            }),
-        );
         self.publish_gauges();
         Ok(())
     }
@@ -1610,11 +1840,12 @@ impl WarmPools {
                     };
                     if let Some(p) = taken {
                         tracing::warn!(container = %p.id, template = %name, "idle container died");
-                        self.inner.events.publish(
+                        self.emit(
                             "unhealthy",
                             SYSTEM_TENANT,
                             serde_json::json!({"container_id": p.id, "template": name, "state": "idle"}),
-                        );
+                        )
+                        .await;
                         self.destroy(&p, "unhealthy", &name, SYSTEM_TENANT).await;
                         self.inner.wake.notify_one();
                     }
@@ -1624,15 +1855,13 @@ impl WarmPools {
         let claims: Vec<Arc<LocalClaim>> = lock(&self.inner.claims).values().cloned().collect();
         for c in claims {
             if matches!(self.inner.store.is_released(c.info.id).await, Ok(true)) {
-                // Released through another replica, which removed the container.
+                // Released through another replica (or closed by a sweep) without this one
+                // hearing of it: reset it like any release.
                 let removed = lock(&self.inner.claims).remove(&c.info.id);
-                if removed.is_some() {
-                    if let Ok(tp) = self.template_pool(&c.info.template) {
-                        let mut st = lock(&tp.state);
-                        st.busy = st.busy.saturating_sub(1);
-                    }
-                    self.host_released(c.pooled.host);
-                    self.inner.wake.notify_one();
+                if let Some(c) = removed
+                    && let Err(error) = self.release_local(c).await
+                {
+                    tracing::warn!(%error, "release of a claim closed elsewhere failed");
                 }
                 continue;
             }
@@ -1643,11 +1872,12 @@ impl WarmPools {
                 && !c.broken.swap(true, Ordering::Relaxed)
             {
                 tracing::warn!(claim = %c.info.id, container = %c.pooled.id, "claimed container died");
-                self.inner.events.publish(
+                self.emit(
                     "unhealthy",
                     &c.tenant,
                     serde_json::json!({"claim_id": c.info.id, "container_id": c.pooled.id, "template": c.info.template, "state": "claimed"}),
-                );
+                )
+                .await;
             }
         }
         self.publish_gauges();
@@ -1733,16 +1963,21 @@ impl WarmPools {
                     }
                     removed += 1;
                     metrics::counter!(M_REAPED, "reason" => "orphan").increment(1);
-                    self.inner.events.publish(
+                    self.emit(
                         "reaped",
                         SYSTEM_TENANT,
                         serde_json::json!({"container_id": c.id, "host": rt.host(), "reason": "orphan", "replica": replica}),
-                    );
+                    )
+                    .await;
                 }
             }
         }
         for r in stale {
-            self.inner.store.release_claims_of(r, now).await?;
+            self.inner
+                .store
+                .release_claims_of(r, now, &released_with_replica)
+                .await?;
+            self.inner.events.queued();
             self.inner.store.delete_replica(r).await?;
         }
         Ok(removed)
@@ -1760,6 +1995,10 @@ impl WarmPools {
             }
             if let Err(error) = self.sweep_orphans().await {
                 tracing::warn!(%error, "orphan sweep failed");
+            }
+            let retained = Utc::now().timestamp_millis() - IDEMPOTENCY_RETENTION_MS;
+            if let Err(error) = self.inner.store.expire_idempotent(retained).await {
+                tracing::warn!(%error, "idempotency keys not expired");
             }
         }
     }
@@ -1799,10 +2038,16 @@ impl WarmPools {
         let _ = self
             .inner
             .store
-            .release_claims_of(self.inner.replica.id, now)
+            .release_claims_of(self.inner.replica.id, now, &released_with_replica)
             .await;
         let _ = self.inner.store.delete_replica(self.inner.replica.id).await;
         lock(&self.inner.claims).clear();
+        // One last relay round, bounded: what it misses waits in the outbox for any replica.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.inner.events.relay_once(self.inner.store.as_ref()),
+        )
+        .await;
         tracing::info!(removed, "pool drained");
     }
 }

@@ -12,8 +12,10 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use futures_util::StreamExt;
+use liquid_bus::Event;
 use liquid_container_pool::config::{RuntimeChoice, TemplateConfig};
-use liquid_container_pool::store::{self, ClaimRow, PoolStore, ReplicaRow};
+use liquid_container_pool::error::PoolError;
+use liquid_container_pool::store::{self, ClaimRow, IdempotencyState, PoolStore, ReplicaRow};
 use liquid_proto::container_pool::v1 as pb;
 use liquid_testkit::nats::NatsServer;
 use liquid_testkit::postgres::TestDatabase;
@@ -294,6 +296,113 @@ async fn the_process_runtime_works_without_docker_and_says_it_is_not_isolated() 
     assert!(left.is_empty(), "shutdown removes the sandboxes");
 }
 
+#[tokio::test]
+async fn concurrent_acquires_with_one_idempotency_key_share_one_claim() {
+    let keys = keys();
+    let root = tempfile::tempdir().unwrap();
+    let mut s = settings(1, 4);
+    s.pool.runtime = RuntimeChoice::Process;
+    s.pool.process_root = root.path().display().to_string();
+    let mut svc = start(s, &keys).await;
+    let admin = keys.admin("acme");
+    let acquire = |key: &'static str, token: String| {
+        let req = svc
+            .http
+            .post(format!("{}/claims", svc.base))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&json!({}));
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let answers =
+        futures_util::future::join_all((0..4).map(|_| acquire("job-7", admin.clone()))).await;
+    let ids: std::collections::BTreeSet<_> = answers
+        .iter()
+        .map(|(_, c)| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "one claim for one key: {answers:?}");
+    let mut statuses: Vec<_> = answers.iter().map(|(s, _)| *s).collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 201],
+        "one created, three replayed"
+    );
+    let (_, status) = svc.get(&admin, "/status").await;
+    assert_eq!(
+        status["templates"][0]["busy"], 1,
+        "one container claimed: {status}"
+    );
+
+    // Another tenant's key of the same name is its own.
+    let other = acquire("job-7", keys.admin("globex")).await;
+    assert_eq!(other.0, 201);
+    assert!(!ids.contains(other.1["id"].as_str().unwrap()));
+
+    // A key whose claim was released cannot claim again: the caller is told, nothing is claimed.
+    let id = ids.into_iter().next().unwrap();
+    svc.release(&admin, &id).await;
+    let (code, body) = acquire("job-7", admin.clone()).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_released_through_another_replica_is_reset_by_its_owner() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let replica = |root: &std::path::Path| {
+        let mut s = settings(1, 2);
+        s.pool.runtime = RuntimeChoice::Process;
+        s.pool.process_root = root.display().to_string();
+        let mut cfg = config(s, &keys.auth, db.url());
+        cfg.bus.url = nats.url();
+        cfg
+    };
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = start_with(replica(root_a.path()), tempfile::tempdir().unwrap()).await;
+    let mut b = start_with(replica(root_b.path()), tempfile::tempdir().unwrap()).await;
+    let admin = keys.admin("acme");
+    let claim = a.acquire(&admin, json!({})).await;
+    let id = claim["id"].as_str().unwrap();
+    a.sh(&admin, id, "echo left-behind > f.txt").await;
+
+    // B sees the claim (shared database) but holds no container of it.
+    let (code, seen) = b.get(&admin, &format!("/claims/{id}")).await;
+    assert_eq!((code, seen["id"].as_str()), (200, Some(id)), "{seen}");
+    let (code, body) = b.delete(&admin, &format!("/claims/{id}")).await;
+    assert_eq!(code, 204, "{body}");
+
+    // A got the request: its container is reset and idle again, the claim is gone everywhere.
+    a.wait_status(&admin, "A's container back to idle", |t| {
+        t["busy"] == 0 && t["idle"] == 1
+    })
+    .await;
+    assert_eq!(a.get(&admin, &format!("/claims/{id}")).await.0, 404);
+    assert_eq!(
+        b.delete(&admin, &format!("/claims/{id}")).await.0,
+        404,
+        "released once"
+    );
+    let again = a.acquire(&admin, json!({})).await;
+    let out = a.sh(&admin, again["id"].as_str().unwrap(), "ls -A").await;
+    assert_eq!(
+        out["stdout"], "",
+        "the next claim finds a clean sandbox: {out}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
 async fn store_suite(s: &dyn PoolStore) {
     let now = Utc::now();
     let r1 = ReplicaRow {
@@ -333,7 +442,11 @@ async fn store_suite(s: &dyn PoolStore) {
         acquired_at: now,
         released_at: None,
     };
-    s.insert_claim(&claim).await.unwrap();
+    let acquired =
+        Event::new("container-pool.container.acquired", "acme", json!({"n": 1})).unwrap();
+    s.insert_claim(&claim, std::slice::from_ref(&acquired), None)
+        .await
+        .unwrap();
     let got = s.open_claim(claim.claim_id, "acme").await.unwrap().unwrap();
     assert_eq!(got.env, claim.env);
     assert_eq!(got.secrets, claim.secrets);
@@ -346,8 +459,19 @@ async fn store_suite(s: &dyn PoolStore) {
         "tenant scoped"
     );
     assert!(!s.is_released(claim.claim_id).await.unwrap());
-    assert!(s.release_claim(claim.claim_id, now).await.unwrap());
-    assert!(!s.release_claim(claim.claim_id, now).await.unwrap(), "once");
+    let released =
+        Event::new("container-pool.container.released", "acme", json!({"n": 2})).unwrap();
+    assert!(
+        s.release_claim(claim.claim_id, now, std::slice::from_ref(&released))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.release_claim(claim.claim_id, now, std::slice::from_ref(&released))
+            .await
+            .unwrap(),
+        "once"
+    );
     assert!(s.is_released(claim.claim_id).await.unwrap());
     assert!(
         s.open_claim(claim.claim_id, "acme")
@@ -359,8 +483,123 @@ async fn store_suite(s: &dyn PoolStore) {
         claim_id: Uuid::now_v7(),
         ..claim.clone()
     };
-    s.insert_claim(&second).await.unwrap();
-    assert_eq!(s.release_claims_of(r1.replica_id, now).await.unwrap(), 1);
+    let t = now.timestamp_millis();
+    assert!(
+        matches!(
+            s.insert_claim(&second, &[], Some("key-1")).await,
+            Err(PoolError::Conflict(_))
+        ),
+        "a claim cannot take a key no request registered"
+    );
+    assert_eq!(
+        s.begin_idempotent("acme", "key-1", t, t - 60_000)
+            .await
+            .unwrap(),
+        IdempotencyState::Owned
+    );
+    s.insert_claim(&second, &[], Some("key-1")).await.unwrap();
+    let gone = |row: &ClaimRow| {
+        Event::new(
+            "container-pool.container.released",
+            &row.tenant,
+            json!({"claim_id": row.claim_id}),
+        )
+        .ok()
+    };
+    assert_eq!(
+        s.release_claims_of(r1.replica_id, now, &gone)
+            .await
+            .unwrap(),
+        1
+    );
+
+    // The outbox: the events queued with the claim changes, oldest first, each once while
+    // leased, again once the lease runs out, gone once deleted.
+    let leased = s.lease_events(10, t, 10_000).await.unwrap();
+    let kinds: Vec<_> = leased.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "container-pool.container.acquired",
+            "container-pool.container.released",
+            "container-pool.container.released"
+        ],
+        "the released event of an already released claim is not queued"
+    );
+    assert_eq!(leased[0].id, acquired.id);
+    assert!(
+        s.lease_events(10, t + 1, 10_000).await.unwrap().is_empty(),
+        "leased"
+    );
+    let again = s.lease_events(1, t + 10_001, 10_000).await.unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "an expired lease is taken again, up to the limit"
+    );
+    let ids: Vec<_> = leased.iter().map(|e| e.id).collect();
+    s.delete_events(&ids).await.unwrap();
+    assert!(
+        s.lease_events(10, t + 60_000, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Idempotency keys: insert first; the claim recorded with the key answers later requests.
+    assert_eq!(
+        s.begin_idempotent("acme", "key-1", t, t - 60_000)
+            .await
+            .unwrap(),
+        IdempotencyState::Claimed(second.claim_id)
+    );
+    assert_eq!(
+        s.begin_idempotent("acme", "key-2", t, t - 60_000)
+            .await
+            .unwrap(),
+        IdempotencyState::Owned
+    );
+    assert_eq!(
+        s.begin_idempotent("acme", "key-2", t, t - 60_000)
+            .await
+            .unwrap(),
+        IdempotencyState::Pending,
+        "a second request waits for the first"
+    );
+    assert_eq!(
+        s.begin_idempotent("other", "key-2", t, t - 60_000)
+            .await
+            .unwrap(),
+        IdempotencyState::Owned,
+        "keys are per tenant"
+    );
+    s.abandon_idempotent("acme", "key-2").await.unwrap();
+    assert_eq!(
+        s.begin_idempotent("acme", "key-2", t, t - 60_000)
+            .await
+            .unwrap(),
+        IdempotencyState::Owned,
+        "a failed acquire frees its key"
+    );
+    assert_eq!(
+        s.begin_idempotent("acme", "key-2", t + 120_000, t + 60_000)
+            .await
+            .unwrap(),
+        IdempotencyState::Owned,
+        "a registration whose request died is taken over"
+    );
+    assert_eq!(
+        s.expire_idempotent(t + 1).await.unwrap(),
+        2,
+        "acme's key-1 and other's key-2"
+    );
+    assert_eq!(
+        s.begin_idempotent("acme", "key-1", t, t - 60_000)
+            .await
+            .unwrap(),
+        IdempotencyState::Owned,
+        "an expired key is new again"
+    );
     assert!(
         s.is_released(Uuid::now_v7()).await.unwrap(),
         "unknown counts as released"

@@ -87,6 +87,7 @@ impl ContainerPoolService for PoolGrpc {
                     workdir: r.workdir,
                     timeout: ms(r.timeout_ms),
                     staging_dir: (!r.staging_dir.is_empty()).then_some(r.staging_dir),
+                    idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
                 },
             )
             .await?;

@@ -18,7 +18,6 @@
 //! | `POST /claims/{id}/agent` | admin | run a coding agent; its events |
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -29,7 +28,6 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use liquid_auth::Authenticated;
 use liquid_kit::config::Validate;
-use liquid_store::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -47,11 +45,10 @@ use crate::runtime::ExecChunk;
 #[derive(Clone)]
 struct AppState {
     pools: WarmPools,
-    cache: Arc<dyn Cache>,
 }
 
 /// The routes, to be mounted behind the auth layer.
-pub fn routes(pools: WarmPools, cache: Arc<dyn Cache>) -> Router {
+pub fn routes(pools: WarmPools) -> Router {
     let api = Router::new()
         .route("/status", get(status))
         .route("/templates", get(templates))
@@ -67,7 +64,7 @@ pub fn routes(pools: WarmPools, cache: Arc<dyn Cache>) -> Router {
         .route("/claims/{id}/exec", post(exec))
         .route("/claims/{id}/archive", put(put_archive).get(get_archive))
         .route("/claims/{id}/agent", post(agent))
-        .with_state(AppState { pools, cache });
+        .with_state(AppState { pools });
     Router::new().nest("/api/v1/containers", api)
 }
 
@@ -203,21 +200,17 @@ async fn acquire(
     auth.require(SCOPE_ADMIN)?;
     let tenant = auth.tenant_id().to_owned();
     let b: AcquireBody = parse(&body)?;
-    let idem = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty() && k.len() <= 200)
-        .map(|k| format!("idem:claims:{tenant}:{k}"));
-    if let Some(key) = &idem
-        && let Ok(Some(seen)) = s.cache.get(key).await
-        && let Ok(id) = Uuid::from_slice(&seen)
-        && let Ok(c) = s.pools.claim(&tenant, id).await
-    {
-        return Ok((StatusCode::OK, Json(c)).into_response());
-    }
-    let info = s
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| PoolError::invalid("Idempotency-Key", "must be printable ASCII"))?
+                .to_owned(),
+        ),
+    };
+    let (info, replayed) = s
         .pools
-        .acquire(
+        .acquire_keyed(
             &tenant,
             AcquireRequest {
                 template: b.template,
@@ -226,16 +219,12 @@ async fn acquire(
                 workdir: b.workdir,
                 timeout: Some(Duration::from_millis(b.timeout_ms)),
                 staging_dir: b.staging_dir,
+                idempotency_key,
             },
         )
         .await?;
-    if let Some(key) = &idem
-        && let Err(error) = s
-            .cache
-            .set(key, info.id.as_bytes(), Duration::from_secs(24 * 3600))
-            .await
-    {
-        tracing::warn!(%error, "idempotency key not stored");
+    if replayed {
+        return Ok((StatusCode::OK, Json(info)).into_response());
     }
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{ClaimRow, PoolStore, ReplicaRow, json_err};
+use liquid_bus::Event;
+
+use super::{ClaimRow, IdempotencyState, PoolStore, ReleaseEvent, ReplicaRow, json_err};
 use crate::config::TemplateConfig;
 use crate::error::PoolError;
 
@@ -20,6 +22,22 @@ impl PostgresPoolStore {
     pub fn new(pool: PgPool) -> Self {
         PostgresPoolStore { pool }
     }
+}
+
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    events: &[Event],
+) -> Result<(), PoolError> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO pool_outbox (event_id, event) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(e.id)
+        .bind(serde_json::to_value(e).map_err(json_err)?)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 fn claim(row: &sqlx::postgres::PgRow) -> Result<ClaimRow, PoolError> {
@@ -86,7 +104,13 @@ impl PoolStore for PostgresPoolStore {
         Ok(())
     }
 
-    async fn insert_claim(&self, c: &ClaimRow) -> Result<(), PoolError> {
+    async fn insert_claim(
+        &self,
+        c: &ClaimRow,
+        events: &[Event],
+        idempotency_key: Option<&str>,
+    ) -> Result<(), PoolError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO pool_claims (claim_id, tenant, template, container_id, host, runtime,
                replica_id, served, workdir, env, secrets, acquired_at, released_at)
@@ -105,8 +129,26 @@ impl PoolStore for PostgresPoolStore {
         .bind(serde_json::to_value(&c.secrets).map_err(json_err)?)
         .bind(c.acquired_at)
         .bind(c.released_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if let Some(key) = idempotency_key {
+            let done = sqlx::query(
+                "UPDATE pool_idempotency SET claim_id = $3
+                 WHERE tenant = $1 AND key = $2 AND claim_id IS NULL",
+            )
+            .bind(&c.tenant)
+            .bind(key)
+            .bind(c.claim_id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(PoolError::Conflict(format!(
+                    "Idempotency-Key `{key}` was taken over by another request"
+                )));
+            }
+        }
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -135,29 +177,160 @@ impl PoolStore for PostgresPoolStore {
         Ok(open.is_none())
     }
 
-    async fn release_claim(&self, claim_id: Uuid, at: DateTime<Utc>) -> Result<bool, PoolError> {
+    async fn release_claim(
+        &self,
+        claim_id: Uuid,
+        at: DateTime<Utc>,
+        events: &[Event],
+    ) -> Result<bool, PoolError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE pool_claims SET released_at = $2 WHERE claim_id = $1 AND released_at IS NULL",
         )
         .bind(claim_id)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn release_claims_of(
         &self,
         replica_id: Uuid,
         at: DateTime<Utc>,
+        event: &ReleaseEvent,
     ) -> Result<u64, PoolError> {
-        let done = sqlx::query(
-            "UPDATE pool_claims SET released_at = $2 WHERE replica_id = $1 AND released_at IS NULL",
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE pool_claims SET released_at = $2 WHERE replica_id = $1 AND released_at IS NULL
+             RETURNING *",
         )
         .bind(replica_id)
         .bind(at)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut events = Vec::new();
+        for r in &rows {
+            events.extend(event(&claim(r)?));
+        }
+        insert_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn enqueue_events(&self, events: &[Event]) -> Result<(), PoolError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lease_events(
+        &self,
+        limit: u32,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Event>, PoolError> {
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+            "UPDATE pool_outbox SET locked_until_ms = $1 + $2
+             WHERE event_id IN (
+               SELECT event_id FROM pool_outbox WHERE locked_until_ms <= $1
+               ORDER BY event_id LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING event",
+        )
+        .bind(now_ms)
+        .bind(lease_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .into_iter()
+            .map(|v| serde_json::from_value::<Event>(v).map_err(json_err))
+            .collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+
+    async fn delete_events(&self, ids: &[Uuid]) -> Result<(), PoolError> {
+        sqlx::query("DELETE FROM pool_outbox WHERE event_id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn begin_idempotent(
+        &self,
+        tenant: &str,
+        key: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<IdempotencyState, PoolError> {
+        // A few rounds at most: each lost round means another request changed the row.
+        for _ in 0..5 {
+            let inserted = sqlx::query(
+                "INSERT INTO pool_idempotency (tenant, key, claim_id, created_ms)
+                 VALUES ($1, $2, NULL, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(key)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(IdempotencyState::Owned);
+            }
+            let row: Option<(Option<Uuid>, i64)> = sqlx::query_as(
+                "SELECT claim_id, created_ms FROM pool_idempotency WHERE tenant = $1 AND key = $2",
+            )
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+            match row {
+                None => continue,
+                Some((Some(id), _)) => return Ok(IdempotencyState::Claimed(id)),
+                Some((None, created)) if created < stale_before_ms => {
+                    sqlx::query(
+                        "DELETE FROM pool_idempotency WHERE tenant = $1 AND key = $2
+                         AND claim_id IS NULL AND created_ms = $3",
+                    )
+                    .bind(tenant)
+                    .bind(key)
+                    .bind(created)
+                    .execute(&self.pool)
+                    .await?;
+                }
+                Some((None, _)) => return Ok(IdempotencyState::Pending),
+            }
+        }
+        Ok(IdempotencyState::Pending)
+    }
+
+    async fn abandon_idempotent(&self, tenant: &str, key: &str) -> Result<(), PoolError> {
+        sqlx::query(
+            "DELETE FROM pool_idempotency WHERE tenant = $1 AND key = $2 AND claim_id IS NULL",
+        )
+        .bind(tenant)
+        .bind(key)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    async fn expire_idempotent(&self, before_ms: i64) -> Result<u64, PoolError> {
+        let done = sqlx::query("DELETE FROM pool_idempotency WHERE created_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 

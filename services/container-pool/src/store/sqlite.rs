@@ -5,7 +5,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
-use super::{ClaimRow, PoolStore, ReplicaRow, json_err};
+use liquid_bus::Event;
+
+use super::{
+    ClaimRow, IdempotencyState, PoolStore, ReleaseEvent, ReplicaRow, event_json, event_of, json_err,
+};
 use crate::config::TemplateConfig;
 use crate::error::PoolError;
 
@@ -24,6 +28,22 @@ impl SqlitePoolStore {
 
 fn uuid_of(text: String) -> Result<Uuid, PoolError> {
     Uuid::parse_str(&text).map_err(|e| PoolError::io("stored uuid", std::io::Error::other(e)))
+}
+
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    events: &[Event],
+) -> Result<(), PoolError> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO pool_outbox (event_id, event) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )
+        .bind(e.id.to_string())
+        .bind(event_json(e)?)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 fn claim(row: &sqlx::sqlite::SqliteRow) -> Result<ClaimRow, PoolError> {
@@ -90,7 +110,13 @@ impl PoolStore for SqlitePoolStore {
         Ok(())
     }
 
-    async fn insert_claim(&self, c: &ClaimRow) -> Result<(), PoolError> {
+    async fn insert_claim(
+        &self,
+        c: &ClaimRow,
+        events: &[Event],
+        idempotency_key: Option<&str>,
+    ) -> Result<(), PoolError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO pool_claims (claim_id, tenant, template, container_id, host, runtime,
                replica_id, served, workdir, env, secrets, acquired_at, released_at)
@@ -109,8 +135,26 @@ impl PoolStore for SqlitePoolStore {
         .bind(serde_json::to_string(&c.secrets).map_err(json_err)?)
         .bind(c.acquired_at)
         .bind(c.released_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if let Some(key) = idempotency_key {
+            let done = sqlx::query(
+                "UPDATE pool_idempotency SET claim_id = ?3
+                 WHERE tenant = ?1 AND key = ?2 AND claim_id IS NULL",
+            )
+            .bind(&c.tenant)
+            .bind(key)
+            .bind(c.claim_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(PoolError::Conflict(format!(
+                    "Idempotency-Key `{key}` was taken over by another request"
+                )));
+            }
+        }
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -139,29 +183,164 @@ impl PoolStore for SqlitePoolStore {
         Ok(open.is_none())
     }
 
-    async fn release_claim(&self, claim_id: Uuid, at: DateTime<Utc>) -> Result<bool, PoolError> {
+    async fn release_claim(
+        &self,
+        claim_id: Uuid,
+        at: DateTime<Utc>,
+        events: &[Event],
+    ) -> Result<bool, PoolError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE pool_claims SET released_at = ?2 WHERE claim_id = ?1 AND released_at IS NULL",
         )
         .bind(claim_id.to_string())
         .bind(at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn release_claims_of(
         &self,
         replica_id: Uuid,
         at: DateTime<Utc>,
+        event: &ReleaseEvent,
     ) -> Result<u64, PoolError> {
-        let done = sqlx::query(
-            "UPDATE pool_claims SET released_at = ?2 WHERE replica_id = ?1 AND released_at IS NULL",
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE pool_claims SET released_at = ?2 WHERE replica_id = ?1 AND released_at IS NULL
+             RETURNING *",
         )
         .bind(replica_id.to_string())
         .bind(at)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut events = Vec::new();
+        for r in &rows {
+            events.extend(event(&claim(r)?));
+        }
+        insert_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn enqueue_events(&self, events: &[Event]) -> Result<(), PoolError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lease_events(
+        &self,
+        limit: u32,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Event>, PoolError> {
+        // One UPDATE takes SQLite's write lock: no two relays lease the same rows.
+        let rows: Vec<String> = sqlx::query_scalar(
+            "UPDATE pool_outbox SET locked_until_ms = ?1 + ?2
+             WHERE event_id IN (
+               SELECT event_id FROM pool_outbox WHERE locked_until_ms <= ?1
+               ORDER BY event_id LIMIT ?3)
+             RETURNING event",
+        )
+        .bind(now_ms)
+        .bind(lease_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(|t| event_of(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+
+    async fn delete_events(&self, ids: &[Uuid]) -> Result<(), PoolError> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("DELETE FROM pool_outbox WHERE event_id = ?1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn begin_idempotent(
+        &self,
+        tenant: &str,
+        key: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<IdempotencyState, PoolError> {
+        for _ in 0..5 {
+            let inserted = sqlx::query(
+                "INSERT INTO pool_idempotency (tenant, key, claim_id, created_ms)
+                 VALUES (?1, ?2, NULL, ?3) ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(key)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(IdempotencyState::Owned);
+            }
+            let row: Option<(Option<String>, i64)> = sqlx::query_as(
+                "SELECT claim_id, created_ms FROM pool_idempotency WHERE tenant = ?1 AND key = ?2",
+            )
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+            match row {
+                None => continue,
+                Some((Some(id), _)) => return Ok(IdempotencyState::Claimed(uuid_of(id)?)),
+                Some((None, created)) if created < stale_before_ms => {
+                    sqlx::query(
+                        "DELETE FROM pool_idempotency WHERE tenant = ?1 AND key = ?2
+                         AND claim_id IS NULL AND created_ms = ?3",
+                    )
+                    .bind(tenant)
+                    .bind(key)
+                    .bind(created)
+                    .execute(&self.pool)
+                    .await?;
+                }
+                Some((None, _)) => return Ok(IdempotencyState::Pending),
+            }
+        }
+        Ok(IdempotencyState::Pending)
+    }
+
+    async fn abandon_idempotent(&self, tenant: &str, key: &str) -> Result<(), PoolError> {
+        sqlx::query(
+            "DELETE FROM pool_idempotency WHERE tenant = ?1 AND key = ?2 AND claim_id IS NULL",
+        )
+        .bind(tenant)
+        .bind(key)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    async fn expire_idempotent(&self, before_ms: i64) -> Result<u64, PoolError> {
+        let done = sqlx::query("DELETE FROM pool_idempotency WHERE created_ms < ?1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
