@@ -155,6 +155,15 @@ pub struct DockerSection {
     pub toolbox_image_repo: String,
     /// Name of the bridge network templates with `network = "egress"` join (created, labelled).
     pub egress_network: String,
+    /// Name of the internal bridge (no route out) templates with `network = "allowlist"` join;
+    /// the pool's egress proxy on its gateway address is all they reach.
+    pub allowlist_network: String,
+    /// Destinations `allowlist` templates may reach through the proxy: `host`, `*.domain`,
+    /// either with `:port` (without one: 80 and 443).
+    pub egress_allow: Vec<String>,
+    /// Let the proxy connect to private and loopback addresses (tests only; off by default so
+    /// an allow-listed name cannot be pointed at the internal network).
+    pub egress_allow_private: bool,
     /// Seconds to wait for an engine at start-up.
     pub connect_timeout_secs: u64,
 }
@@ -168,6 +177,9 @@ impl Default for DockerSection {
             toolbox_rootfs: String::new(),
             toolbox_image_repo: "liquid/pool-toolbox".into(),
             egress_network: "liquid-pool-egress".into(),
+            allowlist_network: "liquid-pool-allowlist".into(),
+            egress_allow: Vec::new(),
+            egress_allow_private: false,
             connect_timeout_secs: 5,
         }
     }
@@ -205,6 +217,9 @@ pub enum NetworkPolicy {
     None,
     /// The `[docker] egress_network` bridge: outbound only, nothing published.
     Egress,
+    /// The `[docker] allowlist_network` internal bridge: only the destinations of
+    /// `[docker] egress_allow`, through the pool's egress proxy.
+    Allowlist,
 }
 
 /// `[templates.<name>]`: what a pooled container is.
@@ -226,7 +241,7 @@ pub struct TemplateConfig {
     pub cpus: f64,
     /// Most processes inside one container.
     pub pids_limit: i64,
-    /// `none` or `egress`.
+    /// `none`, `egress` or `allowlist`.
     pub network: NetworkPolicy,
     /// Size of the /tmp and /run/secrets tmpfs (MiB).
     pub tmp_size_mib: u64,
@@ -513,6 +528,14 @@ impl PoolSettings {
             ));
         }
         positive("docker.connect_timeout_secs", d.connect_timeout_secs)?;
+        crate::egress::EgressPolicy::new(&d.egress_allow, d.egress_allow_private)
+            .map_err(|reason| ConfigError::invalid("docker.egress_allow", reason))?;
+        if d.allowlist_network.is_empty() || d.allowlist_network == d.egress_network {
+            return Err(ConfigError::invalid(
+                "docker.allowlist_network",
+                "must be a network name other than docker.egress_network",
+            ));
+        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod egress;
 pub mod error;
 pub mod events;
 pub mod pool;

@@ -419,3 +419,128 @@ async fn limits_contain_a_fork_bomb_and_a_memory_hog_and_nothing_is_published() 
     svc.release(&admin, id).await;
     svc.stop().await;
 }
+
+/// A one-line HTTP server on 127.0.0.2 (not the container's loopback, not in NO_PROXY).
+async fn tiny_server(body: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_allowlisted_template_reaches_only_its_listed_destinations_through_the_proxy() {
+    let keys = keys();
+    let allowed = tiny_server("hello from the allowed host").await;
+    let other = tiny_server("nobody should read this").await;
+    let mut s = settings(0, 1);
+    let network = format!("{}-allow", s.pool.name);
+    s.docker.allowlist_network = network.clone();
+    s.docker.egress_allow = vec![format!("127.0.0.2:{allowed}")];
+    s.docker.egress_allow_private = true;
+    s.templates.get_mut("default").unwrap().network =
+        liquid_container_pool::config::NetworkPolicy::Allowlist;
+    let mut svc = start(s, &keys).await;
+    let admin = keys.admin("acme");
+    let claim = svc.acquire(&admin, json!({})).await;
+    let id = claim["id"].as_str().unwrap();
+
+    let docker = docker().await;
+    let net = docker
+        .inspect_network(
+            &network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .unwrap();
+    assert_eq!(net.internal, Some(true), "no route out of the network");
+
+    // Through the proxy: the listed destination answers, another port of the same host does not.
+    let out = svc
+        .sh(
+            &admin,
+            id,
+            &format!("wget -q -O - http://127.0.0.2:{allowed}/"),
+        )
+        .await;
+    assert_eq!(out["stdout"], "hello from the allowed host", "{out}");
+    let out = svc
+        .sh(
+            &admin,
+            id,
+            &format!("wget -q -O - http://127.0.0.2:{other}/ 2>&1; echo \" exit=$?\""),
+        )
+        .await;
+    let text = out["stdout"].as_str().unwrap();
+    assert!(text.contains("403") && text.ends_with(" exit=1\n"), "{out}");
+    assert!(!text.contains("nobody should read this"));
+
+    // Around the proxy the same destination is out of reach: the proxy is the only way out.
+    let out = svc
+        .sh(
+            &admin,
+            id,
+            &format!(
+                "unset http_proxy HTTP_PROXY; wget -q -T 3 -O - http://127.0.0.2:{allowed}/ 2>&1; echo \" exit=$?\""
+            ),
+        )
+        .await;
+    let text = out["stdout"].as_str().unwrap();
+    assert!(
+        !text.contains("hello from the allowed host") && !text.ends_with(" exit=0\n"),
+        "{out}"
+    );
+
+    // A CONNECT tunnel (what TLS clients use) obeys the same list.
+    let out = svc.sh(&admin, id, "printf %s \"$HTTPS_PROXY\"").await;
+    let proxy = out["stdout"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let connect = |port: u16| {
+        let proxy = proxy.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+            s.write_all(
+                format!("CONNECT 127.0.0.2:{port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut all = String::new();
+            s.read_to_string(&mut all).await.unwrap();
+            all
+        }
+    };
+    let tunnel = connect(allowed).await;
+    assert!(
+        tunnel.starts_with("HTTP/1.1 200 Connection Established")
+            && tunnel.ends_with("hello from the allowed host"),
+        "{tunnel}"
+    );
+    let refused = connect(other).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 403 Forbidden")
+            && refused.contains("not on the egress allow-list"),
+        "{refused}"
+    );
+
+    svc.release(&admin, id).await;
+    svc.stop().await;
+    docker.remove_network(&network).await.unwrap();
+}

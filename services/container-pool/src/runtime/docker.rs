@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use liquid_kit::Secret;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{RwLock, mpsc};
+use tokio::sync::{OnceCell, RwLock, mpsc};
 
 use super::image::{self, ImageArchive};
 use super::{
@@ -40,6 +40,7 @@ use crate::domain::autoconf::HostFacts;
 use crate::domain::template::{
     ImageChoice, SECRETS_DIR, STAGING_DIR, Template, UID, USER, WORKDIR,
 };
+use crate::egress::{EgressPolicy, EgressProxy};
 use crate::error::PoolError;
 
 /// Largest archive a download returns.
@@ -95,6 +96,8 @@ pub struct DockerRuntime {
     host: String,
     config: DockerSection,
     images: RwLock<HashMap<ImageChoice, String>>,
+    /// The proxy of allow-listed templates, started with their first container.
+    egress: OnceCell<EgressProxy>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -136,6 +139,7 @@ impl DockerRuntime {
             host: host.name.clone(),
             config: config.clone(),
             images: RwLock::new(HashMap::new()),
+            egress: OnceCell::new(),
         };
         rt.ping().await?;
         Ok(rt)
@@ -235,6 +239,86 @@ impl DockerRuntime {
             .await
             .insert(choice.clone(), reference.clone());
         Ok(reference)
+    }
+
+    /// The allow-list proxy, listening on the internal network's gateway address (started
+    /// once).
+    async fn egress_proxy(&self) -> Result<&EgressProxy, PoolError> {
+        self.egress
+            .get_or_try_init(|| async {
+                let gateway = self.ensure_allowlist_network().await?;
+                let policy =
+                    EgressPolicy::new(&self.config.egress_allow, self.config.egress_allow_private)
+                        .map_err(|reason| PoolError::invalid("docker.egress_allow", reason))?;
+                EgressProxy::start(gateway, policy).await
+            })
+            .await
+    }
+
+    /// Creates the internal bridge of allow-listed templates when missing; returns its gateway
+    /// address (the host's side of the bridge, where the proxy listens).
+    async fn ensure_allowlist_network(&self) -> Result<std::net::IpAddr, PoolError> {
+        let name = &self.config.allowlist_network;
+        let found = match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(n) => Some(n),
+            Err(e) if status_of(&e) == Some(404) => None,
+            Err(e) => return Err(self.err(e)),
+        };
+        let network = match found {
+            Some(n) => n,
+            None => {
+                let labels = HashMap::from([
+                    (OWNER_LABEL.to_owned(), OWNER.to_owned()),
+                    (COMPONENT_LABEL.to_owned(), COMPONENT.to_owned()),
+                ]);
+                match self
+                    .docker
+                    .create_network(NetworkCreateRequest {
+                        name: name.clone(),
+                        driver: Some("bridge".into()),
+                        internal: Some(true),
+                        labels: Some(labels),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if status_of(&e) == Some(409) => {}
+                    Err(e) => return Err(self.err(e)),
+                }
+                self.docker
+                    .inspect_network(
+                        name,
+                        None::<bollard::query_parameters::InspectNetworkOptions>,
+                    )
+                    .await
+                    .map_err(|e| self.err(e))?
+            }
+        };
+        if network.internal != Some(true) {
+            return Err(PoolError::FailedPrecondition(format!(
+                "network `{name}` exists but is not internal; remove it (`docker network rm {name}`) \
+                 so the pool can create it without a route out"
+            )));
+        }
+        network
+            .ipam
+            .and_then(|i| i.config)
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.gateway.and_then(|g| g.parse().ok()))
+            .ok_or_else(|| {
+                PoolError::FailedPrecondition(format!(
+                    "network `{name}` has no gateway address for the egress proxy"
+                ))
+            })
     }
 
     async fn ensure_network(&self) -> Result<(), PoolError> {
@@ -506,15 +590,25 @@ impl ContainerRuntime for DockerRuntime {
         if templates.iter().any(|t| t.network == NetworkPolicy::Egress) {
             self.ensure_network().await?;
         }
+        if templates
+            .iter()
+            .any(|t| t.network == NetworkPolicy::Allowlist)
+        {
+            self.egress_proxy().await?;
+        }
         Ok(())
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<String, PoolError> {
         let t = &spec.template;
         let image = self.ensure_image(&t.image).await?;
-        let network_mode = match t.network {
-            NetworkPolicy::None => "none".to_owned(),
-            NetworkPolicy::Egress => self.config.egress_network.clone(),
+        let (network_mode, env) = match t.network {
+            NetworkPolicy::None => ("none".to_owned(), None),
+            NetworkPolicy::Egress => (self.config.egress_network.clone(), None),
+            NetworkPolicy::Allowlist => (
+                self.config.allowlist_network.clone(),
+                Some(self.egress_proxy().await?.env()),
+            ),
         };
         let host_config = HostConfig {
             memory: Some(t.memory_bytes),
@@ -542,6 +636,7 @@ impl ContainerRuntime for DockerRuntime {
             labels: Some(spec.labels.clone()),
             volumes: Some(vec![WORKDIR.into()]),
             network_disabled: Some(t.network == NetworkPolicy::None),
+            env,
             stop_timeout: Some(1),
             host_config: Some(host_config),
             ..Default::default()
