@@ -245,7 +245,7 @@ async fn liquid_up_serves_every_service_through_the_gateway_as_one_trace() {
     let dashboards = dashboard_metric_names();
     assert!(
         !dashboards.is_empty(),
-        "no dashboards found under deploy/grafana"
+        "no dashboards found under deploy/grafana or helm/*/dashboards"
     );
     for (file, metric) in dashboards {
         assert!(
@@ -283,10 +283,19 @@ async fn liquid_up_serves_every_service_through_the_gateway_as_one_trace() {
 
 /// `(dashboard file, metric name)` for every `liquid_*` metric named in a dashboard query.
 fn dashboard_metric_names() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The platform overview, and each chart's own dashboard (shipped as a ConfigMap).
+    let mut files: Vec<_> = std::fs::read_dir(root.join("deploy/grafana"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    for chart in std::fs::read_dir(root.join("helm")).unwrap() {
+        if let Ok(dashboards) = std::fs::read_dir(chart.unwrap().path().join("dashboards")) {
+            files.extend(dashboards.map(|e| e.unwrap().path()));
+        }
+    }
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in files {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }

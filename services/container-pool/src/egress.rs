@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::PoolError;
 
-const M_EGRESS: &str = "liquid_container_pool_egress_requests_total";
+/// Proxy decisions by `decision` (allowed, denied).
+pub const M_EGRESS: &str = "liquid_container_pool_egress_requests_total";
 /// Largest request head the proxy reads.
 const MAX_HEAD: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

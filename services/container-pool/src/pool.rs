@@ -1689,6 +1689,9 @@ impl WarmPools {
                 metrics::counter!(M_CREATE_FAILURES, "template" => t.name.clone(), "host" => h.clone()).increment(0);
             }
         }
+        for decision in ["allowed", "denied"] {
+            metrics::counter!(crate::egress::M_EGRESS, "decision" => decision).increment(0);
+        }
         for reason in [
             "idle_ttl",
             "replaced",

@@ -747,7 +747,7 @@ async fn templates_and_configuration_through_the_admin_api_and_the_dashboard_mat
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/grafana/container-pool.json"
+            "/../../helm/container-pool/dashboards/container-pool.json"
         ))
         .unwrap(),
     )

@@ -1,12 +1,14 @@
 //! The gateway's own configuration sections, flattened beside the shared ones:
-//! `[rate_limit]`, `[sessions]`, `[websocket]`, `[prices]`, `[routing]` and `[cors]`
-//! (`LIQUID_GATEWAY__RATE_LIMIT__...`). Each refuses unknown keys and is validated at start-up
-//! with the failing key's name.
+//! `[rate_limit]`, `[sessions]`, `[websocket]`, `[prices]`, `[routing]`, `[cors]`,
+//! `[token_cache]`, `[llm]` (liquid-llm's [`LlmConfig`]: providers, keys, routes by model),
+//! `[chat]`, `[coalescing]` and `[graphql]` (`LIQUID_GATEWAY__RATE_LIMIT__...`). Each refuses
+//! unknown keys and is validated at start-up with the failing key's name.
 
 use std::collections::BTreeMap;
 
 use liquid_kit::Secret;
 use liquid_kit::config::{ConfigError, Validate};
+use liquid_llm::LlmConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::channel::Channel;
@@ -31,6 +33,15 @@ pub struct Settings {
     pub cors: CorsSettings,
     /// Remembering verified tokens.
     pub token_cache: TokenCacheSettings,
+    /// Model providers, keys and routing (liquid-llm); empty keys are filled from
+    /// `GEMINI_API_KEY`, `ANTHROPIC_API_KEY`, `OPENAI_API_KEY` at start-up.
+    pub llm: LlmConfig,
+    /// The chat API.
+    pub chat: ChatSettings,
+    /// Request coalescing and the short answer cache.
+    pub coalescing: CoalescingSettings,
+    /// The GraphQL façade.
+    pub graphql: GraphqlSettings,
 }
 
 impl Validate for Settings {
@@ -41,7 +52,11 @@ impl Validate for Settings {
         self.prices.validate()?;
         self.routing.validate()?;
         self.cors.validate()?;
-        self.token_cache.validate()
+        self.token_cache.validate()?;
+        self.llm.validate_at("llm")?;
+        self.chat.validate()?;
+        self.coalescing.validate()?;
+        self.graphql.validate()
     }
 }
 
@@ -596,6 +611,171 @@ impl Validate for TokenCacheSettings {
     }
 }
 
+/// `[chat]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatSettings {
+    /// Whether `POST /api/v1/chat`, WebSocket chat and GraphQL chat are served.
+    pub enabled: bool,
+    /// Largest text of one message, in bytes.
+    pub max_message_bytes: usize,
+    /// Most messages in one stateless request (`messages`).
+    pub max_messages: usize,
+    /// Publish session replies on the tenant's `chat:<session>` channel.
+    pub publish_replies: bool,
+    /// Seconds between SSE keep-alive comments while a streamed answer is silent.
+    pub sse_keepalive_secs: u64,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        ChatSettings {
+            enabled: true,
+            max_message_bytes: 64 * 1024,
+            max_messages: 200,
+            publish_replies: true,
+            sse_keepalive_secs: 15,
+        }
+    }
+}
+
+impl Validate for ChatSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("chat.max_message_bytes", self.max_message_bytes),
+            ("chat.max_messages", self.max_messages),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if self.sse_keepalive_secs == 0 {
+            return Err(ConfigError::invalid(
+                "chat.sse_keepalive_secs",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[coalescing]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoalescingSettings {
+    /// Share one upstream call among identical concurrent model requests of a tenant.
+    pub enabled: bool,
+    /// Seconds a finished answer is served from the cache to identical requests of the same
+    /// tenant; 0 caches nothing (concurrent requests still share one call).
+    pub cache_ttl_secs: u64,
+    /// Prefix of the cached answers' keys (after the gateway's `liquid:gateway:` namespace);
+    /// each tenant's answers live under `<prefix><tenant>:`.
+    pub key_prefix: String,
+    /// Answers larger than this (JSON bytes) are not cached.
+    pub max_cached_bytes: usize,
+}
+
+impl Default for CoalescingSettings {
+    fn default() -> Self {
+        CoalescingSettings {
+            enabled: true,
+            cache_ttl_secs: 30,
+            key_prefix: "coalesce:".into(),
+            max_cached_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Validate for CoalescingSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.cache_ttl_secs > 86_400 {
+            return Err(ConfigError::invalid(
+                "coalescing.cache_ttl_secs",
+                "must be at most 86400 (a short cache, not a store)",
+            ));
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['*', '?', '[', ' ']) {
+            return Err(ConfigError::invalid(
+                "coalescing.key_prefix",
+                "must be non-empty without glob characters or spaces",
+            ));
+        }
+        if self.max_cached_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "coalescing.max_cached_bytes",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[graphql]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlSettings {
+    /// Serve `/graphql` (queries and mutations over HTTP, subscriptions over WebSocket).
+    pub enabled: bool,
+    /// Deepest selection a query may nest.
+    pub max_depth: usize,
+    /// Largest complexity: one per field, plus `graphql::SERVICE_CALL_COST` per field that
+    /// calls a service (`graphql::FAN_OUT_COST` for those asking every service), a `tasks`
+    /// page counting its selection once per task of `pageSize`.
+    pub max_complexity: usize,
+    /// Seconds one call to a service (gRPC or HTTP) may take.
+    pub call_timeout_secs: u64,
+    /// Answer introspection queries (schema discovery by tools).
+    pub introspection: bool,
+    /// Agents of the a2a service listed by `agents` beside its root agent (a2a has no
+    /// directory call yet); each card is fetched live.
+    pub a2a_agents: Vec<String>,
+}
+
+impl Default for GraphqlSettings {
+    fn default() -> Self {
+        GraphqlSettings {
+            enabled: true,
+            max_depth: 12,
+            max_complexity: 1_000,
+            call_timeout_secs: 10,
+            introspection: true,
+            a2a_agents: vec!["echo".into(), "tck".into()],
+        }
+    }
+}
+
+impl Validate for GraphqlSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("graphql.max_depth", self.max_depth),
+            ("graphql.max_complexity", self.max_complexity),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if self.call_timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                "graphql.call_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        for name in &self.a2a_agents {
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "graphql.a2a_agents",
+                    format!("`{name}` is not an agent name (letters, digits, - and _)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,6 +837,22 @@ mod tests {
         let mut s = Settings::default();
         s.cors.allowed_origins = vec!["*".into()];
         assert!(key_of(s.validate()).contains("cors.allowed_origins"));
+
+        let mut s = Settings::default();
+        s.llm.default_model = String::new();
+        assert!(key_of(s.validate()).contains("llm.default_model"));
+
+        let mut s = Settings::default();
+        s.coalescing.key_prefix = "a*".into();
+        assert!(key_of(s.validate()).contains("coalescing.key_prefix"));
+
+        let mut s = Settings::default();
+        s.graphql.max_depth = 0;
+        assert!(key_of(s.validate()).contains("graphql.max_depth"));
+
+        let mut s = Settings::default();
+        s.chat.max_messages = 0;
+        assert!(key_of(s.validate()).contains("chat.max_messages"));
     }
 
     #[test]

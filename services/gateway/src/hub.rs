@@ -86,7 +86,8 @@ struct HubInner {
     max_connections: usize,
     queue: usize,
     next_id: AtomicU64,
-    last_tick: Mutex<HashMap<String, u64>>,
+    /// The newest tick forwarded per symbol.
+    last_tick: Mutex<HashMap<String, PriceTick>>,
     tasks: TaskTracker,
 }
 
@@ -242,6 +243,18 @@ impl Hub {
             .map_or(0, |f| f.get(&id).map_or(0, Vec::len))
     }
 
+    /// The newest tick of every symbol this replica has seen, by symbol.
+    pub fn latest_prices(&self) -> Vec<PriceTick> {
+        let mut ticks: Vec<PriceTick> = self
+            .inner
+            .last_tick
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        ticks.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+        ticks
+    }
+
     /// Publishes `data` on `channel` for `tenant` to every replica's subscribers.
     pub async fn publish(
         &self,
@@ -312,15 +325,17 @@ impl Hub {
         let Ok(channel) = Channel::prices(&tick.symbol) else {
             return;
         };
-        let newer = self.inner.last_tick.lock().is_ok_and(|mut last| {
-            let seen = last.entry(tick.symbol.clone()).or_insert(0);
-            if tick.ts_ms > *seen {
-                *seen = tick.ts_ms;
-                true
-            } else {
-                false
-            }
-        });
+        let newer =
+            self.inner
+                .last_tick
+                .lock()
+                .is_ok_and(|mut last| match last.get(&tick.symbol) {
+                    Some(seen) if seen.ts_ms >= tick.ts_ms => false,
+                    _ => {
+                        last.insert(tick.symbol.clone(), tick.clone());
+                        true
+                    }
+                });
         if newer {
             let data = serde_json::to_value(&tick).unwrap_or_default();
             self.deliver_local(&channel.subject(""), &channel.to_string(), &data);

@@ -21,9 +21,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod chat;
+pub mod coalesce;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod graphql;
 pub mod hub;
 pub mod prices;
 pub mod proxy;
@@ -152,8 +155,16 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         drain_hub.tasks().wait().await;
     });
 
+    let chat = chat_service(foundation, settings, &hub, &sessions)?;
     let tokens = auth::TokenCache::new(foundation.verifier.clone(), &settings.token_cache);
-    let upstreams = proxy::Upstreams::new(foundation.peers.clone(), &settings.routing);
+    let trusted = settings
+        .rate_limit
+        .trusted()
+        .map_err(|e| GatewayError::Config {
+            key: "rate_limit.trusted_proxies",
+            reason: e.to_string(),
+        })?;
+    let upstreams = proxy::Upstreams::new(foundation.peers.clone(), &settings.routing, trusted);
     let api_state = api::ApiState {
         hub: hub.clone(),
         sessions,
@@ -165,19 +176,60 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         limiter: limiter.clone(),
         settings: Arc::new(settings.websocket.clone()),
         bus: foundation.bus.clone(),
-        chat: None,
+        chat: chat
+            .clone()
+            .map(|c| Arc::new(c) as Arc<dyn ws::ChatHandler>),
         shutdown: foundation.shutdown.clone(),
         replica: foundation.info.instance_id.to_string(),
     };
+    let graphql = settings.graphql.enabled.then(|| graphql::GraphqlState {
+        schema: graphql::schema(
+            &settings.graphql,
+            foundation.peers.clone(),
+            foundation.info.clone(),
+            ws_state.hub.clone(),
+            chat.clone(),
+        ),
+        tokens: tokens.clone(),
+        limiter: limiter.clone(),
+        shutdown: foundation.shutdown.clone(),
+    });
     let limit = axum::middleware::from_fn_with_state(limiter, ratelimit::limit);
 
-    let verified = Router::new()
+    let mut verified = Router::new()
         .route("/api/v1/gateway/whoami", get(api::whoami))
         .route(
             "/api/v1/gateway/channels/{channel}/messages",
             post(api::publish),
         )
-        .with_state(api_state.clone())
+        .with_state(api_state.clone());
+    if let Some(chat) = &chat {
+        let state = chat::ChatState {
+            chat: chat.clone(),
+            keepalive: Duration::from_secs(settings.chat.sse_keepalive_secs),
+        };
+        verified = verified.merge(
+            Router::new()
+                .route("/api/v1/chat", post(chat::post_chat))
+                .route(
+                    "/api/v1/chat/cache",
+                    axum::routing::delete(chat::delete_cache),
+                )
+                .route(
+                    "/api/v1/chat/sessions/{session}",
+                    get(chat::get_session).delete(chat::delete_session),
+                )
+                .with_state(state),
+        );
+    }
+    if let Some(state) = &graphql {
+        verified = verified.merge(
+            Router::new()
+                .route("/graphql", post(graphql::execute))
+                .with_state(state.clone()),
+        );
+    }
+    let verified = verified
         .merge(proxy::router(upstreams.clone()))
         .layer(limit.clone())
         .layer(axum::middleware::from_fn_with_state(
@@ -190,11 +242,69 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         .merge(proxy::public_router(upstreams))
         .layer(limit)
         .route("/ws", get(ws::upgrade).with_state(ws_state));
+    let open = match graphql {
+        Some(state) => open.route("/graphql", get(graphql::subscribe).with_state(state)),
+        None => open,
+    };
     let router = verified.merge(open);
     Ok(match cors(&settings.cors) {
         Some(layer) => router.layer(layer),
         None => router,
     })
+}
+
+/// The model router, the coalescer in front of it and the chat service (none when
+/// `chat.enabled` is off).
+fn chat_service(
+    foundation: &Foundation,
+    settings: &Settings,
+    hub: &hub::Hub,
+    sessions: &Arc<SessionSigner>,
+) -> Result<Option<chat::ChatService>, GatewayError> {
+    if !settings.chat.enabled {
+        return Ok(None);
+    }
+    let mut llm = settings.llm.clone();
+    llm.fill_keys_from(|k| std::env::var(k).ok());
+    let router =
+        Arc::new(
+            liquid_llm::ModelRouter::from_config(&llm).map_err(|e| GatewayError::Config {
+                key: "llm",
+                reason: e.to_string(),
+            })?,
+        );
+    let unkeyed: Vec<&str> = llm
+        .providers
+        .iter()
+        .filter(|(_, p)| p.api_key.is_empty())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !unkeyed.is_empty() {
+        tracing::info!(target: target::AI, providers = ?unkeyed, offline_fallback = llm.offline_fallback, "model providers without an api key answer through the labelled offline provider");
+    }
+    let coalescer = coalesce::Coalescer::new(
+        router.clone(),
+        foundation.cache.clone(),
+        &settings.coalescing,
+        foundation.shutdown.clone(),
+    );
+    let chat = chat::ChatService::new(
+        router,
+        coalescer,
+        llm.sessions.policy(),
+        hub.clone(),
+        sessions.clone(),
+        &settings.chat,
+        foundation.shutdown.clone(),
+    );
+    let drain = chat.clone();
+    let shutdown = foundation.shutdown.clone();
+    foundation.spawn("chat-turns-drain", async move {
+        shutdown.cancelled().await;
+        drain.tasks().close();
+        drain.tasks().wait().await;
+    });
+    Ok(Some(chat))
 }
 
 fn cors(settings: &config::CorsSettings) -> Option<CorsLayer> {

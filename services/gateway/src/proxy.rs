@@ -10,6 +10,13 @@
 //! to connect never reached the service, so it is retried whatever its method; a call that got
 //! 502/503/504 is retried only when it is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, or
 //! POST/PATCH with `Idempotency-Key`).
+//!
+//! Forwarded calls name the public address the client used, so a service can build public URLs
+//! (a2a's agent cards): `X-Forwarded-Host` (the request's `Host`) and `X-Forwarded-Proto`
+//! (`http`, the gateway's own scheme) are set by the gateway, replacing whatever the client
+//! sent, unless the TCP peer is a trusted proxy (`rate_limit.trusted_proxies`) that set them;
+//! `X-Forwarded-For` gets the peer appended. An untrusted client's `Forwarded` header is
+//! dropped for the same reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -33,6 +40,7 @@ use crate::domain::breaker::{Admission, Breaker, BreakerConfig};
 use crate::domain::routing::{
     Alias, backoff_ms, counts_as_failure, is_idempotent, resolve, retryable_status,
 };
+use crate::domain::tier::Cidr;
 use crate::ratelimit::peer_of;
 
 /// Forwarding state; cheap to clone.
@@ -47,11 +55,17 @@ struct UpstreamsInner {
     client: reqwest::Client,
     settings: RoutingSettings,
     breakers: Mutex<HashMap<String, Breaker>>,
+    trusted: Vec<Cidr>,
 }
 
 impl Upstreams {
-    /// Forwarding to `peers` with `[routing]`.
-    pub fn new(peers: Arc<BTreeMap<String, Peer>>, settings: &RoutingSettings) -> Upstreams {
+    /// Forwarding to `peers` with `[routing]`; `trusted` are the proxies whose forwarded
+    /// headers are kept.
+    pub fn new(
+        peers: Arc<BTreeMap<String, Peer>>,
+        settings: &RoutingSettings,
+        trusted: Vec<Cidr>,
+    ) -> Upstreams {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -65,6 +79,7 @@ impl Upstreams {
                 client,
                 settings: settings.clone(),
                 breakers: Mutex::new(HashMap::new()),
+                trusted,
             }),
         }
     }
@@ -87,7 +102,7 @@ impl Upstreams {
             .or_insert_with(|| Breaker::new(config));
         let out = f(breaker);
         let (_, value) = breaker.state().label();
-        metrics::gauge!("liquid_gateway_upstream_circuit_state", "service" => service.to_owned())
+        metrics::gauge!("liquid_gateway_upstream_circuit_state", "upstream" => service.to_owned())
             .set(value);
         out
     }
@@ -155,6 +170,33 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     }
 }
 
+/// Sets `X-Forwarded-Host` and `X-Forwarded-Proto` from the request unless a trusted proxy
+/// already did; drops an untrusted `Forwarded`.
+fn set_forwarded_origin(
+    outbound: &mut HeaderMap,
+    inbound: &HeaderMap,
+    authority: Option<&str>,
+    from_trusted_proxy: bool,
+) {
+    let kept = |name: &str| from_trusted_proxy && inbound.contains_key(name);
+    if !kept("x-forwarded-host") {
+        outbound.remove("x-forwarded-host");
+        let host = inbound
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
+        if let Some(host) = host {
+            outbound.insert("x-forwarded-host", host);
+        }
+    }
+    if !kept("x-forwarded-proto") {
+        outbound.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !from_trusted_proxy {
+        outbound.remove(header::FORWARDED);
+    }
+}
+
 fn error(code: ErrorCode, message: String) -> Response {
     ApiError::new(code, message).into_response()
 }
@@ -215,7 +257,7 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
     };
     let admission = upstreams.with_breaker(&service, |b| b.admit(Instant::now()));
     if let Admission::Refuse(wait) = admission {
-        metrics::counter!("liquid_gateway_upstream_rejected_total", "service" => service.clone())
+        metrics::counter!("liquid_gateway_upstream_rejected_total", "upstream" => service.clone())
             .increment(1);
         let secs = wait.as_secs().max(1);
         return ApiError::new(
@@ -238,6 +280,13 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
     let mut headers = HeaderMap::new();
     copy_headers(&parts.headers, &mut headers);
     append_forwarded_for(&mut headers, peer_ip);
+    let trusted_peer = inner.trusted.iter().any(|c| c.contains(peer_ip));
+    set_forwarded_origin(
+        &mut headers,
+        &parts.headers,
+        parts.uri.authority().map(|a| a.as_str()),
+        trusted_peer,
+    );
     span.in_scope(|| liquid_kit::telemetry::inject_http(&mut headers));
     let started = Instant::now();
     let mut attempt = 0u32;
@@ -261,7 +310,7 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
         if !retry {
             break result;
         }
-        metrics::counter!("liquid_gateway_upstream_retries_total", "service" => service.clone())
+        metrics::counter!("liquid_gateway_upstream_retries_total", "upstream" => service.clone())
             .increment(1);
         let wait = Duration::from_millis(backoff_ms(inner.settings.retry_backoff_ms, attempt));
         if tokio::time::Instant::now() + wait >= deadline {
@@ -283,7 +332,7 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
                     b.on_success();
                 }
             });
-            metrics::histogram!("liquid_gateway_upstream_request_duration_seconds", "service" => service.clone(), "status" => status.as_u16().to_string())
+            metrics::histogram!("liquid_gateway_upstream_request_duration_seconds", "upstream" => service.clone(), "status" => status.as_u16().to_string())
                 .record(elapsed);
             let mut out = HeaderMap::new();
             copy_headers(response.headers(), &mut out);
@@ -299,7 +348,7 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
         }
         Ok(Err(e)) => {
             upstreams.with_breaker(&service, |b| b.on_failure(Instant::now()));
-            metrics::histogram!("liquid_gateway_upstream_request_duration_seconds", "service" => service.clone(), "status" => "unreachable")
+            metrics::histogram!("liquid_gateway_upstream_request_duration_seconds", "upstream" => service.clone(), "status" => "unreachable")
                 .record(elapsed);
             tracing::warn!(target: target::HTTP, %service, attempts = attempt, error = %e, "upstream unreachable");
             error(
@@ -312,7 +361,7 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
         }
         Err(_) => {
             upstreams.with_breaker(&service, |b| b.on_failure(Instant::now()));
-            metrics::histogram!("liquid_gateway_upstream_request_duration_seconds", "service" => service.clone(), "status" => "timeout")
+            metrics::histogram!("liquid_gateway_upstream_request_duration_seconds", "upstream" => service.clone(), "status" => "timeout")
                 .record(elapsed);
             tracing::warn!(target: target::HTTP, %service, attempts = attempt, "upstream timed out");
             error(
@@ -352,6 +401,31 @@ mod tests {
         assert!(to.get(header::HOST).is_none());
         assert_eq!(to[header::AUTHORIZATION], "Bearer x");
         assert_eq!(to["x-request-id"], "r1");
+    }
+
+    #[test]
+    fn forwarded_host_and_proto_name_the_public_address_unless_a_trusted_proxy_set_them() {
+        let mut inbound = HeaderMap::new();
+        inbound.insert(header::HOST, "edge.example:8080".parse().unwrap());
+        inbound.insert("x-forwarded-host", "spoofed.example".parse().unwrap());
+        inbound.insert("x-forwarded-proto", "https".parse().unwrap());
+        inbound.insert(header::FORWARDED, "host=spoofed.example".parse().unwrap());
+        let mut out = HeaderMap::new();
+        copy_headers(&inbound, &mut out);
+        set_forwarded_origin(&mut out, &inbound, None, false);
+        assert_eq!(out["x-forwarded-host"], "edge.example:8080");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert!(out.get(header::FORWARDED).is_none());
+
+        let mut out = HeaderMap::new();
+        copy_headers(&inbound, &mut out);
+        set_forwarded_origin(&mut out, &inbound, None, true);
+        assert_eq!(out["x-forwarded-host"], "spoofed.example");
+        assert_eq!(out["x-forwarded-proto"], "https");
+
+        let mut out = HeaderMap::new();
+        set_forwarded_origin(&mut out, &HeaderMap::new(), Some("h2.example"), false);
+        assert_eq!(out["x-forwarded-host"], "h2.example");
     }
 
     #[test]

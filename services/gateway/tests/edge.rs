@@ -164,14 +164,19 @@ async fn every_entry_point_refuses_forged_expired_wrong_audience_and_wrong_scope
     )
     .await;
     assert_eq!(next_json(&mut ws).await["code"], "permission_denied");
-    // The scope it holds passes the check; chat itself is not in this gateway yet.
+    // The scope it holds passes the check: the turn is accepted (its output goes to
+    // `chat:s0`, which this connection does not follow).
     send(
         &mut ws,
-        json!({"type": "chat", "session": "s1", "message": {"text": "hi"}, "id": 4}),
+        json!({"type": "chat", "session": "s0", "message": {"text": "hi"}, "id": 4}),
     )
     .await;
     let r = next_json(&mut ws).await;
-    assert_eq!(r["code"], "unavailable", "{r}");
+    assert_eq!(
+        (r["type"].as_str(), r["id"].as_i64()),
+        (Some("ack"), Some(4)),
+        "{r}"
+    );
     send(
         &mut ws,
         json!({"type": "subscribe", "channel": "chat:s1", "id": 5}),
@@ -608,6 +613,21 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
     assert_eq!(seen["authorization"], format!("Bearer {token}"));
     assert_eq!(seen["x-request-id"], request_id);
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    // The public address the client used, so a service can name it (a2a's cards).
+    let host = gw.base.trim_start_matches("http://");
+    assert_eq!(seen["x-forwarded-host"], host);
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    // A client that is not a trusted proxy cannot pick them.
+    http.get(format!("{}/api/v1/cowork/echo?x=2", gw.base))
+        .bearer_auth(&token)
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let seen = upstream.headers("/api/v1/cowork/echo");
+    assert_eq!(seen["x-forwarded-host"], host);
+    assert_eq!(seen["x-forwarded-proto"], "http");
 
     // The seed's paths go to their services.
     let r: Value = http

@@ -1,0 +1,637 @@
+//! Request coalescing for model calls: identical concurrent requests of one tenant share one
+//! upstream call (Go's singleflight), and a finished answer is served from the cache for
+//! `coalescing.cache_ttl_secs` to identical requests of the same tenant.
+//!
+//! Identity is [`ChatRequest::coalescing_key`]: SHA-256 over the tenant, model, system prompt,
+//! every message, tools, tool choice and parameters, so two tenants never share a call or an
+//! answer. Cached answers live in the gateway's cache (Redis shared by the replicas, or
+//! memory) under `<coalescing.key_prefix><tenant>:<key>`; [`Coalescer::invalidate_tenant`]
+//! removes one tenant's answers by prefix (the cache unlinks that namespace only, never
+//! FLUSHDB).
+//!
+//! [`Coalescer`] is itself a [`ModelClient`] in front of the model router, so session-scoped
+//! clients ([`liquid_llm::SessionClients`]) coalesce their turns too. The tenant travels in a
+//! task-local [`CoalesceScope`] set by the chat API ([`scoped`]): the client trait carries no
+//! tenant, and a call without a scope is never coalesced (it goes straight upstream).
+//!
+//! A flight is driven by its own task, not by the first caller: every participant (the one that
+//! started it included) reads the flight's event log from the start and then follows it live,
+//! so a caller that disconnects does not cut off the others, streaming and non-streaming callers
+//! can share one call, and the answer still reaches the cache. A failed flight hands every
+//! participant the same error code and message and caches nothing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use liquid_kit::ErrorCode;
+use liquid_kit::error::HasErrorCode;
+use liquid_kit::telemetry::target;
+use liquid_llm::{ChatRequest, ChatResponse, ChatStream, LlmError, ModelClient, StreamEvent};
+use liquid_store::Cache;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::CoalescingSettings;
+use crate::domain::channel::encode_tenant;
+
+/// `kind` of the [`LlmError::StreamError`] a shared flight's failure is handed on as.
+pub const SHARED_FAILURE_KIND: &str = "coalesced";
+
+/// How a model request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It started the upstream call others could join.
+    Upstream,
+    /// It joined an identical request already in flight.
+    Joined,
+    /// A cached answer of an identical earlier request.
+    Cached,
+    /// Not coalesced (disabled, or no tenant scope).
+    Bypass,
+}
+
+impl Outcome {
+    /// `upstream`, `joined`, `cached` or `bypass` (metric label and API field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Upstream => "upstream",
+            Outcome::Joined => "joined",
+            Outcome::Cached => "cached",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
+/// The tenant of the model calls made inside [`scoped`], and how the last one was answered.
+#[derive(Debug)]
+pub struct CoalesceScope {
+    tenant: String,
+    outcome: Mutex<Option<Outcome>>,
+}
+
+tokio::task_local! {
+    static SCOPE: Arc<CoalesceScope>;
+}
+
+/// Runs `future` with model calls coalesced for `tenant`; returns its output and how its last
+/// model call was answered (`None` when it made none).
+pub async fn scoped<F: Future>(tenant: &str, future: F) -> (F::Output, Option<Outcome>) {
+    let scope = Arc::new(CoalesceScope {
+        tenant: tenant.to_owned(),
+        outcome: Mutex::new(None),
+    });
+    let output = SCOPE.scope(scope.clone(), future).await;
+    let outcome = scope.outcome.lock().ok().and_then(|o| *o);
+    (output, outcome)
+}
+
+fn current_tenant() -> Option<Arc<CoalesceScope>> {
+    SCOPE.try_with(Arc::clone).ok()
+}
+
+fn note(scope: Option<&CoalesceScope>, outcome: Outcome) {
+    metrics::counter!("liquid_gateway_coalescing_requests_total", "outcome" => outcome.as_str())
+        .increment(1);
+    if let Some(scope) = scope
+        && let Ok(mut slot) = scope.outcome.lock()
+    {
+        *slot = Some(outcome);
+    }
+}
+
+/// What a failed flight hands every participant.
+#[derive(Debug, Clone)]
+struct SharedFailure {
+    provider: String,
+    code: ErrorCode,
+    message: String,
+}
+
+impl SharedFailure {
+    fn of(error: &LlmError) -> SharedFailure {
+        SharedFailure {
+            provider: "gateway".into(),
+            code: error.error_code(),
+            message: error.to_string(),
+        }
+    }
+
+    fn to_error(&self) -> LlmError {
+        LlmError::StreamError {
+            provider: self.provider.clone(),
+            kind: SHARED_FAILURE_KIND.into(),
+            message: self.message.clone(),
+            code: self.code,
+        }
+    }
+}
+
+#[derive(Default)]
+struct FlightLog {
+    events: Vec<StreamEvent>,
+    failure: Option<SharedFailure>,
+    done: bool,
+}
+
+/// One upstream call and everything it produced so far.
+#[derive(Default)]
+struct Flight {
+    log: Mutex<FlightLog>,
+    changed: Notify,
+    /// Requests reading this flight (the one that started it included).
+    participants: std::sync::atomic::AtomicUsize,
+}
+
+impl Flight {
+    fn push(&self, event: StreamEvent) {
+        if let Ok(mut log) = self.log.lock() {
+            log.events.push(event);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn finish(&self, failure: Option<SharedFailure>) {
+        if let Ok(mut log) = self.log.lock() {
+            log.failure = failure;
+            log.done = true;
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The flight's events from the start, then live, ending with its failure if it failed.
+    fn follow(self: Arc<Flight>) -> ChatStream {
+        let stream = futures_util::stream::unfold(
+            (self, 0usize, false),
+            |(flight, pos, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    let step = {
+                        let notified = flight.changed.notified();
+                        tokio::pin!(notified);
+                        // Registered before the log is read, so a push in between is not missed.
+                        notified.as_mut().enable();
+                        let next = match flight.log.lock() {
+                            Ok(log) => {
+                                if let Some(event) = log.events.get(pos) {
+                                    Some(Some(Ok(event.clone())))
+                                } else if log.done {
+                                    Some(log.failure.as_ref().map(|f| Err(f.to_error())))
+                                } else {
+                                    None
+                                }
+                            }
+                            Err(_) => Some(Some(Err(LlmError::Protocol {
+                                provider: "gateway".into(),
+                                reason: "coalesced flight state is poisoned".into(),
+                            }))),
+                        };
+                        match next {
+                            Some(step) => step,
+                            None => {
+                                notified.await;
+                                continue;
+                            }
+                        }
+                    };
+                    return match step {
+                        Some(Ok(event)) => Some((Ok(event), (flight, pos + 1, false))),
+                        Some(Err(error)) => Some((Err(error), (flight, pos, true))),
+                        None => None,
+                    };
+                }
+            },
+        );
+        Box::pin(stream)
+    }
+}
+
+/// The events a complete answer streams as (text, tool calls, then `Completed`).
+fn replay(response: &ChatResponse) -> Vec<StreamEvent> {
+    let mut events = Vec::new();
+    if !response.text.is_empty() {
+        events.push(StreamEvent::TextDelta {
+            text: response.text.clone(),
+        });
+    }
+    for (index, call) in response.tool_calls.iter().enumerate() {
+        events.push(StreamEvent::ToolCallStart {
+            index,
+            id: call.id.clone(),
+            name: call.name.clone(),
+        });
+        events.push(StreamEvent::ToolCallDelta {
+            index,
+            arguments: call.arguments.to_string(),
+        });
+    }
+    events.push(StreamEvent::Completed {
+        response: response.clone(),
+    });
+    events
+}
+
+/// Reads a stream to its `Completed` answer.
+async fn completed(mut stream: ChatStream) -> Result<ChatResponse, LlmError> {
+    while let Some(item) = stream.next().await {
+        if let StreamEvent::Completed { response } = item? {
+            return Ok(response);
+        }
+    }
+    Err(LlmError::Protocol {
+        provider: "gateway".into(),
+        reason: "the model stream ended without an answer".into(),
+    })
+}
+
+/// The coalescing client; cheap to clone.
+#[derive(Clone)]
+pub struct Coalescer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstream: Arc<dyn ModelClient>,
+    cache: Arc<dyn Cache>,
+    settings: CoalescingSettings,
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    shutdown: CancellationToken,
+}
+
+impl Coalescer {
+    /// Coalesces calls to `upstream`, caching answers in `cache`; flights stop at `shutdown`.
+    pub fn new(
+        upstream: Arc<dyn ModelClient>,
+        cache: Arc<dyn Cache>,
+        settings: &CoalescingSettings,
+        shutdown: CancellationToken,
+    ) -> Coalescer {
+        for outcome in [
+            Outcome::Upstream,
+            Outcome::Joined,
+            Outcome::Cached,
+            Outcome::Bypass,
+        ] {
+            metrics::counter!("liquid_gateway_coalescing_requests_total", "outcome" => outcome.as_str())
+                .increment(0);
+        }
+        metrics::gauge!("liquid_gateway_coalescing_inflight").set(0.0);
+        Coalescer {
+            inner: Arc::new(Inner {
+                upstream,
+                cache,
+                settings: settings.clone(),
+                flights: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        }
+    }
+
+    fn tenant_prefix(&self, tenant: &str) -> String {
+        format!(
+            "{}{}:",
+            self.inner.settings.key_prefix,
+            encode_tenant(tenant)
+        )
+    }
+
+    /// Removes every cached answer of `tenant`; returns how many.
+    pub async fn invalidate_tenant(&self, tenant: &str) -> Result<u64, liquid_store::StoreError> {
+        let removed = self
+            .inner
+            .cache
+            .delete_prefix(&self.tenant_prefix(tenant))
+            .await?;
+        tracing::info!(target: target::CACHE, %tenant, removed, "coalesced answers invalidated");
+        Ok(removed)
+    }
+
+    /// Upstream calls in flight on this replica.
+    pub fn in_flight(&self) -> usize {
+        self.inner.flights.lock().map_or(0, |f| f.len())
+    }
+
+    /// Requests waiting on the upstream calls in flight on this replica.
+    pub fn waiting(&self) -> usize {
+        self.inner.flights.lock().map_or(0, |f| {
+            f.values()
+                .map(|flight| flight.participants.load(Ordering::Relaxed))
+                .sum()
+        })
+    }
+
+    fn joinable(&self, key: &str) -> Option<Arc<Flight>> {
+        self.inner
+            .flights
+            .lock()
+            .ok()
+            .and_then(|f| f.get(key).cloned())
+    }
+
+    async fn cached(&self, cache_key: &str) -> Option<ChatResponse> {
+        if self.inner.settings.cache_ttl_secs == 0 {
+            return None;
+        }
+        match self.inner.cache.get(cache_key).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::debug!(target: target::CACHE, %error, "coalescing cache read failed; asking upstream");
+                None
+            }
+        }
+    }
+
+    /// The flight for `request`: joined, or started (`streaming` picks the upstream call).
+    /// `Err` carries a cached answer.
+    async fn flight(
+        &self,
+        scope: &CoalesceScope,
+        request: &ChatRequest,
+        streaming: bool,
+    ) -> Result<Arc<Flight>, ChatResponse> {
+        let key = request.coalescing_key(&scope.tenant);
+        if let Some(flight) = self.joinable(&key) {
+            flight.participants.fetch_add(1, Ordering::Relaxed);
+            note(Some(scope), Outcome::Joined);
+            return Ok(flight);
+        }
+        let cache_key = format!("{}{key}", self.tenant_prefix(&scope.tenant));
+        if let Some(response) = self.cached(&cache_key).await {
+            note(Some(scope), Outcome::Cached);
+            return Err(response);
+        }
+        let (flight, started) = {
+            let Ok(mut flights) = self.inner.flights.lock() else {
+                // A poisoned map only means a panic elsewhere; run this call on its own.
+                note(Some(scope), Outcome::Bypass);
+                let flight = Arc::new(Flight::default());
+                self.spawn(None, cache_key, flight.clone(), request.clone(), streaming);
+                return Ok(flight);
+            };
+            match flights.get(&key) {
+                Some(existing) => (existing.clone(), false),
+                None => {
+                    let flight = Arc::new(Flight::default());
+                    flights.insert(key.clone(), flight.clone());
+                    metrics::gauge!("liquid_gateway_coalescing_inflight").increment(1.0);
+                    (flight, true)
+                }
+            }
+        };
+        flight.participants.fetch_add(1, Ordering::Relaxed);
+        if started {
+            note(Some(scope), Outcome::Upstream);
+            self.spawn(
+                Some(key),
+                cache_key,
+                flight.clone(),
+                request.clone(),
+                streaming,
+            );
+        } else {
+            note(Some(scope), Outcome::Joined);
+        }
+        Ok(flight)
+    }
+
+    fn spawn(
+        &self,
+        key: Option<String>,
+        cache_key: String,
+        flight: Arc<Flight>,
+        request: ChatRequest,
+        streaming: bool,
+    ) {
+        let inner = self.inner.clone();
+        let span = tracing::info_span!(target: "ai", "coalesced_model_call", streaming);
+        tokio::spawn(
+            async move {
+                let failure = tokio::select! {
+                    () = inner.shutdown.cancelled() => Some(SharedFailure {
+                        provider: "gateway".into(),
+                        code: ErrorCode::Unavailable,
+                        message: "the gateway is shutting down; retry".into(),
+                    }),
+                    failure = drive(&inner, &cache_key, &flight, &request, streaming) => failure,
+                };
+                if let Some(key) = key
+                    && let Ok(mut flights) = inner.flights.lock()
+                    && flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight))
+                {
+                    flights.remove(&key);
+                    metrics::gauge!("liquid_gateway_coalescing_inflight").decrement(1.0);
+                }
+                flight.finish(failure);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Runs the upstream call into `flight`; caches the answer; returns the failure, if any.
+async fn drive(
+    inner: &Inner,
+    cache_key: &str,
+    flight: &Flight,
+    request: &ChatRequest,
+    streaming: bool,
+) -> Option<SharedFailure> {
+    let response = if streaming {
+        let mut stream = match inner.upstream.stream(request).await {
+            Ok(s) => s,
+            Err(error) => return Some(SharedFailure::of(&error)),
+        };
+        let mut answer = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(StreamEvent::Completed { response }) => {
+                    answer = Some(response.clone());
+                    flight.push(StreamEvent::Completed { response });
+                }
+                Ok(event) => flight.push(event),
+                Err(error) => return Some(SharedFailure::of(&error)),
+            }
+        }
+        match answer {
+            Some(a) => a,
+            None => {
+                return Some(SharedFailure {
+                    provider: "gateway".into(),
+                    code: ErrorCode::Unavailable,
+                    message: "the model stream ended without an answer".into(),
+                });
+            }
+        }
+    } else {
+        match inner.upstream.complete(request).await {
+            Ok(response) => {
+                for event in replay(&response) {
+                    flight.push(event);
+                }
+                response
+            }
+            Err(error) => return Some(SharedFailure::of(&error)),
+        }
+    };
+    let ttl = inner.settings.cache_ttl_secs;
+    if ttl > 0
+        && let Ok(bytes) = serde_json::to_vec(&response)
+        && bytes.len() <= inner.settings.max_cached_bytes
+        && let Err(error) = inner
+            .cache
+            .set(cache_key, &bytes, Duration::from_secs(ttl))
+            .await
+    {
+        tracing::debug!(target: target::CACHE, %error, "coalescing cache write failed");
+    }
+    None
+}
+
+#[async_trait]
+impl ModelClient for Coalescer {
+    fn name(&self) -> &str {
+        self.inner.upstream.name()
+    }
+
+    async fn complete(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let scope = current_tenant();
+        let Some(scope) = scope.filter(|_| self.inner.settings.enabled) else {
+            note(None, Outcome::Bypass);
+            return self.inner.upstream.complete(request).await;
+        };
+        match self.flight(&scope, request, false).await {
+            Ok(flight) => completed(flight.follow()).await,
+            Err(cached) => Ok(cached),
+        }
+    }
+
+    async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
+        let scope = current_tenant();
+        let Some(scope) = scope.filter(|_| self.inner.settings.enabled) else {
+            note(None, Outcome::Bypass);
+            return self.inner.upstream.stream(request).await;
+        };
+        match self.flight(&scope, request, true).await {
+            Ok(flight) => Ok(flight.follow()),
+            Err(cached) => Ok(Box::pin(futures_util::stream::iter(
+                replay(&cached).into_iter().map(Ok),
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts calls and answers after `gate` opens.
+    struct Gated {
+        calls: AtomicUsize,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl ModelClient for Gated {
+        fn name(&self) -> &str {
+            "gated"
+        }
+
+        async fn complete(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let _permit = self.gate.acquire().await;
+            Ok(liquid_llm::OfflineClient.respond(request, None))
+        }
+
+        async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
+            let response = self.complete(request).await?;
+            Ok(Box::pin(futures_util::stream::iter(
+                replay(&response).into_iter().map(Ok),
+            )))
+        }
+    }
+
+    async fn coalescer(ttl: u64) -> (Coalescer, Arc<Gated>) {
+        let gated = Arc::new(Gated {
+            calls: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let cache = liquid_store::cache::connect("memory://", "t:")
+            .await
+            .unwrap();
+        let settings = CoalescingSettings {
+            cache_ttl_secs: ttl,
+            ..CoalescingSettings::default()
+        };
+        let c = Coalescer::new(gated.clone(), cache, &settings, CancellationToken::new());
+        (c, gated)
+    }
+
+    #[tokio::test]
+    async fn concurrent_identical_requests_share_one_call_per_tenant() {
+        let (c, gated) = coalescer(0).await;
+        let request = ChatRequest::new("offline", "hello");
+        let mut tasks = Vec::new();
+        for tenant in ["a", "a", "a", "b"] {
+            let c = c.clone();
+            let request = request.clone();
+            tasks.push(tokio::spawn(async move {
+                scoped(tenant, async { c.complete(&request).await }).await
+            }));
+        }
+        while c.waiting() < 4 {
+            tokio::task::yield_now().await;
+        }
+        gated.gate.add_permits(10);
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            let (answer, outcome) = t.await.unwrap();
+            assert!(answer.unwrap().text.contains("hello"));
+            outcomes.push(outcome.unwrap());
+        }
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 2, "one call per tenant");
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == Outcome::Upstream).count(),
+            2
+        );
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == Outcome::Joined).count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn finished_answers_are_cached_per_tenant_and_invalidated_by_prefix() {
+        let (c, gated) = coalescer(60).await;
+        gated.gate.add_permits(100);
+        let request = ChatRequest::new("offline", "hi");
+        let (first, o1) = scoped("a", c.complete(&request)).await;
+        let (second, o2) = scoped("a", c.stream(&request)).await;
+        let second = completed(second.unwrap()).await.unwrap();
+        assert_eq!(first.unwrap(), second);
+        assert_eq!((o1, o2), (Some(Outcome::Upstream), Some(Outcome::Cached)));
+        let (_, other) = scoped("b", c.complete(&request)).await;
+        assert_eq!(other, Some(Outcome::Upstream), "another tenant never hits");
+        // A tenant whose name starts with another's and a separator is not under its prefix.
+        let (_, lookalike) = scoped("a:b", c.complete(&request)).await;
+        assert_eq!(lookalike, Some(Outcome::Upstream));
+        assert_eq!(c.invalidate_tenant("a").await.unwrap(), 1);
+        let (_, again) = scoped("a", c.complete(&request)).await;
+        assert_eq!(again, Some(Outcome::Upstream));
+        for tenant in ["b", "a:b"] {
+            let (_, kept) = scoped(tenant, c.complete(&request)).await;
+            assert_eq!(kept, Some(Outcome::Cached), "{tenant} kept its answer");
+        }
+        // Outside a scope nothing is coalesced.
+        c.complete(&request).await.unwrap();
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 5);
+    }
+}

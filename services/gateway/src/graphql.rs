@@ -1,0 +1,1525 @@
+//! GraphQL at `/graphql` (async-graphql): queries and mutations over HTTP `POST`, subscriptions
+//! over WebSocket (`graphql-transport-ws`, and the older `graphql-ws`) on `GET /graphql`.
+//!
+//! A façade over the services, never a source of its own data: server status is each
+//! service's `liquid.platform.v1.PlatformService/GetInfo` over gRPC; agents and tasks come from
+//! the a2a service (cards over HTTP, tasks over its A2A gRPC binding); containers from
+//! container-pool's `GetStatus`; prices from the hub (the last tick it forwarded, then live
+//! ticks); chat is the gateway's own chat service ([`crate::chat`]). A field whose service is
+//! not configured or does not answer resolves to an error naming the service and its address
+//! (`extensions.code` is the platform's error code); nothing is made up.
+//!
+//! Authentication: an HTTP request passes the gateway's token verification like every other
+//! route; a WebSocket connection sends its token in the `Authorization` header at connect or
+//! in `connection_init`'s payload (`{"Authorization": "Bearer <jwt>"}` or `{"token": "<jwt>"}`)
+//! and is closed when that token expires. Scopes are those of REST: the gateway checks its own
+//! fields (`write:chat` for chat, `read:prices` for prices), and the caller's token is
+//! forwarded on every service call (gRPC metadata `authorization`, with W3C trace context from
+//! [`GrpcTraceInjector`]) so each service authorises the caller itself. Depth and complexity
+//! are limited by `graphql.max_depth` and `graphql.max_complexity`; a field that calls a service
+//! costs [`SERVICE_CALL_COST`] (or [`FAN_OUT_COST`] when it asks them all) plus its selection,
+//! and a `tasks` page counts its selection once per task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::{
+    Context, Data, Error, ErrorExtensions, InputObject, Json, Object, Schema, SimpleObject,
+    Subscription,
+};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, Stream, StreamExt};
+use liquid_a2a::pb as a2a;
+use liquid_auth::{Authenticated, BearerToken, Claims, bearer_from_headers, scopes};
+use liquid_kit::error::HasErrorCode;
+use liquid_kit::telemetry::{GrpcTraceInjector, target};
+use liquid_kit::{ApiError, ErrorCode};
+use liquid_llm::{Parameters, StreamEvent};
+use liquid_proto::liquid::container_pool::v1 as pool;
+use liquid_proto::liquid::platform::v1 as platform;
+use liquid_runtime::Peer;
+use liquid_runtime::platform::InstanceInfo;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel as GrpcChannel, Endpoint};
+
+use crate::auth::TokenCache;
+use crate::chat::{ChatBody, ChatService, MessageInput, reply_json};
+use crate::coalesce::Outcome;
+use crate::config::GraphqlSettings;
+use crate::domain::channel::Channel;
+use crate::domain::price::PriceTick;
+use crate::hub::Hub;
+use crate::ratelimit::{self, RateLimiter};
+
+/// graphql-transport-ws's close code for a refused `connection_init`.
+pub const CLOSE_FORBIDDEN: u16 = 4403;
+
+/// Complexity of a field that makes one call to a service (or a model) on top of its
+/// selection's, so `graphql.max_complexity` bounds the calls a query can fan out to, not only
+/// its size: a hundred aliased `containers` exceed the default of 1000.
+pub const SERVICE_CALL_COST: usize = 10;
+
+/// Complexity of a field that asks every configured service (or agent) at once.
+pub const FAN_OUT_COST: usize = 5 * SERVICE_CALL_COST;
+
+/// `tasks` page size when the query names none.
+const DEFAULT_PAGE_SIZE: i32 = 20;
+
+/// Largest `tasks` page (its selection counts once per task).
+const MAX_PAGE_SIZE: i32 = 100;
+
+/// The gateway's schema.
+pub type LiquidSchema = Schema<Query, Mutation, SubscriptionRoot>;
+
+/// The verified caller of one GraphQL request or WebSocket connection.
+#[derive(Clone)]
+pub struct Caller {
+    claims: Claims,
+    token: BearerToken,
+    host: Option<String>,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Error {
+    Error::new(message.into()).extend_with(|_, e| e.set("code", code.as_str()))
+}
+
+fn api_error(e: ApiError) -> Error {
+    error(e.code, e.message)
+}
+
+fn caller<'a>(ctx: &'a Context<'_>) -> Result<&'a Caller, Error> {
+    ctx.data::<Caller>()
+        .map_err(|_| error(ErrorCode::Unauthenticated, "a verified token is required"))
+}
+
+fn require(caller: &Caller, scope: &str) -> Result<(), Error> {
+    if caller.claims.exp <= unix_now() {
+        return Err(error(ErrorCode::Unauthenticated, "token expired"));
+    }
+    caller
+        .claims
+        .require(scope)
+        .map_err(|e| error(e.error_code(), e.to_string()))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The display name of a peer key (`container_pool` → `container-pool`).
+fn service_name(key: &str) -> String {
+    key.replace('_', "-")
+}
+
+type A2aGrpc =
+    a2a::a2a_service_client::A2aServiceClient<InterceptedService<GrpcChannel, GrpcTraceInjector>>;
+
+/// Where the services are and how to call them; schema data.
+pub struct Backends {
+    peers: Arc<BTreeMap<String, Peer>>,
+    channels: Mutex<HashMap<String, GrpcChannel>>,
+    http: reqwest::Client,
+    timeout: Duration,
+    gateway: Arc<InstanceInfo>,
+    a2a_agents: Vec<String>,
+    hub: Hub,
+    chat: Option<ChatService>,
+}
+
+impl Backends {
+    /// The peer `key` (`a2a`, `container_pool`...) with a gRPC address.
+    fn grpc_peer(&self, key: &str) -> Result<&Peer, Error> {
+        self.peers
+            .get(key)
+            .filter(|p| !p.grpc.is_empty())
+            .ok_or_else(|| {
+                error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the {} service is not configured on this gateway (peers.{key}.grpc is empty)",
+                        service_name(key)
+                    ),
+                )
+            })
+    }
+
+    fn http_peer(&self, key: &str) -> Result<&Peer, Error> {
+        self.peers
+            .get(key)
+            .filter(|p| !p.http.is_empty())
+            .ok_or_else(|| {
+                error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the {} service is not configured on this gateway (peers.{key}.http is empty)",
+                        service_name(key)
+                    ),
+                )
+            })
+    }
+
+    /// A lazily connected channel to `url`, one per address.
+    fn channel(&self, key: &str, url: &str) -> Result<GrpcChannel, Error> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| error(ErrorCode::Internal, "grpc channel table is poisoned"))?;
+        if let Some(c) = channels.get(url) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| {
+                error(
+                    ErrorCode::InvalidConfig,
+                    format!("peers.{key}.grpc `{url}` is not a url: {e}"),
+                )
+            })?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(self.timeout)
+            .connect_lazy();
+        channels.insert(url.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    fn request<T>(&self, caller: &Caller, message: T) -> Result<tonic::Request<T>, Error> {
+        let mut request = tonic::Request::new(message);
+        caller
+            .token
+            .apply_to_metadata(request.metadata_mut())
+            .map_err(|e| error(e.error_code(), e.to_string()))?;
+        request.set_timeout(self.timeout);
+        Ok(request)
+    }
+
+    fn status_error(&self, key: &str, url: &str, status: &tonic::Status) -> Error {
+        let code = status
+            .metadata()
+            .get("x-liquid-error-code")
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorCode::parse)
+            .unwrap_or(match status.code() {
+                tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
+                tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,
+                tonic::Code::NotFound => ErrorCode::NotFound,
+                tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
+                tonic::Code::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+                tonic::Code::FailedPrecondition => ErrorCode::FailedPrecondition,
+                tonic::Code::ResourceExhausted => ErrorCode::RateLimited,
+                tonic::Code::Unavailable | tonic::Code::Unknown => ErrorCode::Unavailable,
+                _ => ErrorCode::Internal,
+            });
+        let name = service_name(key);
+        let message = if code == ErrorCode::Unavailable {
+            format!(
+                "the {name} service did not answer at {url}: {}",
+                status.message()
+            )
+        } else {
+            format!("the {name} service refused: {}", status.message())
+        };
+        tracing::debug!(target: target::GRAPHQL, service = %name, code = code.as_str(), "service call failed");
+        error(code, message)
+    }
+
+    async fn get_info(&self, caller: &Caller, key: &str) -> Result<ServiceInfo, Error> {
+        let peer = self.grpc_peer(key)?;
+        let channel = self.channel(key, &peer.grpc)?;
+        let mut client = platform::platform_service_client::PlatformServiceClient::with_interceptor(
+            channel,
+            GrpcTraceInjector,
+        );
+        let request = self.request(caller, platform::GetInfoRequest {})?;
+        let info = client
+            .get_info(request)
+            .await
+            .map_err(|s| self.status_error(key, &peer.grpc, &s))?
+            .into_inner();
+        let mut backends: Vec<BackendKind> = info
+            .backends
+            .into_iter()
+            .map(|(role, kind)| BackendKind { role, kind })
+            .collect();
+        backends.sort_by(|a, b| a.role.cmp(&b.role));
+        Ok(ServiceInfo {
+            version: info.version,
+            instance_id: info.instance_id,
+            started_at: info.started_at,
+            backends,
+            fallbacks: info.fallbacks,
+            caller: info.caller,
+        })
+    }
+
+    fn own_info(&self, caller: &Caller) -> ServiceInfo {
+        let info = &self.gateway;
+        let mut backends: Vec<BackendKind> = info
+            .backends
+            .iter()
+            .map(|(role, kind)| BackendKind {
+                role: role.clone(),
+                kind: kind.clone(),
+            })
+            .collect();
+        backends.sort_by(|a, b| a.role.cmp(&b.role));
+        ServiceInfo {
+            version: info.version.clone(),
+            instance_id: info.instance_id.to_string(),
+            started_at: info.started_at.to_rfc3339(),
+            backends,
+            fallbacks: info.fallbacks.clone(),
+            caller: caller.claims.sub.clone(),
+        }
+    }
+
+    async fn status_of(&self, caller: &Caller, key: &str) -> ServiceStatus {
+        let info = if key == "gateway" {
+            Ok(self.own_info(caller))
+        } else {
+            self.get_info(caller, key).await
+        };
+        ServiceStatus {
+            service: service_name(key),
+            info,
+        }
+    }
+
+    fn a2a(&self) -> Result<(A2aGrpc, String), Error> {
+        let peer = self.grpc_peer("a2a")?;
+        let channel = self.channel("a2a", &peer.grpc)?;
+        Ok((
+            a2a::a2a_service_client::A2aServiceClient::with_interceptor(channel, GrpcTraceInjector),
+            peer.grpc.clone(),
+        ))
+    }
+
+    fn a2a_request<T>(&self, caller: &Caller, message: T) -> Result<tonic::Request<T>, Error> {
+        let mut request = self.request(caller, message)?;
+        request.metadata_mut().insert(
+            liquid_a2a::params::VERSION_HEADER,
+            tonic::metadata::MetadataValue::from_static(liquid_a2a::PROTOCOL_VERSION),
+        );
+        Ok(request)
+    }
+
+    async fn agent_card(&self, caller: &Caller, name: Option<&str>) -> Result<AgentCard, Error> {
+        let peer = self.http_peer("a2a")?;
+        let path = match name {
+            Some(n) => {
+                check_agent_name(n)?;
+                format!("/agents/{n}{}", liquid_a2a::card::WELL_KNOWN_PATH)
+            }
+            None => liquid_a2a::card::WELL_KNOWN_PATH.to_owned(),
+        };
+        let url = format!("{}{path}", peer.http.trim_end_matches('/'));
+        let mut headers = http::HeaderMap::new();
+        // The card names the address the caller used: the gateway's.
+        if let Some(host) = caller
+            .host
+            .as_deref()
+            .and_then(|h| http::HeaderValue::from_str(h).ok())
+        {
+            headers.insert("x-forwarded-host", host);
+            headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+        }
+        liquid_kit::telemetry::inject_http(&mut headers);
+        let response = self
+            .http
+            .get(&url)
+            .headers(headers)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                error(
+                    ErrorCode::Unavailable,
+                    format!("the a2a service did not answer at {}: {e}", peer.http),
+                )
+            })?;
+        let status = response.status();
+        if status == http::StatusCode::NOT_FOUND {
+            return Err(error(
+                ErrorCode::NotFound,
+                format!("the a2a service hosts no agent `{}`", name.unwrap_or("")),
+            ));
+        }
+        if !status.is_success() {
+            return Err(error(
+                ErrorCode::Unavailable,
+                format!("the a2a service answered http {status} for {path}"),
+            ));
+        }
+        let card: a2a::AgentCard = response.json().await.map_err(|e| {
+            error(
+                ErrorCode::Unavailable,
+                format!("the a2a service sent an unreadable agent card: {e}"),
+            )
+        })?;
+        Ok(AgentCard::from_pb(name.unwrap_or(""), card))
+    }
+}
+
+fn check_agent_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(error(
+            ErrorCode::InvalidArgument,
+            "agent names are letters, digits, - and _",
+        ))
+    }
+}
+
+/// Who the caller is.
+#[derive(SimpleObject)]
+pub struct Whoami {
+    /// Subject.
+    subject: String,
+    /// Tenant (the subject when the token names none).
+    tenant: String,
+    /// Scopes.
+    scopes: Vec<String>,
+}
+
+/// One backend of a service.
+#[derive(SimpleObject, Clone)]
+pub struct BackendKind {
+    /// `database`, `bus` or `cache`.
+    role: String,
+    /// `postgres`, `sqlite`, `nats`, `memory`, `redis`.
+    kind: String,
+}
+
+/// What a service says about itself (`GetInfo`).
+#[derive(SimpleObject, Clone)]
+pub struct ServiceInfo {
+    /// Version.
+    version: String,
+    /// The answering replica.
+    instance_id: String,
+    /// When it started (RFC 3339).
+    started_at: String,
+    /// Its backends.
+    backends: Vec<BackendKind>,
+    /// Fallbacks it took at start-up.
+    fallbacks: Vec<String>,
+    /// The caller as the service verified it.
+    caller: String,
+}
+
+/// A service and whether it answered.
+pub struct ServiceStatus {
+    service: String,
+    info: Result<ServiceInfo, Error>,
+}
+
+#[Object]
+impl ServiceStatus {
+    /// Service name.
+    async fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Whether it answered `GetInfo`.
+    async fn reachable(&self) -> bool {
+        self.info.is_ok()
+    }
+
+    /// Its answer; an error naming the service when it did not answer.
+    async fn info(&self) -> Result<&ServiceInfo, Error> {
+        self.info.as_ref().map_err(Clone::clone)
+    }
+}
+
+/// One interface of an agent.
+#[derive(SimpleObject)]
+pub struct AgentInterface {
+    /// URL.
+    url: String,
+    /// `JSONRPC`, `HTTP+JSON` or `GRPC`.
+    binding: String,
+    /// gRPC tenant selecting the agent.
+    tenant: String,
+}
+
+/// One skill of an agent.
+#[derive(SimpleObject)]
+pub struct AgentSkill {
+    /// Id.
+    id: String,
+    /// Name.
+    name: String,
+    /// Description.
+    description: String,
+    /// Tags.
+    tags: Vec<String>,
+}
+
+/// An agent of the a2a service, from its public card.
+#[derive(SimpleObject)]
+pub struct AgentCard {
+    /// The name to pass as `agent` (empty for the root agent).
+    agent: String,
+    /// The card's name.
+    name: String,
+    /// Description.
+    description: String,
+    /// Version.
+    version: String,
+    /// Whether it streams.
+    streaming: bool,
+    /// Its interfaces (URLs through the gateway).
+    interfaces: Vec<AgentInterface>,
+    /// Its skills.
+    skills: Vec<AgentSkill>,
+}
+
+impl AgentCard {
+    fn from_pb(agent: &str, card: a2a::AgentCard) -> AgentCard {
+        AgentCard {
+            agent: agent.to_owned(),
+            streaming: card
+                .capabilities
+                .as_ref()
+                .and_then(|c| c.streaming)
+                .unwrap_or(false),
+            name: card.name,
+            description: card.description,
+            version: card.version,
+            interfaces: card
+                .supported_interfaces
+                .into_iter()
+                .map(|i| AgentInterface {
+                    url: i.url,
+                    binding: i.protocol_binding,
+                    tenant: i.tenant,
+                })
+                .collect(),
+            skills: card
+                .skills
+                .into_iter()
+                .map(|s| AgentSkill {
+                    id: s.id,
+                    name: s.name,
+                    description: s.description,
+                    tags: s.tags,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An A2A task.
+#[derive(SimpleObject)]
+pub struct Task {
+    /// Id.
+    id: String,
+    /// Context id.
+    context_id: String,
+    /// State (`TASK_STATE_COMPLETED`...).
+    state: String,
+    /// Text of the status message, if any.
+    status_text: Option<String>,
+    /// When the status was set (RFC 3339).
+    updated_at: Option<String>,
+    /// The whole task in ProtoJSON (history, artifacts, metadata).
+    json: Json<Value>,
+}
+
+fn text_of(message: &a2a::Message) -> String {
+    message
+        .parts
+        .iter()
+        .filter_map(|p| match &p.content {
+            Some(a2a::part::Content::Text(t)) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+fn state_name(state: i32) -> String {
+    a2a::TaskState::try_from(state)
+        .map(|s| s.as_str_name().to_owned())
+        .unwrap_or_else(|_| format!("UNKNOWN_{state}"))
+}
+
+impl Task {
+    fn from_pb(task: a2a::Task) -> Task {
+        let json = serde_json::to_value(&task).unwrap_or(Value::Null);
+        let status = task.status.as_ref();
+        Task {
+            state: state_name(status.map_or(0, |s| s.state)),
+            status_text: status
+                .and_then(|s| s.message.as_ref())
+                .map(text_of)
+                .filter(|t| !t.is_empty()),
+            updated_at: status
+                .and_then(|s| s.timestamp.as_ref())
+                .and_then(|t| t.to_rfc3339()),
+            id: task.id,
+            context_id: task.context_id,
+            json: Json(json),
+        }
+    }
+}
+
+/// A page of tasks.
+#[derive(SimpleObject)]
+pub struct TaskPage {
+    /// The tasks.
+    tasks: Vec<Task>,
+    /// Token of the next page (empty on the last).
+    next_page_token: String,
+    /// Tasks matching in total.
+    total_size: i32,
+}
+
+/// What sending a message to an agent produced: a task, or a direct reply message.
+#[derive(SimpleObject)]
+pub struct AgentReply {
+    /// The task, when the agent made one.
+    task: Option<Task>,
+    /// The reply's text, when the agent answered with a message.
+    message_text: Option<String>,
+    /// The reply in ProtoJSON.
+    json: Json<Value>,
+}
+
+/// Pool counts of one container template.
+#[derive(SimpleObject)]
+pub struct TemplateStatus {
+    /// Template name.
+    name: String,
+    /// Warm and free.
+    idle: u32,
+    /// Claimed.
+    busy: u32,
+    /// Being created.
+    creating: u32,
+    /// Claims waiting.
+    waiting: u32,
+    /// Warm minimum.
+    min_idle: u32,
+    /// Upper bound.
+    max_total: u32,
+}
+
+/// One container host.
+#[derive(SimpleObject)]
+pub struct HostStatus {
+    /// Name.
+    name: String,
+    /// Whether it answers.
+    healthy: bool,
+    /// Whether placement uses it.
+    enabled: bool,
+    /// Containers on it.
+    containers: u32,
+    /// Its capacity.
+    capacity: u32,
+}
+
+/// The container pool's status (`GetStatus`).
+#[derive(SimpleObject)]
+pub struct ContainerPool {
+    /// `docker` or `process` (not isolated).
+    runtime: String,
+    /// Per template.
+    templates: Vec<TemplateStatus>,
+    /// Per host.
+    hosts: Vec<HostStatus>,
+}
+
+/// A price tick.
+#[derive(SimpleObject)]
+pub struct Price {
+    /// Symbol.
+    symbol: String,
+    /// Price.
+    price: f64,
+    /// Observation time, Unix milliseconds.
+    ts_ms: u64,
+    /// Who published it (`simulated` for the built-in demo feed, not market data).
+    source: String,
+}
+
+impl From<PriceTick> for Price {
+    fn from(t: PriceTick) -> Price {
+        Price {
+            symbol: t.symbol,
+            price: t.price,
+            ts_ms: t.ts_ms,
+            source: t.source,
+        }
+    }
+}
+
+/// A chat turn.
+#[derive(InputObject)]
+pub struct ChatInput {
+    /// Session to continue (letters, digits, `-`, `_`); none: a single stateless turn.
+    session: Option<String>,
+    /// The user's message.
+    message: String,
+    /// Model (routed by `llm.routes`); none: `llm.default_model`.
+    model: Option<String>,
+    /// System prompt (a new session's, or this turn's).
+    system: Option<String>,
+    /// Sampling temperature.
+    temperature: Option<f32>,
+    /// Output token limit.
+    max_tokens: Option<u32>,
+}
+
+impl ChatInput {
+    fn into_body(self) -> ChatBody {
+        let params =
+            (self.temperature.is_some() || self.max_tokens.is_some()).then(|| Parameters {
+                temperature: self.temperature,
+                max_tokens: self.max_tokens,
+                ..Parameters::default()
+            });
+        ChatBody {
+            session: self.session,
+            message: Some(MessageInput::Text(self.message)),
+            model: self.model,
+            system: self.system,
+            params,
+            ..ChatBody::default()
+        }
+    }
+}
+
+/// A model's answer.
+#[derive(SimpleObject)]
+pub struct ChatReply {
+    /// Text.
+    text: String,
+    /// The model that answered.
+    model: String,
+    /// The provider that answered (`offline` for the built-in offline provider).
+    provider: String,
+    /// True when the offline provider answered (not a language model).
+    offline: bool,
+    /// Why it was offline, when it was.
+    notice: Option<String>,
+    /// The session, if any.
+    session: Option<String>,
+    /// `upstream`, `joined`, `cached` or `bypass`.
+    coalesced: String,
+    /// Why generation stopped.
+    finish_reason: Json<Value>,
+    /// Input tokens.
+    input_tokens: u64,
+    /// Output tokens.
+    output_tokens: u64,
+    /// Cost in USD when the model is priced.
+    cost_usd: Option<f64>,
+    /// Tool calls the model asked for.
+    tool_calls: Json<Value>,
+}
+
+impl ChatReply {
+    fn from_json(v: &Value) -> ChatReply {
+        let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+        ChatReply {
+            text: s("text"),
+            model: s("model"),
+            provider: s("provider"),
+            offline: v["offline"].as_bool().unwrap_or(false),
+            notice: v["notice"].as_str().map(str::to_owned),
+            session: v["session"].as_str().map(str::to_owned),
+            coalesced: s("coalesced"),
+            finish_reason: Json(v["finish_reason"].clone()),
+            input_tokens: v["usage"]["input_tokens"].as_u64().unwrap_or(0),
+            output_tokens: v["usage"]["output_tokens"].as_u64().unwrap_or(0),
+            cost_usd: v["cost_usd"].as_f64(),
+            tool_calls: Json(v.get("tool_calls").cloned().unwrap_or(json!([]))),
+        }
+    }
+}
+
+/// One event of a streamed chat answer.
+#[derive(SimpleObject)]
+pub struct ChatEvent {
+    /// `delta`, `tool_call_start`, `tool_call_delta` or `done`.
+    kind: String,
+    /// The new text of a `delta`.
+    text: Option<String>,
+    /// The tool call fragment of `tool_call_*`.
+    tool_call: Option<Json<Value>>,
+    /// The whole answer, on `done`.
+    reply: Option<ChatReply>,
+}
+
+fn chat_of<'a>(ctx: &'a Context<'_>) -> Result<&'a ChatService, Error> {
+    ctx.data::<Backends>()?.chat.as_ref().ok_or_else(|| {
+        error(
+            ErrorCode::Unavailable,
+            "chat is disabled on this gateway (chat.enabled)",
+        )
+    })
+}
+
+/// Queries.
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// The verified caller.
+    async fn whoami(&self, ctx: &Context<'_>) -> Result<Whoami, Error> {
+        let c = caller(ctx)?;
+        Ok(Whoami {
+            subject: c.claims.sub.clone(),
+            tenant: c.claims.tenant_id().to_owned(),
+            scopes: c.claims.scopes().to_vec(),
+        })
+    }
+
+    /// Every service this gateway knows, each asked over gRPC (`GetInfo`) with the caller's
+    /// token; a service that does not answer has `reachable: false` and an error on `info`.
+    #[graphql(complexity = "FAN_OUT_COST + child_complexity")]
+    async fn status(&self, ctx: &Context<'_>) -> Result<Vec<ServiceStatus>, Error> {
+        let c = caller(ctx)?;
+        let backends = ctx.data::<Backends>()?;
+        let mut keys = vec!["gateway".to_owned()];
+        keys.extend(
+            backends
+                .peers
+                .iter()
+                .filter(|(k, p)| k.as_str() != "gateway" && !p.grpc.is_empty())
+                .map(|(k, _)| k.clone()),
+        );
+        Ok(futures_util::future::join_all(keys.iter().map(|k| backends.status_of(c, k))).await)
+    }
+
+    /// One service's status (`container-pool` or `container_pool`).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn service(&self, ctx: &Context<'_>, name: String) -> Result<ServiceStatus, Error> {
+        let c = caller(ctx)?;
+        let backends = ctx.data::<Backends>()?;
+        let key = liquid_runtime::peer_key(&name);
+        if key != "gateway" && !backends.peers.contains_key(&key) {
+            let known: Vec<String> = backends.peers.keys().map(|k| service_name(k)).collect();
+            return Err(error(
+                ErrorCode::NotFound,
+                format!(
+                    "no service named `{name}` behind this gateway; known: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        Ok(backends.status_of(c, &key).await)
+    }
+
+    /// The a2a service's root agent and the hosted agents in `graphql.a2a_agents`, from their
+    /// public cards.
+    #[graphql(complexity = "FAN_OUT_COST + child_complexity")]
+    async fn agents(&self, ctx: &Context<'_>) -> Result<Vec<AgentCard>, Error> {
+        let c = caller(ctx)?;
+        let backends = ctx.data::<Backends>()?;
+        let mut names: Vec<Option<&str>> = vec![None];
+        names.extend(backends.a2a_agents.iter().map(|n| Some(n.as_str())));
+        let cards =
+            futures_util::future::join_all(names.iter().map(|n| backends.agent_card(c, *n))).await;
+        cards.into_iter().collect()
+    }
+
+    /// One agent's card (`name` none: the root agent).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn agent(&self, ctx: &Context<'_>, name: Option<String>) -> Result<AgentCard, Error> {
+        let c = caller(ctx)?;
+        ctx.data::<Backends>()?.agent_card(c, name.as_deref()).await
+    }
+
+    /// The caller's tasks at an agent (`agent` none: the root agent), newest first.
+    #[graphql(
+        complexity = "SERVICE_CALL_COST + page_size.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize * child_complexity"
+    )]
+    async fn tasks(
+        &self,
+        ctx: &Context<'_>,
+        agent: Option<String>,
+        context_id: Option<String>,
+        page_size: Option<i32>,
+        page_token: Option<String>,
+    ) -> Result<TaskPage, Error> {
+        let c = caller(ctx)?;
+        let backends = ctx.data::<Backends>()?;
+        let tenant = agent.unwrap_or_default();
+        if !tenant.is_empty() {
+            check_agent_name(&tenant)?;
+        }
+        let size = page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&size) {
+            return Err(error(ErrorCode::InvalidArgument, "pageSize is 1 to 100"));
+        }
+        let (mut client, url) = backends.a2a()?;
+        let request = backends.a2a_request(
+            c,
+            a2a::ListTasksRequest {
+                tenant,
+                context_id: context_id.unwrap_or_default(),
+                page_size: Some(size),
+                page_token: page_token.unwrap_or_default(),
+                ..Default::default()
+            },
+        )?;
+        let page = client
+            .list_tasks(request)
+            .await
+            .map_err(|s| backends.status_error("a2a", &url, &s))?
+            .into_inner();
+        Ok(TaskPage {
+            tasks: page.tasks.into_iter().map(Task::from_pb).collect(),
+            next_page_token: page.next_page_token,
+            total_size: page.total_size,
+        })
+    }
+
+    /// One task.
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn task(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        agent: Option<String>,
+        history_length: Option<i32>,
+    ) -> Result<Task, Error> {
+        let c = caller(ctx)?;
+        let backends = ctx.data::<Backends>()?;
+        let (mut client, url) = backends.a2a()?;
+        let request = backends.a2a_request(
+            c,
+            a2a::GetTaskRequest {
+                tenant: agent.unwrap_or_default(),
+                id,
+                history_length,
+            },
+        )?;
+        let task = client
+            .get_task(request)
+            .await
+            .map_err(|s| backends.status_error("a2a", &url, &s))?
+            .into_inner();
+        Ok(Task::from_pb(task))
+    }
+
+    /// The container pool (`GetStatus`; the service requires `containers:read`).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn containers(&self, ctx: &Context<'_>) -> Result<ContainerPool, Error> {
+        let c = caller(ctx)?;
+        let backends = ctx.data::<Backends>()?;
+        let peer = backends.grpc_peer("container_pool")?;
+        let channel = backends.channel("container_pool", &peer.grpc)?;
+        let mut client =
+            pool::container_pool_service_client::ContainerPoolServiceClient::with_interceptor(
+                channel,
+                GrpcTraceInjector,
+            );
+        let status = client
+            .get_status(backends.request(c, pool::GetStatusRequest {})?)
+            .await
+            .map_err(|s| backends.status_error("container_pool", &peer.grpc, &s))?
+            .into_inner();
+        Ok(ContainerPool {
+            runtime: status.runtime,
+            templates: status
+                .templates
+                .into_iter()
+                .map(|t| TemplateStatus {
+                    name: t.name,
+                    idle: t.idle,
+                    busy: t.busy,
+                    creating: t.creating,
+                    waiting: t.waiting,
+                    min_idle: t.min_idle,
+                    max_total: t.max_total,
+                })
+                .collect(),
+            hosts: status
+                .hosts
+                .into_iter()
+                .map(|h| HostStatus {
+                    name: h.name,
+                    healthy: h.healthy,
+                    enabled: h.enabled,
+                    containers: h.containers,
+                    capacity: h.capacity,
+                })
+                .collect(),
+        })
+    }
+
+    /// The newest tick of every symbol this gateway replica has forwarded (`read:prices`).
+    async fn prices(&self, ctx: &Context<'_>) -> Result<Vec<Price>, Error> {
+        require(caller(ctx)?, scopes::READ_PRICES)?;
+        Ok(ctx
+            .data::<Backends>()?
+            .hub
+            .latest_prices()
+            .into_iter()
+            .map(Price::from)
+            .collect())
+    }
+
+    /// The history of one of the caller's chat sessions (`write:chat`).
+    async fn chat_session(&self, ctx: &Context<'_>, session: String) -> Result<Json<Value>, Error> {
+        let c = caller(ctx)?;
+        require(c, scopes::WRITE_CHAT)?;
+        chat_of(ctx)?
+            .history(c.claims.tenant_id(), &session)
+            .await
+            .map(Json)
+            .map_err(api_error)
+    }
+}
+
+/// Mutations.
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// One chat turn (`write:chat`), as `POST /api/v1/chat`.
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn chat(&self, ctx: &Context<'_>, input: ChatInput) -> Result<ChatReply, Error> {
+        let c = caller(ctx)?;
+        require(c, scopes::WRITE_CHAT)?;
+        let chat = chat_of(ctx)?;
+        let prepared = chat
+            .prepare(&c.claims, input.into_body(), None)
+            .await
+            .map_err(api_error)?;
+        let reply = chat.complete(prepared).await.map_err(api_error)?;
+        Ok(ChatReply::from_json(&reply))
+    }
+
+    /// Removes the caller's tenant's cached chat answers (`write:chat`); how many.
+    async fn invalidate_chat_cache(&self, ctx: &Context<'_>) -> Result<u64, Error> {
+        let c = caller(ctx)?;
+        require(c, scopes::WRITE_CHAT)?;
+        chat_of(ctx)?
+            .coalescer()
+            .invalidate_tenant(c.claims.tenant_id())
+            .await
+            .map_err(|e| error(e.error_code(), e.to_string()))
+    }
+
+    /// Sends a text message to an agent (`agent` none: the root agent).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn send_agent_message(
+        &self,
+        ctx: &Context<'_>,
+        text: String,
+        agent: Option<String>,
+        context_id: Option<String>,
+        task_id: Option<String>,
+    ) -> Result<AgentReply, Error> {
+        let c = caller(ctx)?;
+        let backends = ctx.data::<Backends>()?;
+        let (mut client, url) = backends.a2a()?;
+        let message = a2a::Message {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            context_id: context_id.unwrap_or_default(),
+            task_id: task_id.unwrap_or_default(),
+            role: a2a::Role::User as i32,
+            parts: vec![a2a::Part {
+                content: Some(a2a::part::Content::Text(text)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let request = backends.a2a_request(
+            c,
+            a2a::SendMessageRequest {
+                tenant: agent.unwrap_or_default(),
+                message: Some(message),
+                ..Default::default()
+            },
+        )?;
+        let response = client
+            .send_message(request)
+            .await
+            .map_err(|s| backends.status_error("a2a", &url, &s))?
+            .into_inner();
+        let json = serde_json::to_value(&response).unwrap_or(Value::Null);
+        Ok(match response.payload {
+            Some(a2a::send_message_response::Payload::Task(t)) => AgentReply {
+                task: Some(Task::from_pb(t)),
+                message_text: None,
+                json: Json(json),
+            },
+            Some(a2a::send_message_response::Payload::Message(m)) => AgentReply {
+                task: None,
+                message_text: Some(text_of(&m)),
+                json: Json(json),
+            },
+            None => AgentReply {
+                task: None,
+                message_text: None,
+                json: Json(json),
+            },
+        })
+    }
+
+    /// Cancels a task.
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn cancel_task(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        agent: Option<String>,
+    ) -> Result<Task, Error> {
+        let c = caller(ctx)?;
+        let backends = ctx.data::<Backends>()?;
+        let (mut client, url) = backends.a2a()?;
+        let request = backends.a2a_request(
+            c,
+            a2a::CancelTaskRequest {
+                tenant: agent.unwrap_or_default(),
+                id,
+                ..Default::default()
+            },
+        )?;
+        let task = client
+            .cancel_task(request)
+            .await
+            .map_err(|s| backends.status_error("a2a", &url, &s))?
+            .into_inner();
+        Ok(Task::from_pb(task))
+    }
+}
+
+/// Follows hub subjects as a pseudo-connection: the `data` of each message until the consumer
+/// falls behind its queue (then the stream ends).
+fn follow(hub: &Hub, subjects: &[String]) -> Result<impl Stream<Item = Value> + use<>, Error> {
+    let registration = hub.register().ok_or_else(|| {
+        error(
+            ErrorCode::Unavailable,
+            "this gateway replica holds its maximum of websocket connections",
+        )
+    })?;
+    for subject in subjects {
+        hub.follow(registration.id, subject);
+    }
+    Ok(futures_util::stream::unfold(
+        registration,
+        |mut reg| async move {
+            loop {
+                let frame = tokio::select! {
+                    biased;
+                    () = reg.slow.cancelled() => return None,
+                    frame = reg.inbox.recv() => frame?,
+                };
+                if let Ok(mut v) = serde_json::from_str::<Value>(frame.as_str()) {
+                    return Some((v["data"].take(), reg));
+                }
+            }
+        },
+    ))
+}
+
+/// Subscriptions.
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// Price ticks of `symbols` as the hub forwards them (`read:prices`).
+    async fn prices(
+        &self,
+        ctx: &Context<'_>,
+        symbols: Vec<String>,
+    ) -> Result<impl Stream<Item = Price> + use<>, Error> {
+        require(caller(ctx)?, scopes::READ_PRICES)?;
+        if symbols.is_empty() || symbols.len() > 64 {
+            return Err(error(ErrorCode::InvalidArgument, "name 1 to 64 symbols"));
+        }
+        let subjects = symbols
+            .iter()
+            .map(|s| {
+                Channel::prices(s)
+                    .map(|c| c.subject(""))
+                    .map_err(|e| error(ErrorCode::InvalidArgument, e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let stream = follow(&ctx.data::<Backends>()?.hub, &subjects)?;
+        Ok(stream.filter_map(|v| async move {
+            serde_json::from_value::<PriceTick>(v).ok().map(Price::from)
+        }))
+    }
+
+    /// Messages on the caller's `chat:<session>` channel: replies, deltas and errors of
+    /// WebSocket chat turns and session replies of every replica (`write:chat`).
+    async fn chat_messages(
+        &self,
+        ctx: &Context<'_>,
+        session: String,
+    ) -> Result<impl Stream<Item = Json<Value>> + use<>, Error> {
+        let c = caller(ctx)?;
+        require(c, scopes::WRITE_CHAT)?;
+        crate::chat::check_session_id(&session).map_err(api_error)?;
+        let channel = Channel::parse(&format!("chat:{session}"))
+            .map_err(|e| error(ErrorCode::InvalidArgument, e.to_string()))?;
+        let subject = channel.subject(c.claims.tenant_id());
+        Ok(follow(&ctx.data::<Backends>()?.hub, &[subject])?.map(Json))
+    }
+
+    /// One chat turn, streamed (`write:chat`): deltas, tool call fragments, then `done`.
+    async fn chat_stream(
+        &self,
+        ctx: &Context<'_>,
+        input: ChatInput,
+    ) -> Result<impl Stream<Item = Result<ChatEvent, Error>> + use<>, Error> {
+        let c = caller(ctx)?;
+        require(c, scopes::WRITE_CHAT)?;
+        let chat = chat_of(ctx)?.clone();
+        let prepared = chat
+            .prepare(&c.claims, input.into_body(), None)
+            .await
+            .map_err(api_error)?;
+        let tenant = c.claims.tenant_id().to_owned();
+        let session = prepared.session().map(str::to_owned);
+        let mut slot = Some(prepared);
+        let (stream, outcome) = chat.stream(&mut slot).await.map_err(api_error)?;
+        Ok(chat_events(chat, stream, outcome, tenant, session))
+    }
+
+    /// Updates of a task until it reaches a final state.
+    async fn task_updates(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        agent: Option<String>,
+    ) -> Result<impl Stream<Item = Result<Json<Value>, Error>> + use<>, Error> {
+        let c = caller(ctx)?;
+        let backends = ctx.data::<Backends>()?;
+        let (mut client, url) = backends.a2a()?;
+        let mut request = backends.a2a_request(
+            c,
+            a2a::SubscribeToTaskRequest {
+                tenant: agent.unwrap_or_default(),
+                id,
+            },
+        )?;
+        // A subscription lasts as long as the task; only the call's set-up is bounded.
+        request.metadata_mut().remove("grpc-timeout");
+        let stream = client
+            .subscribe_to_task(request)
+            .await
+            .map_err(|s| backends.status_error("a2a", &url, &s))?
+            .into_inner();
+        let err = move |s: tonic::Status| {
+            error(
+                ErrorCode::Unavailable,
+                format!("the a2a task stream failed: {}", s.message()),
+            )
+        };
+        Ok(stream.map(move |item| {
+            item.map(|event| Json(serde_json::to_value(&event).unwrap_or(Value::Null)))
+                .map_err(&err)
+        }))
+    }
+}
+
+fn chat_events(
+    chat: ChatService,
+    stream: liquid_llm::ChatStream,
+    outcome: Outcome,
+    tenant: String,
+    session: Option<String>,
+) -> impl Stream<Item = Result<ChatEvent, Error>> {
+    futures_util::stream::unfold(Some((chat, stream)), move |state| {
+        let tenant = tenant.clone();
+        let session = session.clone();
+        async move {
+            let (chat, mut stream) = state?;
+            let item = stream.next().await?;
+            let event = match item {
+                Ok(StreamEvent::Completed { response }) => {
+                    let reply = reply_json(&response, session.as_deref(), outcome);
+                    if let Some(s) = &session {
+                        chat.publish(&tenant, s, "reply", &reply).await;
+                    }
+                    return Some((
+                        Ok(ChatEvent {
+                            kind: "done".into(),
+                            text: None,
+                            tool_call: None,
+                            reply: Some(ChatReply::from_json(&reply)),
+                        }),
+                        None,
+                    ));
+                }
+                Ok(StreamEvent::TextDelta { text }) => ChatEvent {
+                    kind: "delta".into(),
+                    text: Some(text),
+                    tool_call: None,
+                    reply: None,
+                },
+                Ok(StreamEvent::ToolCallStart { index, id, name }) => ChatEvent {
+                    kind: "tool_call_start".into(),
+                    text: None,
+                    tool_call: Some(Json(json!({"index": index, "id": id, "name": name}))),
+                    reply: None,
+                },
+                Ok(StreamEvent::ToolCallDelta { index, arguments }) => ChatEvent {
+                    kind: "tool_call_delta".into(),
+                    text: None,
+                    tool_call: Some(Json(json!({"index": index, "arguments": arguments}))),
+                    reply: None,
+                },
+                Err(e) => return Some((Err(api_error(crate::chat::llm_error(&e))), None)),
+            };
+            Some((Ok(event), Some((chat, stream))))
+        }
+    })
+}
+
+/// What the `/graphql` routes need.
+#[derive(Clone)]
+pub struct GraphqlState {
+    /// The schema.
+    pub schema: LiquidSchema,
+    /// Verifies WebSocket tokens.
+    pub tokens: TokenCache,
+    /// Charges WebSocket connects.
+    pub limiter: RateLimiter,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// Builds the schema.
+#[allow(clippy::too_many_arguments)]
+pub fn schema(
+    settings: &GraphqlSettings,
+    peers: Arc<BTreeMap<String, Peer>>,
+    gateway: Arc<InstanceInfo>,
+    hub: Hub,
+    chat: Option<ChatService>,
+) -> LiquidSchema {
+    let backends = Backends {
+        peers,
+        channels: Mutex::new(HashMap::new()),
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default(),
+        timeout: Duration::from_secs(settings.call_timeout_secs),
+        gateway,
+        a2a_agents: settings.a2a_agents.clone(),
+        hub,
+        chat,
+    };
+    let builder = Schema::build(Query, Mutation, SubscriptionRoot)
+        .data(backends)
+        .limit_depth(settings.max_depth)
+        .limit_complexity(settings.max_complexity);
+    if settings.introspection {
+        builder.finish()
+    } else {
+        builder.disable_introspection().finish()
+    }
+}
+
+fn host_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `POST /graphql`: a query or mutation by the verified caller.
+pub async fn execute(
+    State(state): State<GraphqlState>,
+    Authenticated(claims): Authenticated,
+    token: BearerToken,
+    headers: http::HeaderMap,
+    request: GraphQLRequest,
+) -> GraphQLResponse {
+    let caller = Caller {
+        claims,
+        token,
+        host: host_of(&headers),
+    };
+    state
+        .schema
+        .execute(request.into_inner().data(caller))
+        .await
+        .into()
+}
+
+/// The token of a `connection_init` payload: `Authorization`/`authorization` (`Bearer x`) or
+/// `token`.
+fn token_in_payload(payload: &Value) -> Option<String> {
+    for key in ["Authorization", "authorization"] {
+        if let Some(v) = payload[key].as_str() {
+            return Some(v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned());
+        }
+    }
+    payload["token"].as_str().map(str::to_owned)
+}
+
+/// `GET /graphql`: the subscription WebSocket.
+pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> Response {
+    let peer = ratelimit::peer_of(&request);
+    let (mut parts, _body) = request.into_parts();
+    let host = host_of(&parts.headers);
+    let at_connect = match bearer_from_headers(&parts.headers) {
+        Ok(Some(token)) => match state.tokens.verify(token).await {
+            Ok(claims) => Some(Caller {
+                claims,
+                token: BearerToken::new(token),
+                host: host.clone(),
+            }),
+            Err(error) => {
+                tracing::info!(target: target::SECURITY, reason = error.reason(), %error, "graphql websocket connect refused");
+                return error.into_response();
+            }
+        },
+        Ok(None) => None,
+        Err(error) => return error.into_response(),
+    };
+    let class = state.limiter.class_of(parts.uri.path()).to_owned();
+    let charge = state
+        .limiter
+        .charge(at_connect.as_ref().map(|c| &c.claims), &parts.headers, peer);
+    let outcome = state.limiter.check(&class, charge).await;
+    if let Some(outcome) = &outcome
+        && !outcome.decision.allowed
+    {
+        return ratelimit::refusal(outcome);
+    }
+    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
+        Ok(p) => p,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let (expiry_tx, mut expiry_rx) =
+        tokio::sync::watch::channel(at_connect.as_ref().map(|c| c.claims.exp));
+    let tokens = state.tokens.clone();
+    let schema = state.schema.clone();
+    let shutdown = state.shutdown.clone();
+    let mut response = upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let mut data = Data::default();
+            let authenticated = at_connect.is_some();
+            if let Some(c) = at_connect {
+                data.insert(c);
+            }
+            let on_init = move |payload: Value| async move {
+                if authenticated {
+                    return Ok(Data::default());
+                }
+                let Some(token) = token_in_payload(&payload) else {
+                    return Err(Error::new(
+                        "unauthenticated: send {\"Authorization\": \"Bearer <jwt>\"} in connection_init",
+                    ));
+                };
+                match tokens.verify(&token).await {
+                    Ok(claims) => {
+                        let _ = expiry_tx.send(Some(claims.exp));
+                        let mut data = Data::default();
+                        data.insert(Caller {
+                            claims,
+                            token: BearerToken::new(token),
+                            host,
+                        });
+                        Ok(data)
+                    }
+                    Err(e) => {
+                        tracing::info!(target: target::SECURITY, reason = e.reason(), %e, "graphql websocket token refused");
+                        Err(Error::new(format!("unauthenticated: {e}")))
+                    }
+                }
+            };
+            // graphql-transport-ws closes a refused connection_init with 4403 Forbidden;
+            // async-graphql sends 1002 with the reason, so the reason decides the code here.
+            let (sink, stream) = socket.split();
+            let sink = sink.with(|message: Message| async move {
+                Ok::<_, axum::Error>(match message {
+                    Message::Close(Some(frame)) if frame.reason.starts_with("unauthenticated") => {
+                        Message::Close(Some(CloseFrame {
+                            code: CLOSE_FORBIDDEN,
+                            reason: frame.reason,
+                        }))
+                    }
+                    other => other,
+                })
+            });
+            let serve = GraphQLWebSocket::new_with_pair(Box::pin(sink), stream, schema, protocol)
+                .with_data(data)
+                .on_connection_init(on_init)
+                .serve();
+            let expired = async move {
+                loop {
+                    let exp = *expiry_rx.borrow_and_update();
+                    match exp {
+                        Some(exp) => {
+                            let left = exp.saturating_sub(unix_now());
+                            tokio::time::sleep(Duration::from_secs(left)).await;
+                            return;
+                        }
+                        None => {
+                            if expiry_rx.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                () = expired => {
+                    tracing::debug!(target: target::GRAPHQL, "graphql websocket closed: token expired");
+                }
+                () = shutdown.cancelled() => {}
+            }
+        });
+    if let Some(outcome) = &outcome {
+        ratelimit::write_headers(response.headers_mut(), outcome);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_the_init_payload() {
+        assert_eq!(
+            token_in_payload(&json!({"Authorization": "Bearer a.b.c"})).as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(
+            token_in_payload(&json!({"token": "x.y.z"})).as_deref(),
+            Some("x.y.z")
+        );
+        assert_eq!(token_in_payload(&json!({})), None);
+    }
+
+    #[test]
+    fn peer_keys_read_as_service_names() {
+        assert_eq!(service_name("container_pool"), "container-pool");
+        assert!(check_agent_name("echo").is_ok());
+        assert!(check_agent_name("../x").is_err());
+    }
+}

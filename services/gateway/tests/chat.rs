@@ -1,0 +1,623 @@
+//! The chat API through a real gateway on PostgreSQL, NATS and Redis, talking to local model
+//! servers that speak the vendors' wire formats (liquid-testkit): routing by model, the
+//! labelled offline provider, SSE, sessions with their own history per tenant, replies on the
+//! `chat:<session>` channel, WebSocket chat, and request coalescing (one upstream call for N
+//! identical concurrent requests, per tenant, with a cache invalidated by prefix).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use liquid_gateway::Settings;
+use liquid_kit::Secret;
+use liquid_llm::{ProviderConfig, ProviderKind};
+use liquid_runtime::ServiceConfig;
+use liquid_testkit::model_servers::{ModelServer, Reply};
+use liquid_testkit::nats::NatsServer;
+use liquid_testkit::postgres::TestDatabase;
+use liquid_testkit::redis::TestRedis;
+use serde_json::{Value, json};
+use support::*;
+
+const OPENAI_KEY: &str = "sk-local-openai";
+const ANTHROPIC_KEY: &str = "sk-ant-local";
+
+struct Setup {
+    keys: Keys,
+    _db: TestDatabase,
+    _nats: NatsServer,
+    redis: TestRedis,
+    openai: ModelServer,
+    anthropic: ModelServer,
+    gw: Gateway,
+    http: reqwest::Client,
+    /// The configuration `gw` runs with, for a second replica.
+    cfg: ServiceConfig<Settings>,
+}
+
+/// A gateway whose `openai` and `anthropic` providers are local servers with keys and whose
+/// `gemini` provider has no key (so it answers offline).
+async fn setup(adjust: impl FnOnce(&mut ServiceConfig<Settings>)) -> Setup {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let redis = TestRedis::new().await.unwrap();
+    let openai = ModelServer::openai(OPENAI_KEY).await.unwrap();
+    let anthropic = ModelServer::anthropic(ANTHROPIC_KEY).await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        redis.url(),
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    cfg.settings.coalescing.key_prefix = redis.prefix().to_owned();
+    let llm = &mut cfg.settings.llm;
+    llm.retry.max_attempts = 1;
+    llm.providers.insert(
+        "openai".into(),
+        ProviderConfig {
+            kind: ProviderKind::Openai,
+            api_key: Secret::new(OPENAI_KEY.into()),
+            base_url: openai.base_url(),
+        },
+    );
+    llm.providers.insert(
+        "anthropic".into(),
+        ProviderConfig {
+            kind: ProviderKind::Anthropic,
+            api_key: Secret::new(ANTHROPIC_KEY.into()),
+            base_url: anthropic.base_url(),
+        },
+    );
+    // No key for gemini: the environment must not fill one in either.
+    llm.providers.insert(
+        "gemini".into(),
+        ProviderConfig {
+            kind: ProviderKind::Gemini,
+            api_key: Secret::default(),
+            base_url: "http://127.0.0.1:9".into(),
+        },
+    );
+    adjust(&mut cfg);
+    let gw = start(&cfg).await;
+    Setup {
+        keys,
+        _db: db,
+        _nats: nats,
+        redis,
+        openai,
+        anthropic,
+        gw,
+        http: reqwest::Client::new(),
+        cfg,
+    }
+}
+
+impl Setup {
+    fn token(&self, sub: &str, tenant: &str) -> String {
+        self.keys.token(sub, tenant, &["write:chat"])
+    }
+
+    async fn chat(&self, token: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
+        self.chat_at(&self.gw.base, token, body).await
+    }
+
+    /// A chat request to the gateway at `base`.
+    async fn chat_at(
+        &self,
+        base: &str,
+        token: &str,
+        body: Value,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let r = self
+            .http
+            .post(format!("{base}/api/v1/chat"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, r.json().await.unwrap_or(Value::Null), headers)
+    }
+
+    async fn metric(&self, line_prefix: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.gw.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// `(event, data)` pairs of an SSE body.
+fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = Some(e.trim().to_owned());
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            Some((event?, serde_json::from_str(&data).ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_routes_by_model_streams_sse_and_labels_offline_answers() {
+    let s = setup(|_| {}).await;
+    let token = s.token("alice", "acme");
+
+    // OpenAI by model name, with the key the server expects.
+    s.openai.push(Reply::text("hello from openai"));
+    let (status, reply, headers) = s
+        .chat(&token, json!({"model": "gpt-4o-mini", "message": "hi"}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["text"], "hello from openai");
+    assert_eq!(reply["provider"], "openai");
+    assert_eq!(reply["offline"], false);
+    assert!(reply.get("notice").is_none());
+    assert_eq!(headers["x-liquid-model-provider"], "openai");
+    let seen = s.openai.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer sk-local-openai")
+    );
+    assert_eq!(seen[0].body["messages"][0]["content"], "hi");
+
+    // Anthropic, streamed as server-sent events.
+    s.anthropic.push(Reply::text("streamed from claude"));
+    let r = s
+        .http
+        .post(format!("{}/api/v1/chat", s.gw.base))
+        .bearer_auth(&token)
+        .json(&json!({"model": "claude-sonnet-4-5", "message": "stream please", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = sse_events(&r.text().await.unwrap());
+    let text: String = events
+        .iter()
+        .filter(|(e, _)| e == "delta")
+        .map(|(_, d)| d["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(text, "streamed from claude");
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done");
+    assert_eq!(done["provider"], "anthropic");
+    assert_eq!(done["text"], "streamed from claude");
+    assert_eq!(s.anthropic.request_count(), 1);
+    assert_eq!(s.anthropic.requests()[0].body["stream"], true);
+
+    // No key for gemini: the offline provider answers and says so.
+    let (status, reply, headers) = s
+        .chat(
+            &token,
+            json!({"model": "gemini-2.5-flash", "message": "anyone there?"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["offline"], true);
+    assert_eq!(reply["provider"], "offline");
+    assert!(reply["text"].as_str().unwrap().starts_with("[offline]"));
+    assert!(reply["notice"].as_str().unwrap().contains("no API key"));
+    assert_eq!(headers["x-liquid-model-provider"], "offline");
+
+    // Unknown model, missing scope, malformed bodies.
+    let (status, reply, _) = s
+        .chat(&token, json!({"model": "llama-3", "message": "x"}))
+        .await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let reader = s.keys.token("bob", "acme", &["read:prices"]);
+    let (status, reply, _) = s
+        .chat(&reader, json!({"model": "gpt-4o-mini", "message": "x"}))
+        .await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (403, Some("permission_denied"))
+    );
+    // Streaming asks for the same scope: refused before any event is sent.
+    let r = s
+        .http
+        .post(format!("{}/api/v1/chat", s.gw.base))
+        .bearer_auth(&reader)
+        .header("accept", "text/event-stream")
+        .json(&json!({"model": "gpt-4o-mini", "message": "x", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "permission_denied");
+    // Forged, expired and wrong-audience tokens, as JSON and as a stream.
+    for (what, bad) in s.keys.refused() {
+        for stream in [false, true] {
+            let r = s
+                .http
+                .post(format!("{}/api/v1/chat", s.gw.base))
+                .bearer_auth(&bad)
+                .json(&json!({"model": "gpt-4o-mini", "message": "x", "stream": stream}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401, "{what} (stream: {stream})");
+        }
+    }
+    let (status, _, _) = s.chat(&token, json!({"model": "gpt-4o-mini"})).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = s
+        .chat(&token, json!({"session": "a b", "message": "x"}))
+        .await;
+    assert_eq!(status, 400);
+    // None of the refusals reached a vendor.
+    assert_eq!(s.openai.request_count(), 1);
+
+    // admin:* covers write:chat.
+    s.openai.push(Reply::text("hello admin"));
+    let admin = s.keys.token("root", "acme", &["admin:*"]);
+    let (status, reply, _) = s
+        .chat(
+            &admin,
+            json!({"model": "gpt-4o-mini", "message": "as admin"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["text"], "hello admin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_keep_history_per_tenant_and_publish_replies_on_the_session_channel() {
+    let s = setup(|_| {}).await;
+    let alice = s.token("alice", "acme");
+    let eve = s.token("eve", "globex");
+
+    let mut ws = ws_with_token(&s.gw.ws, &alice).await;
+    subscribe(&mut ws, "chat:s1").await;
+
+    s.openai.push(Reply::text("first answer"));
+    s.openai.push(Reply::text("second answer"));
+    s.openai.push(Reply::text("globex answer"));
+    let (status, reply, _) = s
+        .chat(
+            &alice,
+            json!({"session": "s1", "model": "gpt-4o-mini", "system": "be brief", "message": "one"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["session"], "s1");
+    let published = next_json(&mut ws).await;
+    assert_eq!(published["channel"], "chat:s1");
+    assert_eq!(published["data"]["type"], "reply");
+    assert_eq!(published["data"]["text"], "first answer");
+
+    let (_, reply, _) = s
+        .chat(&alice, json!({"session": "s1", "message": "two"}))
+        .await;
+    assert_eq!(reply["text"], "second answer");
+    // The second upstream call carried the session's history and its system prompt.
+    let second = &s.openai.requests()[1].body;
+    let contents: Vec<&str> = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(contents, ["be brief", "one", "first answer", "two"]);
+
+    // The same session id under another tenant is another conversation, and its reply is not
+    // published to acme's subscribers.
+    let (_, reply, _) = s
+        .chat(
+            &eve,
+            json!({"session": "s1", "model": "gpt-4o-mini", "message": "hello"}),
+        )
+        .await;
+    assert_eq!(reply["text"], "globex answer");
+    let third = &s.openai.requests()[2].body;
+    assert_eq!(third["messages"].as_array().unwrap().len(), 1);
+    let published = next_json(&mut ws).await;
+    assert_eq!(published["data"]["text"], "second answer");
+
+    // History, then forgetting the session.
+    let history: Value = s
+        .http
+        .get(format!("{}/api/v1/chat/sessions/s1", s.gw.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["turns"], 2);
+    assert_eq!(history["messages"].as_array().unwrap().len(), 4);
+    let r = s
+        .http
+        .delete(format!("{}/api/v1/chat/sessions/s1", s.gw.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s
+        .http
+        .get(format!("{}/api/v1/chat/sessions/s1", s.gw.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // Eve's session of the same id is untouched.
+    let r = s
+        .http
+        .get(format!("{}/api/v1/chat/sessions/s1", s.gw.base))
+        .bearer_auth(&eve)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_chat_acknowledges_then_streams_the_turn_to_the_session_channel() {
+    let s = setup(|_| {}).await;
+    let alice = s.token("alice", "acme");
+    let mut ws = ws_with_token(&s.gw.ws, &alice).await;
+    subscribe(&mut ws, "chat:w1").await;
+    s.anthropic.push(Reply::text("over the socket"));
+    send(
+        &mut ws,
+        json!({"type": "chat", "id": 5, "session": "w1",
+               "message": {"text": "hello socket", "model": "claude-sonnet-4-5"}}),
+    )
+    .await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["id"], 5);
+    assert_eq!(ack["data"]["channel"], "chat:w1");
+    let turn = ack["data"]["turn"].as_str().unwrap().to_owned();
+    let mut text = String::new();
+    loop {
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["type"], "message", "{m}");
+        assert_eq!(m["data"]["turn"], turn.as_str());
+        match m["data"]["type"].as_str().unwrap() {
+            "delta" => text.push_str(m["data"]["text"].as_str().unwrap()),
+            "reply" => {
+                assert_eq!(m["data"]["text"], "over the socket");
+                assert_eq!(m["data"]["provider"], "anthropic");
+                break;
+            }
+            other => panic!("unexpected {other}: {m}"),
+        }
+    }
+    assert_eq!(text, "over the socket");
+    assert_eq!(s.anthropic.request_count(), 1);
+
+    // A failing turn reports its error on the channel.
+    s.anthropic.push(Reply::failure(401, None));
+    send(
+        &mut ws,
+        json!({"type": "chat", "session": "w1", "message": "again"}),
+    )
+    .await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["type"], "ack");
+    let failed = next_json(&mut ws).await;
+    assert_eq!(failed["data"]["type"], "error", "{failed}");
+    assert_eq!(failed["data"]["code"], "unauthenticated");
+
+    // Without write:chat the action is refused.
+    let reader = s.keys.token("bob", "acme", &["read:prices"]);
+    let mut other = ws_with_token(&s.gw.ws, &reader).await;
+    send(
+        &mut other,
+        json!({"type": "chat", "session": "w1", "message": "x"}),
+    )
+    .await;
+    let refused = next_json(&mut other).await;
+    assert_eq!(refused["code"], "permission_denied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_requests_share_one_upstream_call_per_tenant_and_are_cached() {
+    const N: usize = 8;
+    let s = setup(|_| {}).await;
+    let acme = s.token("alice", "acme");
+    let globex = s.token("eve", "globex");
+    let body =
+        json!({"model": "gpt-4o-mini", "message": "what is 2+2?", "params": {"temperature": 0.0}});
+
+    s.openai.hold_replies();
+    s.openai.push(Reply::text("four"));
+    s.openai.push(Reply::text("four, for globex"));
+    let mut calls = Vec::new();
+    for i in 0..=N {
+        let token = if i == N { globex.clone() } else { acme.clone() };
+        let http = s.http.clone();
+        let url = format!("{}/api/v1/chat", s.gw.base);
+        let body = body.clone();
+        calls.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }));
+    }
+    // One more identical acme request, streamed: it shares the same call.
+    let streamed = {
+        let http = s.http.clone();
+        let url = format!("{}/api/v1/chat", s.gw.base);
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        let token = acme.clone();
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, sse_events(&r.text().await.unwrap()))
+        })
+    };
+    // Both tenants' calls reached the vendor; every other acme request joined acme's call.
+    s.openai
+        .wait_for_requests(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let joined = r#"liquid_gateway_coalescing_requests_total{outcome="joined"}"#;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while s.metric(joined).await < N as f64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the other requests never joined the call in flight");
+    s.openai.release_replies();
+
+    let mut acme_texts = Vec::new();
+    let mut outcomes = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        let (status, reply) = call.await.unwrap();
+        assert_eq!(status, 200, "{reply}");
+        if i == N {
+            assert_eq!(reply["coalesced"], "upstream");
+        } else {
+            acme_texts.push(reply["text"].as_str().unwrap().to_owned());
+            outcomes.push(reply["coalesced"].as_str().unwrap().to_owned());
+        }
+    }
+    let (status, events) = streamed.await.unwrap();
+    assert_eq!(status, 200);
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done", "{events:?}");
+    let deltas: String = events
+        .iter()
+        .filter(|(e, _)| e == "delta")
+        .map(|(_, d)| d["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(deltas, done["text"].as_str().unwrap());
+    acme_texts.push(deltas);
+    outcomes.push(done["coalesced"].as_str().unwrap().to_owned());
+    assert_eq!(
+        s.openai.request_count(),
+        2,
+        "exactly one upstream call per tenant"
+    );
+    assert_eq!(
+        s.openai.requests()[0].body["messages"][0]["content"],
+        "what is 2+2?"
+    );
+    let globex_text = if acme_texts[0] == "four" {
+        "four, for globex"
+    } else {
+        "four"
+    };
+    assert!(
+        acme_texts.iter().all(|t| *t == acme_texts[0]),
+        "{acme_texts:?}"
+    );
+    assert_ne!(acme_texts[0], globex_text);
+    assert_eq!(outcomes.iter().filter(|o| *o == "upstream").count(), 1);
+    assert_eq!(outcomes.iter().filter(|o| *o == "joined").count(), N);
+
+    // The answer is cached under the tenant's prefix in Redis, so a later identical request
+    // makes no call either.
+    let keys: Vec<String> = {
+        let mut c = s.redis.connection().await.unwrap();
+        let pattern = format!("liquid:gateway:{}acme:*", s.redis.prefix());
+        let mut cursor: u64 = 0;
+        let mut found = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            found.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        found
+    };
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (_, reply, headers) = s.chat(&acme, body.clone()).await;
+    assert_eq!(reply["coalesced"], "cached");
+    assert_eq!(headers["x-liquid-coalesced"], "cached");
+    assert_eq!(reply["text"], acme_texts[0]);
+    assert_eq!(s.openai.request_count(), 2);
+    // The cache is Redis, shared by the replicas: a second replica answers from it too.
+    let replica_b = start(&s.cfg).await;
+    let (status, reply, _) = s.chat_at(&replica_b.base, &acme, body.clone()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["coalesced"], "cached");
+    assert_eq!(reply["text"], acme_texts[0]);
+    assert_eq!(s.openai.request_count(), 2);
+
+    // Invalidation by prefix removes acme's answers only.
+    let removed: Value = s
+        .http
+        .delete(format!("{}/api/v1/chat/cache", s.gw.base))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(removed["removed"], 1);
+    let (_, reply, _) = s.chat(&globex, body.clone()).await;
+    assert_eq!(reply["coalesced"], "cached", "globex's answer survived");
+    // Invalidated for every replica: replica B asks upstream, and replica A then has B's answer.
+    s.openai.push(Reply::text("four again"));
+    let (_, reply, _) = s.chat_at(&replica_b.base, &acme, body.clone()).await;
+    assert_eq!(reply["coalesced"], "upstream");
+    assert_eq!(reply["text"], "four again");
+    let (_, reply, _) = s.chat(&acme, body).await;
+    assert_eq!(reply["coalesced"], "cached");
+    assert_eq!(reply["text"], "four again");
+    assert_eq!(s.openai.request_count(), 3);
+}

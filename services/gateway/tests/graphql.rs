@@ -1,0 +1,446 @@
+//! GraphQL through a real gateway with real peers started in the test: the a2a service and
+//! container-pool (process runtime) on SQLite, the gateway on PostgreSQL and NATS. What a
+//! client sees: each service's status from its own gRPC `GetInfo` with the caller's token,
+//! agents and tasks from a2a, the container pool's status, prices and chat, subscriptions over
+//! `graphql-transport-ws`, the same scopes as REST, clear errors for services that are missing
+//! or down, and the depth limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use liquid_kit::RunningService;
+use liquid_runtime::{Peer, ServiceConfig};
+use liquid_testkit::nats::NatsServer;
+use liquid_testkit::postgres::TestDatabase;
+use serde_json::{Value, json};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+struct Peers {
+    _dir: tempfile::TempDir,
+    _a2a: RunningService,
+    _pool: RunningService,
+    a2a: Peer,
+    pool: Peer,
+}
+
+async fn peers(keys: &Keys) -> Peers {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a2a = ServiceConfig::<<liquid_a2a_service::A2a as liquid_runtime::Service>::Settings>::defaults_for(
+        &liquid_a2a_service::SERVICE,
+    );
+    a2a.server = a2a.server.ephemeral();
+    a2a.database.url = format!("sqlite://{}/a2a.db", dir.path().display());
+    a2a.auth = keys.auth.clone();
+    let a2a_running =
+        liquid_runtime::start::<liquid_a2a_service::A2a>(&a2a, CancellationToken::new())
+            .await
+            .unwrap();
+    let mut pool = ServiceConfig::<
+        <liquid_container_pool::ContainerPool as liquid_runtime::Service>::Settings,
+    >::defaults_for(&liquid_container_pool::SERVICE);
+    pool.server = pool.server.ephemeral();
+    pool.database.url = format!("sqlite://{}/pool.db", dir.path().display());
+    pool.auth = keys.auth.clone();
+    pool.settings.pool.runtime = liquid_container_pool::config::RuntimeChoice::Process;
+    pool.settings.pool.name = format!("gw-graphql-{}", uuid::Uuid::now_v7().simple());
+    pool.settings.pool.process_root = dir.path().join("procs").display().to_string();
+    let pool_running = liquid_runtime::start::<liquid_container_pool::ContainerPool>(
+        &pool,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let peer = |r: &RunningService| Peer {
+        http: format!("http://{}", r.http_addr()),
+        grpc: format!("http://{}", r.grpc_addr().unwrap()),
+    };
+    Peers {
+        a2a: peer(&a2a_running),
+        pool: peer(&pool_running),
+        _a2a: a2a_running,
+        _pool: pool_running,
+        _dir: dir,
+    }
+}
+
+async fn query(gw: &Gateway, token: &str, q: &str, variables: Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/graphql", gw.base))
+        .bearer_auth(token)
+        .json(&json!({"query": q, "variables": variables}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn error_codes(v: &Value) -> Vec<String> {
+    v["errors"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| e["extensions"]["code"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_reach_the_services_with_the_callers_token_and_name_what_is_missing() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let peers = peers(&keys).await;
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    cfg.peers.insert("a2a".into(), peers.a2a.clone());
+    cfg.peers
+        .insert("container_pool".into(), peers.pool.clone());
+    // cowork is configured but down; healer has no gRPC address at all.
+    cfg.peers.insert(
+        "cowork".into(),
+        Peer {
+            http: "http://127.0.0.1:9".into(),
+            grpc: "http://127.0.0.1:9".into(),
+        },
+    );
+    cfg.peers.insert(
+        "healer".into(),
+        Peer {
+            http: "http://127.0.0.1:9".into(),
+            grpc: String::new(),
+        },
+    );
+    let gw = start(&cfg).await;
+    let admin = keys.token("alice", "acme", &["admin:*"]);
+
+    // Status: every configured service asked over gRPC with alice's token.
+    let v = query(
+        &gw,
+        &admin,
+        "{ status { service reachable info { version caller backends { role kind } } } }",
+        json!({}),
+    )
+    .await;
+    let status = v["data"]["status"].as_array().unwrap();
+    let by_name = |n: &str| status.iter().find(|s| s["service"] == n).unwrap().clone();
+    for up in ["gateway", "a2a", "container-pool"] {
+        let s = by_name(up);
+        assert_eq!(s["reachable"], true, "{up}: {v}");
+        assert_eq!(
+            s["info"]["caller"], "alice",
+            "{up} verified the forwarded token"
+        );
+    }
+    assert_eq!(by_name("a2a")["info"]["backends"][0]["role"], "bus");
+    let down = by_name("cowork");
+    assert_eq!(down["reachable"], false);
+    assert!(down["info"].is_null());
+    let cowork_error = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["message"].as_str().unwrap().contains("cowork"))
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(cowork_error["extensions"]["code"], "unavailable");
+    assert!(
+        status.iter().all(|s| s["service"] != "healer"),
+        "a service without a gRPC address is not asked"
+    );
+    let v = query(
+        &gw,
+        &admin,
+        r#"{ service(name: "healer") { reachable info { version } } }"#,
+        json!({}),
+    )
+    .await;
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not configured"),
+        "{v}"
+    );
+    let v = query(
+        &gw,
+        &admin,
+        r#"{ service(name: "nope") { reachable } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(error_codes(&v), ["not_found"]);
+
+    // Agents from a2a's cards, named at the gateway's address.
+    let v = query(
+        &gw,
+        &admin,
+        "{ agents { agent name streaming interfaces { url binding } } }",
+        json!({}),
+    )
+    .await;
+    let agents = v["data"]["agents"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"));
+    let names: Vec<&str> = agents
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["", "echo", "tck"]);
+    let host = gw.base.trim_start_matches("http://");
+    let echo_jsonrpc = agents[1]["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["binding"] == "JSONRPC")
+        .unwrap();
+    assert_eq!(
+        echo_jsonrpc["url"],
+        format!("http://{host}/agents/echo/a2a")
+    );
+
+    // A message to the echo agent, then its task among alice's tasks.
+    let v = query(
+        &gw,
+        &admin,
+        r#"mutation { sendAgentMessage(agent: "echo", text: "ping through graphql") { task { id state } messageText } }"#,
+        json!({}),
+    )
+    .await;
+    let task = &v["data"]["sendAgentMessage"]["task"];
+    let id = task["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned();
+    let v = query(
+        &gw,
+        &admin,
+        r#"query($id: String!) { tasks(agent: "echo") { tasks { id } totalSize } task(id: $id, agent: "echo") { id state json } }"#,
+        json!({"id": id}),
+    )
+    .await;
+    let listed: Vec<&str> = v["data"]["tasks"]["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&id.as_str()), "{v}");
+    let fetched = &v["data"]["task"];
+    assert_eq!(fetched["state"], "TASK_STATE_COMPLETED");
+    assert!(fetched["json"].to_string().contains("ping through graphql"));
+
+    // The container pool's status over its gRPC API.
+    let v = query(
+        &gw,
+        &admin,
+        "{ containers { runtime templates { name } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(v["data"]["containers"]["runtime"], "process", "{v}");
+    assert_eq!(v["data"]["containers"]["templates"][0]["name"], "default");
+
+    // Chat through GraphQL: the offline provider (no keys here) answers, labelled.
+    let v = query(
+        &gw,
+        &admin,
+        r#"mutation { chat(input: {message: "hello graphql", model: "offline"}) { text offline provider notice coalesced } }"#,
+        json!({}),
+    )
+    .await;
+    let chat = &v["data"]["chat"];
+    assert_eq!(chat["offline"], true, "{v}");
+    assert!(chat["text"].as_str().unwrap().contains("hello graphql"));
+    assert!(chat["notice"].as_str().unwrap().contains("offline"));
+
+    // The same scopes as REST: the gateway's fields and the services' both refuse.
+    let reader = keys.token("bob", "acme", &["read:prices"]);
+    let v = query(
+        &gw,
+        &reader,
+        r#"mutation { chat(input: {message: "x", model: "offline"}) { text } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(error_codes(&v), ["permission_denied"]);
+    let v = query(&gw, &reader, "{ containers { runtime } }", json!({})).await;
+    assert_eq!(error_codes(&v), ["permission_denied"], "{v}");
+    let v = query(
+        &gw,
+        &reader,
+        r#"{ tasks(agent: "echo") { totalSize } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(error_codes(&v), ["permission_denied"], "{v}");
+    let v = query(&gw, &reader, "{ prices { symbol } }", json!({})).await;
+    assert!(v["errors"].is_null(), "{v}");
+
+    // Refused tokens never reach the schema.
+    for (what, token) in keys.refused() {
+        let r = reqwest::Client::new()
+            .post(format!("{}/graphql", gw.base))
+            .bearer_auth(&token)
+            .json(&json!({"query": "{ whoami { subject } }"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+    }
+
+    // Depth limit.
+    let mut deep = "name".to_owned();
+    for _ in 0..12 {
+        deep = format!("ofType {{ {deep} }}");
+    }
+    let deep = format!("{{ __schema {{ types {{ fields {{ type {{ {deep} }} }} }} }} }}");
+    let v = query(&gw, &admin, &deep, json!({})).await;
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nested too deep"),
+        "{v}"
+    );
+
+    // Complexity limit: a field that calls a service costs more than a plain field, so a
+    // shallow query fanning out to a hundred service calls is refused before any is made,
+    // while the same number of plain fields passes.
+    let fan_out: String = (0..101)
+        .map(|i| format!("c{i}: containers {{ runtime }} "))
+        .collect();
+    let v = query(&gw, &admin, &format!("{{ {fan_out} }}"), json!({})).await;
+    assert!(v["data"].is_null(), "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("too complex"),
+        "{v}"
+    );
+    let plain: String = (0..101)
+        .map(|i| format!("w{i}: whoami {{ subject }} "))
+        .collect();
+    let v = query(&gw, &admin, &format!("{{ {plain} }}"), json!({})).await;
+    assert!(v["errors"].is_null(), "{v}");
+    assert_eq!(v["data"]["w100"]["subject"], "alice");
+}
+
+async fn gql_ws(gw: &Gateway, headers: &[(&str, &str)]) -> Ws {
+    let url = gw.ws.replace("/ws", "/graphql");
+    let mut all = vec![("sec-websocket-protocol", "graphql-transport-ws")];
+    all.extend_from_slice(headers);
+    ws_connect(&url, &all).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_stream_prices_and_chat_over_graphql_transport_ws() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    cfg.settings.prices.simulated_feed = true;
+    cfg.settings.prices.tick_ms = 50;
+    let gw = start(&cfg).await;
+    let token = keys.token("alice", "acme", &["read:prices", "write:chat"]);
+
+    // Token in connection_init.
+    let mut ws = gql_ws(&gw, &[]).await;
+    send(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({"id": "p", "type": "subscribe", "payload": {"query": r#"subscription { prices(symbols: ["BTC-USD"]) { symbol price source } }"#}}),
+    )
+    .await;
+    let tick = next_json(&mut ws).await;
+    assert_eq!(tick["type"], "next", "{tick}");
+    assert_eq!(tick["payload"]["data"]["prices"]["symbol"], "BTC-USD");
+    assert_eq!(tick["payload"]["data"]["prices"]["source"], "simulated");
+    send(&mut ws, json!({"id": "p", "type": "complete"})).await;
+
+    // A streamed chat turn: deltas, then the labelled answer.
+    send(
+        &mut ws,
+        json!({"id": "c", "type": "subscribe", "payload": {"query": r#"subscription { chatStream(input: {message: "stream me", model: "offline", session: "g1"}) { kind text reply { offline text session } } }"#}}),
+    )
+    .await;
+    let mut text = String::new();
+    let done = loop {
+        let m = next_json(&mut ws).await;
+        if m["id"] != "c" {
+            continue;
+        }
+        assert_eq!(m["type"], "next", "{m}");
+        let event = &m["payload"]["data"]["chatStream"];
+        if event["kind"] == "done" {
+            break event["reply"].clone();
+        }
+        assert_eq!(event["kind"], "delta");
+        text.push_str(event["text"].as_str().unwrap());
+    };
+    assert_eq!(done["offline"], true);
+    assert_eq!(done["session"], "g1");
+    assert_eq!(done["text"].as_str().unwrap(), text);
+
+    // Scope checked per subscription: a prices-only token may not stream chat.
+    let reader = keys.token("bob", "acme", &["read:prices"]);
+    let auth = format!("Bearer {reader}");
+    let mut ws = gql_ws(&gw, &[("authorization", &auth)]).await;
+    send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({"id": "x", "type": "subscribe", "payload": {"query": r#"subscription { chatMessages(session: "g1") }"#}}),
+    )
+    .await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["type"], "next", "{refused}");
+    assert!(refused["payload"]["data"].is_null());
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"],
+        "permission_denied"
+    );
+
+    // A forged token in connection_init closes the socket; at connect it is a 401.
+    let mut ws = gql_ws(&gw, &[]).await;
+    send(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", keys.forged())}}),
+    )
+    .await;
+    assert_eq!(close_code(&mut ws).await, 4403);
+    let forged = format!("Bearer {}", keys.forged());
+    let url = gw.ws.replace("/ws", "/graphql");
+    assert_eq!(
+        ws_connect(
+            &url,
+            &[
+                ("sec-websocket-protocol", "graphql-transport-ws"),
+                ("authorization", &forged)
+            ]
+        )
+        .await
+        .err(),
+        Some(401)
+    );
+}
