@@ -4,9 +4,8 @@
 #                            use, so no second compile) plus the shared libraries `ldd` lists at
 #                            their paths (libc, libgcc_s, the dynamic loader), /etc/passwd with the
 #                            non-root user 10001, /tmp, CA certificates; entrypoint the binary.
-#   liquid/pool-base:<hash>  the container-pool's base: static busybox with its applet symlinks,
-#                            tagged with the first 12 hex digits of the rootfs tar's sha256 (and
-#                            liquid/pool-base:latest pointing at it).
+# The container-pool's base image (liquid/pool-base:<hash>) is not built here: the service builds
+# and verifies it at start-up (services/container-pool/src/runtime/image.rs), the one builder.
 # Each rootfs is tarred deterministically (sorted names, mtime 0, numeric owners) and loaded with
 # `docker import`. An image whose io.liquid.content-sha256 label already matches what would be
 # imported is left alone, so a second run only pays for the tarring.
@@ -14,7 +13,7 @@
 # usage: scripts/images.sh [--no-build] [--smoke] [SERVICE...]
 #   --no-build  use the binaries already in $CARGO_TARGET_DIR/debug
 #   --smoke     start each service image on a random loopback port and wait for /healthz
-#   SERVICE     gateway a2a cowork container-pool healer registry media pool-base (default: all)
+#   SERVICE     gateway a2a cowork container-pool healer registry media (default: all)
 set -euo pipefail
 umask 022
 cd "$(dirname "$0")/.."
@@ -50,7 +49,6 @@ for arg in "$@"; do
 done
 want() { [ ${#wanted[@]} -eq 0 ] && return 0; local w; for w in "${wanted[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
 for w in "${wanted[@]+"${wanted[@]}"}"; do
-  [ "$w" = pool-base ] && continue
   printf '%s\n' "${SERVICES[@]}" | awk '{print $1}' | grep -qx "$w" || die "unknown service $w"
 done
 
@@ -172,40 +170,7 @@ for s in "${SERVICES[@]}"; do
   rm -f "$tar"
 done
 
-# 3. Pool base image: static busybox, its applets as symlinks to /bin/busybox.
-if want pool-base; then
-  t0=$(now)
-  busybox=/bin/busybox
-  [ -x "$busybox" ] || die "$busybox not found: run 'make deps' (busybox-static)"
-  ! ldd "$busybox" >/dev/null 2>&1 || die "$busybox is dynamically linked: install busybox-static"
-  root="$work/pool-base.rootfs"
-  rm -rf "$root"
-  mkdir -p "$root/bin"
-  cp "$busybox" "$root/bin/busybox"
-  # --install -s inside the rootfs, so the links point at /bin/busybox as the container sees it.
-  chroot "$root" /bin/busybox --install -s /bin
-  base_files "$root"
-  mkdir -p "$root/workspace"
-  chown "$uid:$uid" "$root/workspace"
-  tar="$work/pool-base.tar"
-  det_tar "$root" "$tar"
-  rm -rf "$root"
-  hash=$(sha256sum "$tar" | cut -d' ' -f1)
-  tag="liquid/pool-base:${hash:0:12}"
-  if docker image inspect "$tag" >/dev/null 2>&1; then
-    state=current
-  else
-    docker import --change 'CMD ["/bin/sh"]' --change 'WORKDIR /workspace' \
-      --change "LABEL io.liquid.content-sha256=$hash" "$tar" "$tag" >/dev/null
-    state=built
-  fi
-  docker tag "$tag" liquid/pool-base:latest
-  printf '  %-8s %-32s %6s  content %s  (%s)\n' "$state" "$tag" "$(du -h "$tar" | cut -f1)" "${hash:0:12}" "$(since "$t0")"
-  echo "$tag" >"$work/pool-base.tag"
-  rm -f "$tar"
-fi
-
-# 4. Optional smoke test: each service image starts and answers /healthz.
+# 3. Optional smoke test: each service image starts and answers /healthz.
 if $smoke; then
   for s in "${SERVICES[@]}"; do
     read -r name bin http _ <<<"$s"
