@@ -51,6 +51,11 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Cowork's versioned prompts and agent directives.
+    Directives {
+        #[command(subcommand)]
+        action: DirectivesAction,
+    },
     /// Apply every service's migrations to its configured database and exit.
     Migrate {
         /// Data directory used for the embedded SQLite defaults.
@@ -63,6 +68,34 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DirectivesAction {
+    /// Check every file against its manifest.json SHA-256 (the check cowork runs at start-up)
+    /// and list every problem; exits 1 when there is one.
+    Verify {
+        /// A directives directory (cowork's `directives.dir`); without it, the directives built
+        /// into this binary.
+        dir: Option<PathBuf>,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `liquid directives verify`: prints the report; `Ok(false)` when it found problems.
+fn verify_directives(dir: Option<&std::path::Path>, json: bool) -> anyhow::Result<bool> {
+    let report = match dir {
+        Some(d) => liquid_cowork::directives::verify(d)?,
+        None => liquid_cowork::directives::verify_builtin()?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(report.is_ok())
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -107,6 +140,13 @@ async fn main() -> ExitCode {
             service,
             config,
         } => embedded::migrate(&data_dir, service.as_deref(), config.as_deref()).await,
+        Command::Directives {
+            action: DirectivesAction::Verify { dir, json },
+        } => match verify_directives(dir.as_deref(), json) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

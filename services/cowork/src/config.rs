@@ -1,7 +1,9 @@
 //! The cowork service's own configuration sections, beside the shared ones: `[sandbox]`
 //! (where staging sandboxes live, which source directories a tenant may stage, how long a
-//! sandbox lives) and `[permissions]` (the permission pipeline's blocked prefixes, extensions,
-//! capabilities and size limits).
+//! sandbox lives), `[permissions]` (the permission pipeline's blocked prefixes, extensions,
+//! capabilities and size limits), `[llm]` (model clients), `[planner]` (model and the
+//! specialists' file patterns), `[directives]`, `[executor]` (how steps run in containers) and
+//! `[agents]` (the agent manager's concurrency, heartbeats and retries).
 //!
 //! Environment keys follow the platform (`LIQUID_COWORK__SANDBOX__ROOT`,
 //! `LIQUID_COWORK__PERMISSIONS__MAX_FILE_BYTES`). Every section rejects unknown keys and
@@ -12,7 +14,10 @@ use std::collections::BTreeMap;
 use liquid_kit::config::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::decompose::{DomainRule, default_rules};
+use crate::domain::glob::check_pattern;
 use crate::domain::permission::Capability;
+use liquid_llm::LlmConfig;
 
 /// All of the service's own sections.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -22,6 +27,133 @@ pub struct CoworkSettings {
     pub sandbox: SandboxSection,
     /// `[permissions]`.
     pub permissions: PermissionSection,
+    /// `[llm]`: the model clients of the planner and the built-in agent (see liquid-llm).
+    pub llm: LlmConfig,
+    /// `[planner]`.
+    pub planner: PlannerSection,
+    /// `[directives]`.
+    pub directives: DirectivesSection,
+    /// `[executor]`.
+    pub executor: ExecutorSection,
+    /// `[agents]`: the agent manager.
+    pub agents: AgentsSection,
+}
+
+/// `[planner]`: how plans are made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlannerSection {
+    /// Model of the planner; empty means `llm.default_model`. When it routes to the offline
+    /// provider (no key), the deterministic offline planner plans instead.
+    pub model: String,
+    /// Specialists and the file patterns they own, in precedence order.
+    pub domains: Vec<DomainRule>,
+    /// Model answers tried per plan (the later ones are told what was wrong).
+    pub max_attempts: u32,
+    /// Most workspace paths listed in the planner's prompt.
+    pub max_listed_files: usize,
+}
+
+impl Default for PlannerSection {
+    fn default() -> Self {
+        PlannerSection {
+            model: String::new(),
+            domains: default_rules(),
+            max_attempts: 2,
+            max_listed_files: 400,
+        }
+    }
+}
+
+/// `[directives]`: where the prompts and agent directives come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectivesSection {
+    /// A directory with `manifest.json` (verified at start-up); empty means the copies built
+    /// into the binary (verified as well).
+    pub dir: String,
+}
+
+/// `[executor]`: how a step runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorSection {
+    /// Model of the built-in agent; empty means `llm.default_model`.
+    pub agent_model: String,
+    /// Most model turns of the built-in agent per step.
+    pub max_turns: u32,
+    /// Container-pool template steps run in.
+    pub template: String,
+    /// Where the sandbox is mounted in the container (container-pool's staging mount).
+    pub container_workdir: String,
+    /// Longest a step may run.
+    pub step_timeout_secs: u64,
+    /// Longest one `run_command`.
+    pub command_timeout_secs: u64,
+    /// Most bytes of a tool's output the model sees.
+    pub max_tool_output_bytes: usize,
+    /// Largest artifact kept (patches, files, logs are cut there, and say so).
+    pub max_artifact_bytes: usize,
+    /// PKCS#8 PEM private key whose service tokens container-pool trusts (the same issuer and
+    /// audience this service verifies). Without it steps fail with a reason saying so.
+    pub service_key_file: String,
+    /// Ask container-pool's task analyzer for a coding CLI first (RunAgent); the built-in
+    /// agent runs when it picks none.
+    pub use_runners: bool,
+}
+
+impl Default for ExecutorSection {
+    fn default() -> Self {
+        ExecutorSection {
+            agent_model: String::new(),
+            max_turns: 24,
+            template: "default".into(),
+            container_workdir: "/mnt/staging".into(),
+            step_timeout_secs: 1800,
+            command_timeout_secs: 120,
+            max_tool_output_bytes: 16 * 1024,
+            max_artifact_bytes: 1024 * 1024,
+            service_key_file: String::new(),
+            use_runners: true,
+        }
+    }
+}
+
+/// `[agents]`: the agent manager's queue, concurrency, heartbeats and retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsSection {
+    /// Agents one replica runs at once.
+    pub max_concurrency: usize,
+    /// How often a running agent reports (and renews its lease).
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which an agent is declared dead and its step retried.
+    pub heartbeat_timeout_ms: u64,
+    /// Attempts per step (the first included).
+    pub max_attempts: u32,
+    /// Back-off before the first retry (doubling, with jitter).
+    pub retry_base_ms: u64,
+    /// Longest back-off.
+    pub retry_cap_ms: u64,
+    /// How often an idle replica looks at the queue.
+    pub poll_interval_ms: u64,
+    /// How often `queue:stats` and the gauges are refreshed.
+    pub stats_interval_ms: u64,
+}
+
+impl Default for AgentsSection {
+    fn default() -> Self {
+        AgentsSection {
+            max_concurrency: 4,
+            heartbeat_interval_ms: 5_000,
+            heartbeat_timeout_ms: 30_000,
+            max_attempts: 3,
+            retry_base_ms: 1_000,
+            retry_cap_ms: 60_000,
+            poll_interval_ms: 500,
+            stats_interval_ms: 10_000,
+        }
+    }
 }
 
 /// How staging sandboxes are copied from their source.
@@ -195,6 +327,93 @@ impl Validate for CoworkSettings {
                 format!("must be at least max_file_bytes ({})", p.max_file_bytes),
             ));
         }
+        self.llm.validate_at("llm")?;
+        let pl = &self.planner;
+        if pl.domains.is_empty() {
+            return Err(ConfigError::invalid(
+                "planner.domains",
+                "must list at least one domain",
+            ));
+        }
+        for (i, d) in pl.domains.iter().enumerate() {
+            let ok = !d.name.is_empty()
+                && d.name.len() <= 32
+                && d.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("planner.domains[{i}].name"),
+                    "1 to 32 of a-z, 0-9, `_`, `-`",
+                ));
+            }
+            for (j, p) in d.patterns.iter().enumerate() {
+                check_pattern(p).map_err(|e| {
+                    ConfigError::invalid(format!("planner.domains[{i}].patterns[{j}]"), e)
+                })?;
+            }
+        }
+        if pl.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "planner.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        let e = &self.executor;
+        for (key, v) in [
+            ("executor.max_turns", u64::from(e.max_turns)),
+            ("executor.step_timeout_secs", e.step_timeout_secs),
+            ("executor.command_timeout_secs", e.command_timeout_secs),
+            (
+                "executor.max_tool_output_bytes",
+                e.max_tool_output_bytes as u64,
+            ),
+            ("executor.max_artifact_bytes", e.max_artifact_bytes as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if !e.container_workdir.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "executor.container_workdir",
+                "must be an absolute path inside the container",
+            ));
+        }
+        if e.template.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "executor.template",
+                "must name a container-pool template",
+            ));
+        }
+        let a = &self.agents;
+        for (key, v) in [
+            ("agents.max_concurrency", a.max_concurrency as u64),
+            ("agents.heartbeat_interval_ms", a.heartbeat_interval_ms),
+            ("agents.max_attempts", u64::from(a.max_attempts)),
+            ("agents.retry_base_ms", a.retry_base_ms),
+            ("agents.poll_interval_ms", a.poll_interval_ms),
+            ("agents.stats_interval_ms", a.stats_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if a.heartbeat_timeout_ms < a.heartbeat_interval_ms.saturating_mul(2) {
+            return Err(ConfigError::invalid(
+                "agents.heartbeat_timeout_ms",
+                format!(
+                    "must be at least twice agents.heartbeat_interval_ms ({})",
+                    a.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if a.retry_cap_ms < a.retry_base_ms {
+            return Err(ConfigError::invalid(
+                "agents.retry_cap_ms",
+                "must be at least agents.retry_base_ms",
+            ));
+        }
         Ok(())
     }
 }
@@ -223,6 +442,18 @@ mod tests {
         s.sandbox.workspace_roots.clear();
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("sandbox.workspace_roots"), "{err}");
+        let mut s = CoworkSettings::default();
+        s.planner.domains[1].patterns.push("/abs/**".into());
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("planner.domains[1].patterns[2]"), "{err}");
+        let mut s = CoworkSettings::default();
+        s.agents.heartbeat_timeout_ms = s.agents.heartbeat_interval_ms;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("agents.heartbeat_timeout_ms"), "{err}");
+        let mut s = CoworkSettings::default();
+        s.executor.container_workdir = "rel".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("executor.container_workdir"), "{err}");
     }
 
     #[test]

@@ -74,6 +74,45 @@ pub enum CoworkError {
     /// The service is shutting down.
     #[error("the cowork service is shutting down")]
     ShuttingDown,
+    /// No such session (or agent, step, artifact) for this tenant.
+    #[error("no {what} `{id}` for this tenant")]
+    NotFound {
+        /// `session`, `agent`, ...
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// A plan failed validation.
+    #[error("the plan is not valid: {}", .issues.iter().map(|i| format!("{}: {}", i.field, i.reason)).collect::<Vec<_>>().join("; "))]
+    InvalidPlan {
+        /// Every problem, with its field.
+        issues: Vec<crate::domain::plan::PlanIssue>,
+    },
+    /// A directive file failed verification (start-up stops, naming the file).
+    #[error("directive {file}: {reason}")]
+    Directive {
+        /// The file, relative to the directives directory.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A model call failed.
+    #[error("model: {0}")]
+    Model(#[from] liquid_llm::LlmError),
+    /// A call to container-pool failed.
+    #[error("container-pool: {message}")]
+    Pool {
+        /// The platform code the pool answered with.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// The work was cancelled (session cancelled, agent terminated).
+    #[error("{0}")]
+    Cancelled(String),
+    /// The executor cannot reach container-pool (no service key, bad peer address).
+    #[error("{0}")]
+    ExecutorUnavailable(String),
 }
 
 impl CoworkError {
@@ -82,6 +121,14 @@ impl CoworkError {
         CoworkError::InvalidArgument {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`CoworkError::NotFound`].
+    pub fn not_found(what: &'static str, id: impl std::fmt::Display) -> Self {
+        CoworkError::NotFound {
+            what,
+            id: id.to_string(),
         }
     }
 
@@ -111,6 +158,13 @@ impl HasErrorCode for CoworkError {
             CoworkError::Corrupt(_) => ErrorCode::Internal,
             CoworkError::Auth(e) => e.error_code(),
             CoworkError::ShuttingDown => ErrorCode::Unavailable,
+            CoworkError::NotFound { .. } => ErrorCode::NotFound,
+            CoworkError::InvalidPlan { .. } => ErrorCode::InvalidArgument,
+            CoworkError::Directive { .. } => ErrorCode::InvalidConfig,
+            CoworkError::Model(e) => e.error_code(),
+            CoworkError::Pool { code, .. } => *code,
+            CoworkError::ExecutorUnavailable(_) => ErrorCode::Unavailable,
+            CoworkError::Cancelled(_) => ErrorCode::Cancelled,
         }
     }
 }
@@ -128,6 +182,8 @@ impl From<&CoworkError> for ApiError {
             CoworkError::InvalidArgument { field, .. } => {
                 base.with_details(json!({ "field": field }))
             }
+            CoworkError::InvalidPlan { issues } => base.with_details(json!({ "issues": issues })),
+            CoworkError::Directive { file, .. } => base.with_details(json!({ "file": file })),
             _ => base,
         }
     }

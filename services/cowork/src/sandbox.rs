@@ -1019,6 +1019,21 @@ impl StagingSandboxes {
                 "container `{current}` is attached; detach it first"
             )));
         }
+        let copied = self.materialize(&row).await?;
+        self.inner
+            .store
+            .set_container(&caller.tenant, id, Some(container_id), Utc::now())
+            .await?;
+        let mut a = self.record(caller, &row, "container.attach", "ok");
+        a.detail = json!({ "container_id": container_id, "materialized": copied });
+        self.audit(vec![a]).await;
+        self.inspect(caller, id).await
+    }
+
+    /// Copies the work files still hard-linked to the source, so a container that writes in
+    /// place cannot reach the source; returns how many were copied.
+    async fn materialize(&self, row: &SandboxRow) -> Result<u64, CoworkError> {
+        let id = row.sandbox_id;
         let mut baseline = self.baseline(id).await?;
         let work = PathBuf::from(&row.work_path);
         let (copied, baseline) = tokio::task::spawn_blocking(move || {
@@ -1035,14 +1050,35 @@ impl StagingSandboxes {
                 .map_err(|e| CoworkError::Corrupt(e.to_string()))?;
             self.inner.store.put_manifest(id, "baseline", &body).await?;
         }
-        self.inner
-            .store
-            .set_container(&caller.tenant, id, Some(container_id), Utc::now())
-            .await?;
-        let mut a = self.record(caller, &row, "container.attach", "ok");
-        a.detail = json!({ "container_id": container_id, "materialized": copied });
-        self.audit(vec![a]).await;
-        self.inspect(caller, id).await
+        Ok(copied)
+    }
+
+    /// Readies an active sandbox to be mounted into containers (the executor mounts one
+    /// sandbox into every step's container): hard-linked files are copied first, and the
+    /// sandbox is watched by this replica. Idempotent.
+    pub async fn prepare_for_containers(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<SandboxRow, CoworkError> {
+        let row = self.get(caller, id).await?;
+        row.state
+            .after(Transition::Touch)
+            .map_err(CoworkError::FailedPrecondition)?;
+        let copied = self.materialize(&row).await?;
+        if row.live_instance != Some(self.inner.instance) {
+            self.inner.watcher.watch(id, &self.dir_of(&row), false);
+            self.inner
+                .store
+                .set_live(&caller.tenant, id, self.inner.instance, Utc::now())
+                .await?;
+        }
+        if copied > 0 {
+            let mut a = self.record(caller, &row, "sandbox.prepare", "ok");
+            a.detail = json!({ "materialized": copied });
+            self.audit(vec![a]).await;
+        }
+        Ok(row)
     }
 
     /// Clears the attached container.

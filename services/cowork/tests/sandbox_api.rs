@@ -484,7 +484,7 @@ async fn lifecycle(db_url: &str) {
         .unwrap();
     let dashboard: Value = serde_json::from_slice(
         &std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/cowork.json"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/cowork/dashboards/cowork.json"),
         )
         .unwrap(),
     )

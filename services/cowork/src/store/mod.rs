@@ -5,6 +5,8 @@
 //! change of a tenant's data filters on the tenant.
 
 mod postgres;
+pub mod sessions;
+mod sessions_sql;
 mod sqlite;
 
 use std::sync::Arc;
@@ -19,6 +21,8 @@ use crate::domain::state::SandboxState;
 use crate::error::CoworkError;
 
 pub use postgres::PostgresSandboxStore;
+pub use sessions::SessionStore;
+pub use sessions_sql::{PostgresSessionStore, SqliteSessionStore};
 pub use sqlite::SqliteSandboxStore;
 
 /// A sandbox as stored.
@@ -245,6 +249,14 @@ pub fn for_database(database: &Database) -> Arc<dyn SandboxStore> {
     match database {
         Database::Postgres(pool) => Arc::new(PostgresSandboxStore::new(pool.clone())),
         Database::Sqlite(pool) => Arc::new(SqliteSandboxStore::new(pool.clone())),
+    }
+}
+
+/// The session store for the service's database.
+pub fn sessions_for_database(database: &Database) -> Arc<dyn SessionStore> {
+    match database {
+        Database::Postgres(pool) => Arc::new(PostgresSessionStore::new(pool.clone())),
+        Database::Sqlite(pool) => Arc::new(SqliteSessionStore::new(pool.clone())),
     }
 }
 

@@ -1,0 +1,181 @@
+//! The real `liquid-cowork` binary killed (SIGKILL) in the middle of a step resumes after a
+//! restart: the step's agent falls silent, the restarted service declares it dead
+//! (`agent:health` dead), retries the step with a new agent in a new container, and the
+//! session completes with exactly the retried agent's change staged.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod stack;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use liquid_testkit::model_servers::{CannedMessage, ModelServer, Reply};
+use serde_json::json;
+use stack::{Api, Dirs, diff_paths, keys};
+
+fn call(name: &str, args: serde_json::Value) -> Reply {
+    Reply::Message(CannedMessage::text("").with_tool_call(name, args))
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn spawn(config: &Path, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_liquid-cowork"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(base: &str, log: &Path) {
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "liquid-cowork did not come up: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_service_killed_mid_step_resumes_after_a_restart() {
+    let keys = keys();
+    let dirs = Dirs::new();
+    let ws = dirs.workspace(&[("README.md", "restart me\n")]);
+    let (_pool, pool_grpc, _pool_dir) = stack::start_pool(&keys, &dirs.sandbox_root()).await;
+    let model = ModelServer::openai("test-key").await.unwrap();
+    let db = format!("sqlite://{}/cowork.db", dirs.base().display());
+    let mut cfg = stack::config(
+        &db,
+        "memory://",
+        &keys,
+        &pool_grpc,
+        stack::settings(&dirs, &keys, Some(&model.base_url())),
+    );
+    cfg.server.http_addr = free_addr();
+    cfg.server.grpc_addr = Some(free_addr());
+    let config_file = dirs.base().join("cowork.toml");
+    std::fs::write(&config_file, toml::to_string(&cfg).unwrap()).unwrap();
+    let log = dirs.base().join("cowork.log");
+    let base = format!("http://{}", cfg.server.http_addr);
+
+    let mut first = spawn(&config_file, &log);
+    wait_healthy(&base, &log).await;
+    let api = Api::new(base.clone(), keys.writer());
+    model.push(call(
+        "submit_plan",
+        json!({"steps": [{"id": "work", "title": "Do the work", "instructions": "Write out.txt."}]}),
+    ));
+    let id = api.create_session(&ws, "Write out.txt", "sequential").await;
+    api.wait_state(&id, "awaiting_approval").await;
+    // The first agent starts a long command; the service dies under it.
+    model.push(call("run_command", json!({"command": "sleep 30"})));
+    model.push(call(
+        "write_file",
+        json!({"path": "out.txt", "content": "written after the restart\n"}),
+    ));
+    model.push(Reply::text("done"));
+    api.ok(
+        "POST",
+        &format!("/api/v1/cowork/sessions/{id}/plan/approve"),
+        None,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = api.events(&id).await.iter().any(|e| {
+            e["type"] == "subtask:progress"
+                && e["data"]["kind"] == "tool_call"
+                && e["data"]["tool"] == "run_command"
+        });
+        if started {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step never started its command"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let mut second = spawn(&config_file, &log);
+    wait_healthy(&base, &log).await;
+    let done = api.wait_state(&id, "completed").await;
+    assert_eq!(done["steps"]["succeeded"], 1, "{done}");
+
+    let agents = api
+        .ok(
+            "GET",
+            &format!("/api/v1/cowork/agents?session_id={id}"),
+            None,
+        )
+        .await;
+    let agents = agents["agents"].as_array().unwrap().clone();
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    assert_eq!(
+        (agents[0]["attempt"].as_i64(), agents[0]["state"].as_str()),
+        (Some(1), Some("dead"))
+    );
+    assert!(
+        agents[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no heartbeat"),
+        "{agents:?}"
+    );
+    assert_eq!(
+        (agents[1]["attempt"].as_i64(), agents[1]["state"].as_str()),
+        (Some(2), Some("succeeded"))
+    );
+    assert_ne!(
+        agents[0]["worker"], agents[1]["worker"],
+        "the restarted replica ran the retry"
+    );
+    let events = api.events(&id).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "agent:health" && e["data"]["status"] == "dead"),
+        "{events:?}"
+    );
+    let diff = api
+        .ok(
+            "GET",
+            &format!(
+                "/api/v1/sandbox/{}/diff",
+                done["sandbox_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        diff_paths(&diff),
+        [("out.txt".to_owned(), "added".to_owned())]
+    );
+
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

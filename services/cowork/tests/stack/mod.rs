@@ -1,0 +1,357 @@
+//! The real stack of cowork's end-to-end tests: keys (and the service key file cowork signs
+//! container-pool calls with), container-pool started in the test on Docker with the sandbox
+//! root as its mount root, a local OpenAI-format model server, a workspace, and cowork itself
+//! (in process, or as the `liquid-cowork` binary), plus a small REST client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use liquid_auth::{AuthConfig, SigningKey, TokenRequest};
+use liquid_container_pool::config::{PoolSettings, RuntimeChoice, TemplateConfig};
+use liquid_cowork::CoworkSettings;
+use liquid_kit::RunningService;
+use liquid_runtime::{Peer, ServiceConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const TENANT: &str = "acme";
+
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+    pub key: SigningKey,
+    pub auth: AuthConfig,
+    pub key_file: PathBuf,
+}
+
+pub fn keys() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let public = dir.path().join("pub.pem");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let key_file = dir.path().join("service-key.pem");
+    key.save(&key_file).unwrap();
+    let auth = AuthConfig::dev_public_key(&public, "liquid-test", "liquid");
+    Keys {
+        dir,
+        key,
+        auth,
+        key_file,
+    }
+}
+
+impl Keys {
+    pub fn token(&self, tenant: &str, scopes: &[&str]) -> String {
+        self.key
+            .mint(
+                &TokenRequest::user(&format!("{tenant}-user"), scopes.iter().copied())
+                    .tenant(tenant)
+                    .issuer("liquid-test")
+                    .audience("liquid"),
+            )
+            .unwrap()
+    }
+
+    pub fn writer(&self) -> String {
+        self.token(TENANT, &["cowork:read", "cowork:write"])
+    }
+}
+
+/// A temporary tree: the tenant's workspace under `ws/acme/repo`, sandboxes under `sandboxes/`.
+pub struct Dirs {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dirs {
+    pub fn new() -> Dirs {
+        Dirs {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn base(&self) -> PathBuf {
+        std::fs::canonicalize(self.tmp.path()).unwrap()
+    }
+
+    pub fn sandbox_root(&self) -> PathBuf {
+        self.base().join("sandboxes")
+    }
+
+    pub fn workspace(&self, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.base().join("ws").join(TENANT).join("repo");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (path, content) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        dir
+    }
+}
+
+/// container-pool on Docker (Docker only: no fallback to the process runtime), in this
+/// process, with `mount_root` bindable.
+pub async fn start_pool(
+    keys: &Keys,
+    mount_root: &Path,
+) -> (RunningService, String, tempfile::TempDir) {
+    std::fs::create_dir_all(mount_root).unwrap();
+    let mut s = PoolSettings::default();
+    s.pool.runtime = RuntimeChoice::Docker;
+    s.pool.name = format!("cw{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    s.pool.replenish_interval_ms = 200;
+    s.pool.acquire_timeout_ms = 30_000;
+    s.pool.heartbeat_secs = 2;
+    s.pool.mount_roots = vec![mount_root.display().to_string()];
+    s.templates.insert(
+        "default".into(),
+        TemplateConfig {
+            min_idle: Some(0),
+            max_total: Some(4),
+            memory_mib: 128,
+            pids_limit: 64,
+            ..TemplateConfig::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ServiceConfig::<PoolSettings>::defaults_for(&liquid_container_pool::SERVICE);
+    c.server = c.server.ephemeral();
+    c.database.url = format!("sqlite://{}/pool.db", dir.path().display());
+    c.auth = keys.auth.clone();
+    c.settings = s;
+    let running =
+        liquid_runtime::start::<liquid_container_pool::ContainerPool>(&c, CancellationToken::new())
+            .await
+            .unwrap();
+    let grpc = format!("http://{}", running.grpc_addr().unwrap());
+    (running, grpc, dir)
+}
+
+/// Cowork's settings for the stack: fast loops, the model server (when given) for planner and
+/// agent, the service key.
+pub fn settings(dirs: &Dirs, keys: &Keys, model_base_url: Option<&str>) -> CoworkSettings {
+    let mut s = CoworkSettings::default();
+    s.sandbox.root = dirs.sandbox_root().display().to_string();
+    s.sandbox.workspace_roots = vec![dirs.base().join("ws/{tenant}").display().to_string()];
+    s.executor.service_key_file = keys.key_file.display().to_string();
+    s.executor.command_timeout_secs = 60;
+    s.agents.heartbeat_interval_ms = 300;
+    s.agents.heartbeat_timeout_ms = 2_000;
+    s.agents.poll_interval_ms = 100;
+    s.agents.stats_interval_ms = 500;
+    s.agents.retry_base_ms = 100;
+    s.agents.retry_cap_ms = 400;
+    s.llm.retry.max_attempts = 1;
+    if let Some(url) = model_base_url {
+        let openai = s.llm.providers.get_mut("openai").unwrap();
+        openai.api_key = liquid_kit::Secret::new("test-key".to_owned());
+        openai.base_url = url.to_owned();
+        s.planner.model = "gpt-4o-mini".into();
+        s.executor.agent_model = "gpt-4o-mini".into();
+    }
+    s
+}
+
+pub fn config(
+    db: &str,
+    bus: &str,
+    keys: &Keys,
+    pool_grpc: &str,
+    settings: CoworkSettings,
+) -> ServiceConfig<CoworkSettings> {
+    let mut c = ServiceConfig::<CoworkSettings>::defaults_for(&liquid_cowork::SERVICE);
+    c.server = c.server.ephemeral();
+    c.database.url = db.into();
+    c.bus.url = bus.into();
+    c.auth = keys.auth.clone();
+    c.peers.insert(
+        "container_pool".into(),
+        Peer {
+            http: "http://127.0.0.1:1".into(),
+            grpc: pool_grpc.into(),
+        },
+    );
+    c.settings = settings;
+    c
+}
+
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: String,
+}
+
+impl Api {
+    pub fn new(base: String, token: String) -> Api {
+        Api {
+            base,
+            http: reqwest::Client::new(),
+            token,
+        }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_as(&self.token, method, path, body).await
+    }
+
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "GET" => self.http.get(url),
+            "POST" => self.http.post(url),
+            "PUT" => self.http.put(url),
+            "DELETE" => self.http.delete(url),
+            _ => unreachable!(),
+        }
+        .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+
+    pub async fn create_session(&self, workspace: &Path, request: &str, strategy: &str) -> String {
+        let (status, v) = self
+            .call(
+                "POST",
+                "/api/v1/cowork/sessions",
+                Some(json!({"workspace": workspace, "request": request, "strategy": strategy})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        v["session_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the session until `pred` holds (the planner and the steps run in the background).
+    pub async fn wait_session(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self
+                .ok("GET", &format!("/api/v1/cowork/sessions/{id}"), None)
+                .await;
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "session never reached {what}: {v}\nevents: {}",
+                self.ok(
+                    "GET",
+                    &format!("/api/v1/cowork/sessions/{id}/events?limit=500"),
+                    None
+                )
+                .await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: &str, state: &str) -> Value {
+        self.wait_session(id, state, |v| v["state"] == state).await
+    }
+
+    pub async fn event_types(&self, id: &str) -> Vec<String> {
+        let v = self
+            .ok(
+                "GET",
+                &format!("/api/v1/cowork/sessions/{id}/events?limit=500"),
+                None,
+            )
+            .await;
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let v = self
+            .ok(
+                "GET",
+                &format!("/api/v1/cowork/sessions/{id}/events?limit=500"),
+                None,
+            )
+            .await;
+        v["events"].as_array().unwrap().clone()
+    }
+}
+
+pub fn diff_paths(diff: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = diff["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_owned(),
+                c["change"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts that every `liquid_*` series a Grafana dashboard queries (panel `expr`s and
+/// variable `definition`s) is in `scrape`, cowork's `/metrics` text.
+pub fn assert_dashboard_queries_exported(scrape: &str, dashboard: &Path) {
+    fn collect(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("expr" | "definition", Value::String(s)) => out.push(s.clone()),
+                        _ => collect(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+            _ => {}
+        }
+    }
+    let dashboard: Value = serde_json::from_slice(&std::fs::read(dashboard).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    collect(&dashboard, &mut exprs);
+    assert!(!exprs.is_empty());
+    let mut checked = 0;
+    for expr in exprs {
+        let mut rest = expr.as_str();
+        while let Some(i) = rest.find("liquid_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let metric = &tail[..end];
+            assert!(
+                scrape
+                    .lines()
+                    .any(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' '])),
+                "the dashboard queries {metric}, which cowork does not export"
+            );
+            checked += 1;
+            rest = &tail[end..];
+        }
+    }
+    assert!(checked > 0);
+}
