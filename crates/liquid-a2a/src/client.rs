@@ -100,9 +100,17 @@ impl A2aClient {
         })
     }
 
-    /// A gRPC client for `uri` (`http://host:port`); connects on first use.
+    /// A gRPC client for `uri`: `http://host:port`, `https://host:port` or a gRPC target
+    /// `host:port` (plaintext, the form gRPC libraries and the conformance kit dial); connects
+    /// on first use.
     pub fn grpc(uri: impl Into<String>) -> Result<A2aClient, A2aError> {
-        let channel = Endpoint::from_shared(uri.into())
+        let uri: String = uri.into();
+        let uri = if uri.contains("://") {
+            uri
+        } else {
+            format!("http://{}", uri.trim_start_matches("dns:///"))
+        };
+        let channel = Endpoint::from_shared(uri)
             .map_err(transport_error)?
             .connect_lazy();
         Ok(A2aClient::with_transport(Transport::Grpc {

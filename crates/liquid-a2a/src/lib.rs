@@ -7,7 +7,8 @@
 //! - [`error`]: [`A2aError`] and its JSON-RPC, HTTP and gRPC forms under both spec tables.
 //! - [`handler`]: the [`A2aHandler`] trait an agent implements and the [`A2aEndpoint`] that
 //!   applies the protocol rules once for every binding.
-//! - [`jsonrpc`], [`rest`], [`grpc`]: the bindings; [`card`]: discovery.
+//! - [`jsonrpc`], [`rest`], [`grpc`]: the bindings; [`card`]: discovery; [`signature`]: JWS
+//!   card signatures.
 //! - [`client`]: one client over the three bindings, with SSE streaming and re-subscription.
 //!
 //! This crate holds no task store and no agent logic.
@@ -21,6 +22,7 @@ pub mod jsonrpc;
 pub mod params;
 pub mod pb;
 pub mod rest;
+pub mod signature;
 pub mod sse;
 pub mod timestamp;
 

@@ -7,7 +7,8 @@
 //! `GET|DELETE /tasks/{id}/pushNotificationConfigs/{configId}` and `GET /extendedAgentCard`.
 //! The custom verbs (`:send`, `:cancel`) do not fit axum's path syntax, so one catch-all handler
 //! matches segments itself. Bodies are accepted as `application/json` or `application/a2a+json`;
-//! answers are `application/a2a+json`; errors are `google.rpc.Status` JSON (§11.6).
+//! answers are `application/json` (§11.1), or `application/a2a+json` (§14.1) when the request's
+//! `Accept` names it; errors are `google.rpc.Status` JSON (§11.6).
 
 use std::convert::Infallible;
 
@@ -248,7 +249,40 @@ async fn read_body<T: DeserializeOwned + Default>(
     })
 }
 
+/// Whether a request's `Accept` asks for `application/a2a+json` by name.
+fn accepts_a2a_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|m| {
+            m.split(';')
+                .next()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case(A2A_JSON))
+        })
+}
+
 async fn handle(State(endpoint): State<A2aEndpoint>, request: Request) -> Response {
+    // §11.1 names `application/json` for responses; a client that asks for
+    // `application/a2a+json` (§14.1) by name gets that.
+    let a2a_json = accepts_a2a_json(request.headers());
+    let mut response = handle_request(endpoint, request).await;
+    if !a2a_json
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == A2A_JSON)
+    {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    response
+}
+
+async fn handle_request(endpoint: A2aEndpoint, request: Request) -> Response {
     let table = endpoint.error_table();
     let (parts, body) = request.into_parts();
     let (tenant, route) = match resolve(&parts.method, parts.uri.path()) {

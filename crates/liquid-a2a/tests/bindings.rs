@@ -645,8 +645,17 @@ async fn rest_wire_forms_under_both_tables() {
         )
         .await;
         assert_eq!(status, 200);
-        assert_eq!(ct, "application/a2a+json");
+        // §11.1: application/json unless the client asks for application/a2a+json by name.
+        assert_eq!(ct, "application/json");
         let id = v["task"]["id"].as_str().unwrap().to_owned();
+        let r = reqwest::Client::new()
+            .get(format!("http://{}/rest/tasks/{id}", s.http))
+            .header("a2a-version", "1.0")
+            .header("accept", "application/a2a+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["content-type"], "application/a2a+json");
         assert_eq!(v["task"]["status"]["state"], "TASK_STATE_COMPLETED");
         let (status, v, _) = post_raw(
             s.http,

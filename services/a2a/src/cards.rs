@@ -3,7 +3,10 @@
 //! `/agents/<name>/.well-known/agent-card.json`, each listing its JSON-RPC, HTTP+JSON and gRPC
 //! interfaces. Interface URLs come from `a2a.public_url` or, when that is empty, from the
 //! request's `X-Forwarded-Proto`/`X-Forwarded-Host`/`Host`, so a card always names the address
-//! the client used. Serialised documents are cached per base URL.
+//! the client used. With `[a2a.card_signing]` every card carries a JWS signature (§8.4). The
+//! gRPC interface is a gRPC target `host:port` (what gRPC libraries and the
+//! conformance kit dial) unless `a2a.public_grpc_url` says otherwise. Serialised documents are
+//! cached per base URL.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use liquid_a2a::card::CardDocument;
 use liquid_a2a::pb;
+use liquid_a2a::signature::CardSigner;
 
 /// Static facts of one agent's card; interfaces are added per base URL.
 #[derive(Debug, Clone)]
@@ -58,6 +62,7 @@ pub struct CardServer {
     public_grpc_url: String,
     grpc_port: u16,
     max_age_secs: u32,
+    signer: Option<CardSigner>,
     modified: DateTime<Utc>,
     documents: Arc<Mutex<HashMap<String, CardDocument>>>,
 }
@@ -73,6 +78,7 @@ impl CardServer {
         public_grpc_url: &str,
         grpc_port: u16,
         max_age_secs: u32,
+        signer: Option<CardSigner>,
     ) -> CardServer {
         CardServer {
             template: Arc::new(template),
@@ -80,6 +86,7 @@ impl CardServer {
             public_grpc_url: public_grpc_url.to_owned(),
             grpc_port,
             max_age_secs,
+            signer,
             modified: Utc::now(),
             documents: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -104,17 +111,25 @@ impl CardServer {
         };
         let grpc = if self.public_grpc_url.is_empty() {
             let hostname = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
-            format!("http://{hostname}:{}", self.grpc_port)
+            format!("{hostname}:{}", self.grpc_port)
         } else {
             self.public_grpc_url.clone()
         };
         (base, grpc)
     }
 
-    /// The rendered card for a request's headers.
-    pub fn card_for(&self, headers: &HeaderMap) -> pb::AgentCard {
+    /// The rendered (and, with a signer, signed) card for a request's headers.
+    pub fn card_for(&self, headers: &HeaderMap) -> Result<pb::AgentCard, liquid_a2a::A2aError> {
         let (base, grpc) = self.bases(headers);
-        self.template.render(&base, &grpc)
+        self.rendered(&base, &grpc)
+    }
+
+    fn rendered(&self, base: &str, grpc: &str) -> Result<pb::AgentCard, liquid_a2a::A2aError> {
+        let card = self.template.render(base, grpc);
+        match &self.signer {
+            Some(signer) => signer.signed(card),
+            None => Ok(card),
+        }
     }
 
     fn respond(&self, headers: &HeaderMap) -> Response {
@@ -127,11 +142,10 @@ impl CardServer {
             .and_then(|d| d.get(&key).cloned());
         let document = match cached {
             Some(d) => d,
-            None => match CardDocument::new(
-                &self.template.render(&base, &grpc),
-                self.modified,
-                self.max_age_secs,
-            ) {
+            None => match self
+                .rendered(&base, &grpc)
+                .and_then(|card| CardDocument::new(&card, self.modified, self.max_age_secs))
+            {
                 Ok(d) => {
                     if let Ok(mut docs) = self.documents.lock() {
                         if docs.len() >= MAX_CACHED_BASES {

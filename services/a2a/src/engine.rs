@@ -45,6 +45,10 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// ListTasks page size when the request has none.
     pub default_page_size: u32,
+    /// Treat a SendMessage whose messageId was seen before (for the tenant and agent) as a
+    /// retry of that message (spec §3.3.1 allows it): it returns the task the first one
+    /// created or continued and runs nothing.
+    pub idempotent_message_ids: bool,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +58,7 @@ impl Default for EngineConfig {
             push_configs_per_task: 10,
             poll_interval: Duration::from_secs(1),
             default_page_size: 50,
+            idempotent_message_ids: true,
         }
     }
 }
@@ -225,6 +230,7 @@ impl TaskEngine {
         agent: &str,
         executor: Arc<dyn AgentExecutor>,
         mut message: pb::Message,
+        push: Option<pb::TaskPushNotificationConfig>,
     ) -> Result<Started, A2aError> {
         let store = &self.inner.store;
         if !message.task_id.is_empty() {
@@ -235,11 +241,15 @@ impl TaskEngine {
                     "message.contextId does not match the task's context",
                 ));
             }
-            if let Created::Existing(_) = store
-                .record_message(tenant, agent, &message.message_id, &task.id)
-                .await
-                .map_err(internal)?
+            let dedupe = self.inner.config.idempotent_message_ids;
+            if dedupe
+                && store
+                    .task_for_message(tenant, agent, &message.message_id)
+                    .await
+                    .map_err(internal)?
+                    .is_some_and(|id| id == task.id)
             {
+                // A retry of a message this task already took.
                 return Ok(Started::Task {
                     task,
                     seq: stored.seq,
@@ -249,6 +259,22 @@ impl TaskEngine {
                 return Err(A2aError::unsupported(
                     "the task is in a terminal state and takes no more messages",
                 ));
+            }
+            if dedupe
+                && let Created::Existing(id) = store
+                    .record_message(tenant, agent, &message.message_id, &task.id)
+                    .await
+                    .map_err(internal)?
+                && id == task.id
+            {
+                // A concurrent retry recorded it first.
+                return Ok(Started::Task {
+                    task,
+                    seq: stored.seq,
+                });
+            }
+            if let Some(config) = push {
+                self.attach_push(tenant, &task.id, config).await?;
             }
             message.context_id = task.context_id.clone();
             let previous = task.clone();
@@ -290,10 +316,12 @@ impl TaskEngine {
             return Ok(Started::Task { task, seq });
         }
 
-        if let Some(id) = store
-            .task_for_message(tenant, agent, &message.message_id)
-            .await
-            .map_err(internal)?
+        let dedupe = self.inner.config.idempotent_message_ids;
+        if dedupe
+            && let Some(id) = store
+                .task_for_message(tenant, agent, &message.message_id)
+                .await
+                .map_err(internal)?
         {
             let stored = self.load(tenant, agent, &id).await?;
             return Ok(Started::Task {
@@ -338,8 +366,14 @@ impl TaskEngine {
         let snapshot = pb::StreamResponse {
             payload: Some(Payload::Task(task.clone())),
         };
+        // Without deduplication the task id stands in for the message id, so nothing matches.
+        let message_key = if dedupe {
+            message.message_id.as_str()
+        } else {
+            task.id.as_str()
+        };
         match store
-            .create(tenant, agent, &message.message_id, &task, &snapshot)
+            .create(tenant, agent, message_key, &task, &snapshot)
             .await
             .map_err(internal)?
         {
@@ -353,6 +387,11 @@ impl TaskEngine {
                 });
             }
         }
+        // The config is stored before the first event is published, so its webhook hears
+        // about every update of the task.
+        if let Some(config) = push {
+            self.attach_push(tenant, &task.id, config).await?;
+        }
         self.publish(&task.id, 1, &snapshot).await;
         self.notify_observers(tenant, &task, 1, &snapshot);
         let first = first.or(Some(AgentEvent::Status {
@@ -361,6 +400,33 @@ impl TaskEngine {
         }));
         self.spawn_driver(tenant, task.clone(), 1, first, rx, cancel);
         Ok(Started::Task { task, seq: 1 })
+    }
+
+    /// Stores a push notification config for a task (a fresh id when it has none), refusing
+    /// it when the task already has as many as the per-task cap allows.
+    pub async fn attach_push(
+        &self,
+        tenant: &str,
+        task_id: &str,
+        mut config: pb::TaskPushNotificationConfig,
+    ) -> Result<pb::TaskPushNotificationConfig, A2aError> {
+        config.task_id = task_id.to_owned();
+        if config.id.is_empty() {
+            config.id = uuid::Uuid::now_v7().to_string();
+        }
+        let cap = self.inner.config.push_configs_per_task;
+        if !self
+            .inner
+            .store
+            .put_push_config(tenant, &config, cap)
+            .await
+            .map_err(internal)?
+        {
+            return Err(A2aError::invalid_params(format!(
+                "a task can have at most {cap} push notification configs"
+            )));
+        }
+        Ok(config)
     }
 
     fn spawn_executor(
@@ -399,12 +465,23 @@ impl TaskEngine {
                 let mut task = task;
                 let mut seq = seq;
                 let mut next = first;
+                // Whether the execution ended without the task reaching a final state.
+                let mut unfinished = false;
                 loop {
                     let event = match next.take() {
                         Some(e) => e,
                         None => tokio::select! {
-                            e = rx.recv() => match e { Some(e) => e, None => break },
-                            () = cancel.cancelled() => break,
+                            e = rx.recv() => match e {
+                                Some(e) => e,
+                                None => {
+                                    unfinished = true;
+                                    break;
+                                }
+                            },
+                            () = cancel.cancelled() => {
+                                unfinished = true;
+                                break;
+                            }
                         },
                     };
                     match engine.write(&tenant, &mut task, &mut seq, event).await {
@@ -417,6 +494,25 @@ impl TaskEngine {
                     }
                     if is_terminal(task.status.as_ref().map(|s| s.state).unwrap_or_default()) {
                         break;
+                    }
+                }
+                // An execution that is gone (the agent returned early, or this replica is
+                // stopping) cannot be resumed elsewhere: the task fails rather than staying
+                // WORKING forever. A task canceled meanwhile stays canceled (`write` sees it).
+                if unfinished
+                    && !is_final(task.status.as_ref().map(|s| s.state).unwrap_or_default())
+                {
+                    let reason = if engine.inner.shutdown.is_cancelled() {
+                        "the service stopped while the task was running"
+                    } else {
+                        "the agent stopped without a final state"
+                    };
+                    let failed = AgentEvent::Status {
+                        state: pb::TaskState::Failed,
+                        message: Some(crate::agents::agent_text(reason)),
+                    };
+                    if let Err(error) = engine.write(&tenant, &mut task, &mut seq, failed).await {
+                        warn!(%error, "task failure could not be stored");
                     }
                 }
                 cancel.cancel();
@@ -536,13 +632,35 @@ impl TaskEngine {
         id: &str,
         stop_at_interrupted: bool,
     ) -> Result<EventStream, A2aError> {
+        self.follow_from(tenant, agent, id, stop_at_interrupted, None)
+            .await
+    }
+
+    /// [`TaskEngine::follow`], starting from a snapshot the caller already holds (the task as
+    /// SendStreamingMessage created it, at its sequence number) instead of the current one, so
+    /// the stream carries every event after it.
+    pub async fn follow_from(
+        &self,
+        tenant: &str,
+        agent: &str,
+        id: &str,
+        stop_at_interrupted: bool,
+        snapshot: Option<(pb::Task, i64)>,
+    ) -> Result<EventStream, A2aError> {
         let subscription = self
             .inner
             .bus
             .subscribe(&task_subject(id))
             .await
             .map_err(internal)?;
-        let stored = self.load(tenant, agent, id).await?;
+        let stored = match snapshot {
+            Some((task, seq)) => StoredTask {
+                task,
+                agent: agent.to_owned(),
+                seq,
+            },
+            None => self.load(tenant, agent, id).await?,
+        };
         let ends = move |state: i32| is_terminal(state) || (stop_at_interrupted && is_final(state));
         let state = stored
             .task
@@ -561,6 +679,7 @@ impl TaskEngine {
         let shutdown = self.inner.shutdown.clone();
         tokio::spawn(
             async move {
+                let _counted = crate::metrics::SubscriberGuard::open();
                 if tx.send(Ok(first)).await.is_err() || ends(state) {
                     return;
                 }

@@ -10,6 +10,7 @@ use liquid_a2a::{A2aError, A2aHandler, EventStream, RequestContext};
 use liquid_auth::Claims;
 
 use crate::agents::AgentExecutor;
+use crate::domain::cursor::Cursor;
 use crate::domain::state::is_terminal;
 use crate::domain::trim_history;
 use crate::engine::{Started, TaskEngine};
@@ -43,14 +44,30 @@ impl AgentHost {
     }
 }
 
-/// The caller's tenant: the verified token's tenant (or subject).
-pub fn tenant(ctx: &RequestContext) -> Result<String, A2aError> {
-    ctx.extensions
+/// Scope reading tasks: GetTask, ListTasks, SubscribeToTask, GetExtendedAgentCard.
+pub const SCOPE_READ: &str = "a2a:read";
+/// Scope changing tasks: SendMessage, SendStreamingMessage, CancelTask and every push config
+/// operation.
+pub const SCOPE_WRITE: &str = "a2a:write";
+
+/// ListTaskPushNotificationConfigs page size when the request has none.
+const DEFAULT_PUSH_PAGE_SIZE: u32 = 50;
+
+/// The caller's tenant (the verified token's tenant, or subject), once the token was found to
+/// grant `scope` (wildcards such as `a2a:*` and `admin:*` included).
+pub fn tenant(ctx: &RequestContext, scope: &str) -> Result<String, A2aError> {
+    let claims = ctx
+        .extensions
         .get::<Claims>()
-        .map(|c| c.tenant_id().to_owned())
         .ok_or_else(|| A2aError::Unauthenticated {
             reason: "a bearer token is required".into(),
-        })
+        })?;
+    if !claims.has_scope(scope) {
+        return Err(A2aError::PermissionDenied {
+            reason: format!("the token lacks the scope {scope}"),
+        });
+    }
+    Ok(claims.tenant_id().to_owned())
 }
 
 fn trimmed(mut task: pb::Task, history_length: Option<i32>) -> pb::Task {
@@ -62,25 +79,26 @@ impl AgentHost {
     async fn store_push_config(
         &self,
         tenant: &str,
-        mut config: pb::TaskPushNotificationConfig,
+        config: pb::TaskPushNotificationConfig,
     ) -> Result<pb::TaskPushNotificationConfig, A2aError> {
         self.push_policy.check_url(&config.url)?;
-        if config.id.is_empty() {
-            config.id = uuid::Uuid::now_v7().to_string();
+        let task_id = config.task_id.clone();
+        self.engine.attach_push(tenant, &task_id, config).await
+    }
+
+    /// The inline push config of a SendMessage, checked against the URL policy before any
+    /// task exists.
+    fn inline_push(
+        &self,
+        config: &mut pb::SendMessageConfiguration,
+    ) -> Result<Option<pb::TaskPushNotificationConfig>, A2aError> {
+        match config.task_push_notification_config.take() {
+            Some(push) => {
+                self.push_policy.check_url(&push.url)?;
+                Ok(Some(push))
+            }
+            None => Ok(None),
         }
-        let cap = self.engine.config().push_configs_per_task;
-        let stored = self
-            .engine
-            .store()
-            .put_push_config(tenant, &config, cap)
-            .await
-            .map_err(A2aError::internal)?;
-        if !stored {
-            return Err(A2aError::invalid_params(format!(
-                "a task can have at most {cap} push notification configs"
-            )));
-        }
-        Ok(config)
     }
 }
 
@@ -91,12 +109,13 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::SendMessageRequest,
     ) -> Result<pb::SendMessageResponse, A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_WRITE)?;
         let message = request.message.unwrap_or_default();
-        let config = request.configuration.unwrap_or_default();
+        let mut config = request.configuration.unwrap_or_default();
+        let push = self.inline_push(&mut config)?;
         let started = self
             .engine
-            .start(&tenant, &self.name, self.executor.clone(), message)
+            .start(&tenant, &self.name, self.executor.clone(), message, push)
             .await?;
         let task = match started {
             Started::Message(m) => {
@@ -106,10 +125,6 @@ impl A2aHandler for AgentHost {
             }
             Started::Task { task, .. } => task,
         };
-        if let Some(mut push) = config.task_push_notification_config {
-            push.task_id = task.id.clone();
-            self.store_push_config(&tenant, push).await?;
-        }
         let task = if config.return_immediately {
             self.engine.load(&tenant, &self.name, &task.id).await?.task
         } else {
@@ -130,12 +145,13 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::SendMessageRequest,
     ) -> Result<EventStream, A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_WRITE)?;
         let message = request.message.unwrap_or_default();
-        let config = request.configuration.unwrap_or_default();
+        let mut config = request.configuration.unwrap_or_default();
+        let push = self.inline_push(&mut config)?;
         match self
             .engine
-            .start(&tenant, &self.name, self.executor.clone(), message)
+            .start(&tenant, &self.name, self.executor.clone(), message, push)
             .await?
         {
             Started::Message(m) => Ok(Box::pin(futures_util::stream::iter([Ok(
@@ -143,13 +159,10 @@ impl A2aHandler for AgentHost {
                     payload: Some(Payload::Message(m)),
                 },
             )]))),
-            Started::Task { task, .. } => {
-                if let Some(mut push) = config.task_push_notification_config {
-                    push.task_id = task.id.clone();
-                    self.store_push_config(&tenant, push).await?;
-                }
+            Started::Task { task, seq } => {
+                let id = task.id.clone();
                 self.engine
-                    .follow(&tenant, &self.name, &task.id, true)
+                    .follow_from(&tenant, &self.name, &id, true, Some((task, seq)))
                     .await
             }
         }
@@ -160,7 +173,7 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::GetTaskRequest,
     ) -> Result<pb::Task, A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_READ)?;
         let stored = self.engine.load(&tenant, &self.name, &request.id).await?;
         Ok(trimmed(stored.task, request.history_length))
     }
@@ -170,7 +183,7 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::ListTasksRequest,
     ) -> Result<pb::ListTasksResponse, A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_READ)?;
         self.engine.list(&tenant, &self.name, &request).await
     }
 
@@ -179,7 +192,7 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::CancelTaskRequest,
     ) -> Result<pb::Task, A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_WRITE)?;
         self.engine.cancel(&tenant, &self.name, &request.id).await
     }
 
@@ -188,7 +201,7 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::SubscribeToTaskRequest,
     ) -> Result<EventStream, A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_READ)?;
         let stored = self.engine.load(&tenant, &self.name, &request.id).await?;
         if is_terminal(
             stored
@@ -212,7 +225,7 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::TaskPushNotificationConfig,
     ) -> Result<pb::TaskPushNotificationConfig, A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_WRITE)?;
         self.engine
             .load(&tenant, &self.name, &request.task_id)
             .await?;
@@ -224,7 +237,7 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::GetTaskPushNotificationConfigRequest,
     ) -> Result<pb::TaskPushNotificationConfig, A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_WRITE)?;
         self.engine
             .load(&tenant, &self.name, &request.task_id)
             .await?;
@@ -243,19 +256,38 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::ListTaskPushNotificationConfigsRequest,
     ) -> Result<pb::ListTaskPushNotificationConfigsResponse, A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_WRITE)?;
         self.engine
             .load(&tenant, &self.name, &request.task_id)
             .await?;
-        let configs = self
+        let page_size = match request.page_size {
+            0 => DEFAULT_PUSH_PAGE_SIZE,
+            n => u32::try_from(n).unwrap_or(DEFAULT_PUSH_PAGE_SIZE),
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                Cursor::decode(&request.page_token)
+                    .ok_or_else(|| A2aError::invalid_params("pageToken is not valid"))?,
+            )
+        };
+        let mut page = self
             .engine
             .store()
-            .list_push_configs(&tenant, &request.task_id)
+            .list_push_configs_page(&tenant, &request.task_id, after.as_ref(), page_size + 1)
             .await
             .map_err(A2aError::internal)?;
+        let more = page.len() > page_size as usize;
+        page.truncate(page_size as usize);
+        let next_page_token = if more {
+            page.last().map(|(_, c)| c.encode()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(pb::ListTaskPushNotificationConfigsResponse {
-            configs,
-            next_page_token: String::new(),
+            configs: page.into_iter().map(|(c, _)| c).collect(),
+            next_page_token,
         })
     }
 
@@ -264,7 +296,7 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         request: pb::DeleteTaskPushNotificationConfigRequest,
     ) -> Result<(), A2aError> {
-        let tenant = tenant(ctx)?;
+        let tenant = tenant(ctx, SCOPE_WRITE)?;
         self.engine
             .load(&tenant, &self.name, &request.task_id)
             .await?;
@@ -281,7 +313,7 @@ impl A2aHandler for AgentHost {
         ctx: &RequestContext,
         _request: pb::GetExtendedAgentCardRequest,
     ) -> Result<pb::AgentCard, A2aError> {
-        tenant(ctx)?;
+        tenant(ctx, SCOPE_READ)?;
         self.extended_card
             .clone()
             .ok_or(A2aError::ExtendedAgentCardNotConfigured)

@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod host;
+pub mod metrics;
 pub mod push;
 pub mod store;
 
@@ -29,11 +30,13 @@ use liquid_store::Migrations;
 use tokio_util::task::TaskTracker;
 
 use crate::agents::AgentExecutor;
+use crate::agents::remote::{OutboundAuth, RemoteExecutor};
 use crate::cards::{CardServer, CardTemplate};
-use crate::config::{A2aSettings, Profile};
+use crate::config::{A2aSettings, CardSigning, Profile};
 use crate::engine::{EngineConfig, TaskEngine};
 use crate::host::AgentHost;
 use crate::push::{PushDelivery, PushPolicy};
+use liquid_a2a::signature::CardSigner;
 
 /// Name, version and usual ports of the a2a service.
 pub static SERVICE: ServiceDefaults = ServiceDefaults {
@@ -54,8 +57,8 @@ pub struct A2a;
 
 /// One agent to host.
 struct AgentSpec {
-    name: &'static str,
-    description: &'static str,
+    name: String,
+    description: String,
     executor: Arc<dyn AgentExecutor>,
     capabilities: pb::AgentCapabilities,
 }
@@ -127,22 +130,22 @@ fn agent_specs(profile: Profile) -> (AgentSpec, Vec<AgentSpec>) {
     use agents::echo::EchoAgent;
     use agents::tck::{REQUIRED_EXTENSION, TckAgent};
     let tck = |caps| AgentSpec {
-        name: "tck",
-        description: "the A2A conformance kit's test agent",
+        name: "tck".into(),
+        description: "the A2A conformance kit's test agent".into(),
         executor: Arc::new(TckAgent),
         capabilities: caps,
     };
     let echo = AgentSpec {
-        name: "echo",
-        description: "echoes the text it is sent",
+        name: "echo".into(),
+        description: "echoes the text it is sent".into(),
         executor: Arc::new(EchoAgent),
         capabilities: capabilities(true, None),
     };
     match profile {
         Profile::Platform => (
             AgentSpec {
-                name: "liquid",
-                description: "the Liquid platform's agent",
+                name: "liquid".into(),
+                description: "the Liquid platform's agent".into(),
                 executor: Arc::new(EchoAgent),
                 capabilities: capabilities(true, None),
             },
@@ -157,6 +160,73 @@ fn agent_specs(profile: Profile) -> (AgentSpec, Vec<AgentSpec>) {
     }
 }
 
+/// The configured remote agents, each behind a [`RemoteExecutor`].
+fn remote_agent_specs(settings: &A2aSettings) -> Result<Vec<AgentSpec>, StartError> {
+    let invalid = |key: String, reason: String| {
+        StartError::Config(liquid_kit::config::ConfigError::Invalid { key, reason })
+    };
+    let source = if settings.a2a.service_key_file.is_empty() {
+        None
+    } else {
+        let key =
+            liquid_auth::SigningKey::load(std::path::Path::new(&settings.a2a.service_key_file))
+                .map_err(|e| invalid("a2a.service_key_file".into(), e.to_string()))?;
+        Some(liquid_auth::ServiceTokenSource::new(
+            Arc::new(key),
+            liquid_auth::TokenRequest::service(SERVICE.name, ["a2a:execute"]),
+        ))
+    };
+    let auth = OutboundAuth::new(source);
+    settings
+        .a2a
+        .remote_agents
+        .iter()
+        .map(|(name, agent)| {
+            let executor = RemoteExecutor::new(name, &agent.executor_url, auth.clone())
+                .map_err(|e| invalid(format!("a2a.remote_agents.{name}.executor_url"), e))?;
+            Ok(AgentSpec {
+                name: name.clone(),
+                description: if agent.description.is_empty() {
+                    format!("the {name} agent")
+                } else {
+                    agent.description.clone()
+                },
+                executor: Arc::new(executor),
+                capabilities: capabilities(true, None),
+            })
+        })
+        .collect()
+}
+
+/// The card signer of `[a2a.card_signing]`, if a key is configured.
+fn card_signer(config: &CardSigning) -> Result<Option<CardSigner>, StartError> {
+    if config.key_file.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |key: &str, reason: String| {
+        StartError::Config(liquid_kit::config::ConfigError::Invalid {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+    let pem = std::fs::read(&config.key_file)
+        .map_err(|e| invalid("a2a.card_signing.key_file", e.to_string()))?;
+    let algorithm = liquid_a2a::signature::algorithm(&config.algorithm)
+        .map_err(|e| invalid("a2a.card_signing.algorithm", e.to_string()))?;
+    let kid = if config.kid.is_empty() {
+        std::path::Path::new(&config.key_file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "card".into())
+    } else {
+        config.kid.clone()
+    };
+    let jku = (!config.jku.is_empty()).then_some(config.jku.as_str());
+    CardSigner::from_pem(&pem, algorithm, &kid, jku)
+        .map(Some)
+        .map_err(|e| invalid("a2a.card_signing.key_file", e.to_string()))
+}
+
 struct Mounted {
     endpoint: A2aEndpoint,
     cards: CardServer,
@@ -169,8 +239,9 @@ fn mount(
     engine: &TaskEngine,
     settings: &A2aSettings,
     grpc_port: u16,
+    signer: Option<&CardSigner>,
 ) -> Mounted {
-    let card = base_card(spec.name, spec.description, spec.capabilities);
+    let card = base_card(&spec.name, &spec.description, spec.capabilities);
     let extended = {
         let mut c = card.clone();
         c.description = format!(
@@ -187,7 +258,7 @@ fn mount(
         c
     };
     let host = AgentHost::new(
-        spec.name,
+        &spec.name,
         spec.executor,
         engine.clone(),
         Some(extended),
@@ -204,6 +275,7 @@ fn mount(
         &settings.a2a.public_grpc_url,
         grpc_port,
         settings.a2a.card_max_age_secs,
+        signer.cloned(),
     );
     Mounted { endpoint, cards }
 }
@@ -240,12 +312,21 @@ impl Service for A2a {
             EngineConfig {
                 task_ttl: Duration::from_secs(settings.a2a.task_ttl_secs),
                 push_configs_per_task: settings.a2a.push_configs_per_task,
+                idempotent_message_ids: settings.a2a.idempotent_message_ids,
                 ..EngineConfig::default()
             },
             tracker.clone(),
             foundation.shutdown.clone(),
         );
         engine.start_background().await?;
+        metrics::register();
+        metrics::spawn_task_gauge(
+            store.clone(),
+            Duration::from_secs(15),
+            &tracker,
+            foundation.shutdown.clone(),
+        );
+        engine.observe(Arc::new(metrics::TransitionCounter));
         engine.observe(PushDelivery::start(
             store,
             settings.push.clone(),
@@ -260,8 +341,18 @@ impl Service for A2a {
         });
 
         let grpc_port = SERVICE.grpc_port.unwrap_or(9081);
-        let (root_spec, agent_specs) = agent_specs(settings.a2a.profile);
-        let root = mount(root_spec, "", "", &engine, settings, grpc_port);
+        let signer = card_signer(&settings.a2a.card_signing)?;
+        let (root_spec, mut agent_specs) = agent_specs(settings.a2a.profile);
+        agent_specs.extend(remote_agent_specs(settings)?);
+        let root = mount(
+            root_spec,
+            "",
+            "",
+            &engine,
+            settings,
+            grpc_port,
+            signer.as_ref(),
+        );
         let mut http = protocol_routes(&root.endpoint);
         let mut public_http = Router::new().route(
             liquid_a2a::card::WELL_KNOWN_PATH,
@@ -269,15 +360,23 @@ impl Service for A2a {
         );
         let mut by_tenant = HashMap::new();
         for spec in agent_specs {
-            let name = spec.name;
+            let name = spec.name.clone();
             let prefix = format!("/agents/{name}");
-            let agent = mount(spec, &prefix, name, &engine, settings, grpc_port);
+            let agent = mount(
+                spec,
+                &prefix,
+                &name,
+                &engine,
+                settings,
+                grpc_port,
+                signer.as_ref(),
+            );
             http = http.nest(&prefix, protocol_routes(&agent.endpoint));
             public_http = public_http.route(
                 &format!("{prefix}{}", liquid_a2a::card::WELL_KNOWN_PATH),
                 get(cards::serve_card).with_state(agent.cards.clone()),
             );
-            by_tenant.insert(name.to_owned(), agent.endpoint);
+            by_tenant.insert(name, agent.endpoint);
         }
         let grpc = liquid_a2a::grpc::GrpcBinding::new(liquid_a2a::grpc::TenantRouter::new(
             root.endpoint,

@@ -1,14 +1,17 @@
 //! Push notifications (spec §4.3, §13.2): after every stored task event, each push config of
 //! the task gets the `StreamResponse` as an HTTP POST (`application/a2a+json`) with its
 //! Authorization scheme and credentials and its token in `X-A2A-Notification-Token`, with a
-//! timeout and retries with exponential back-off. Deliveries for one task go out in event
-//! order.
+//! timeout and retries with exponential back-off on 5xx, 408, 429 and transport errors (any
+//! other 4xx is final). Deliveries for one task go out in event order; tasks do not wait for
+//! each other. The queue is in memory: notifications of events stored just before a replica
+//! stops are not sent after its restart.
 //!
 //! SSRF policy: webhook URLs must be http(s) and every address their host resolves to must be
 //! public; loopback is allowed only with `allow_loopback` (a test mode), private ranges only
 //! with `allow_private`. The request connects to the address that was checked, so a DNS answer
 //! cannot change between the check and the connection.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,10 +182,16 @@ impl EventObserver for PushDelivery {
 }
 
 /// Counters of push deliveries (exported as metrics by the service).
-pub const METRIC_DELIVERIES: &str = "liquid_a2a_push_deliveries_total";
+pub const METRIC_DELIVERIES: &str = crate::metrics::PUSH_DELIVERIES;
+
+fn count_attempt(outcome: &'static str) {
+    metrics::counter!(crate::metrics::PUSH_ATTEMPTS, "outcome" => outcome).increment(1);
+}
 
 impl PushDelivery {
-    /// Starts the delivery worker.
+    /// Starts the delivery dispatcher: deliveries of one task go out one after another, in
+    /// event order, on a worker of that task; different tasks do not wait for each other (a
+    /// slow webhook delays only its own task).
     pub fn start(
         store: Arc<dyn TaskStore>,
         config: PushConfig,
@@ -191,31 +200,85 @@ impl PushDelivery {
     ) -> Arc<PushDelivery> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
         let policy = PushPolicy::from_config(&config);
+        let worker_tracker = tracker.clone();
         tracker.spawn(
             async move {
+                let mut workers: HashMap<String, mpsc::UnboundedSender<Delivery>> = HashMap::new();
                 loop {
                     let delivery = tokio::select! {
                         d = rx.recv() => match d { Some(d) => d, None => return },
                         () = shutdown.cancelled() => return,
                     };
-                    let configs = match store
-                        .list_push_configs(&delivery.tenant, &delivery.task_id)
-                        .await
-                    {
-                        Ok(c) => c,
-                        Err(error) => {
-                            warn!(%error, "push configs could not be read");
-                            continue;
-                        }
+                    let key = format!("{}/{}", delivery.tenant, delivery.task_id);
+                    // A worker that went idle closed its queue: the send fails and a new one
+                    // starts, so nothing is lost between the two.
+                    let delivery = match workers.get(&key) {
+                        Some(worker) => match worker.send(delivery) {
+                            Ok(()) => continue,
+                            Err(mpsc::error::SendError(d)) => d,
+                        },
+                        None => delivery,
                     };
-                    for target in configs {
-                        deliver(&policy, &config, &target, &delivery.event).await;
-                    }
+                    workers.retain(|_, w| !w.is_closed());
+                    let (worker_tx, worker_rx) = mpsc::unbounded_channel();
+                    let _ = worker_tx.send(delivery);
+                    workers.insert(key, worker_tx);
+                    worker_tracker.spawn(
+                        task_worker(
+                            store.clone(),
+                            policy,
+                            config.clone(),
+                            worker_rx,
+                            shutdown.clone(),
+                        )
+                        .instrument(info_span!("a2a_push_task_worker")),
+                    );
                 }
             }
             .instrument(info_span!("a2a_push_delivery")),
         );
         Arc::new(PushDelivery { queue: tx })
+    }
+}
+
+/// Delivers one task's notifications in order until its queue is empty, then closes it.
+async fn task_worker(
+    store: Arc<dyn TaskStore>,
+    policy: PushPolicy,
+    config: PushConfig,
+    mut rx: mpsc::UnboundedReceiver<Delivery>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let delivery = match rx.try_recv() {
+            Ok(d) => d,
+            Err(_) => {
+                rx.close();
+                match rx.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => return,
+                }
+            }
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let configs = match store
+            .list_push_configs(&delivery.tenant, &delivery.task_id)
+            .await
+        {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(%error, "push configs could not be read");
+                continue;
+            }
+        };
+        for target in configs {
+            tokio::select! {
+                () = deliver(&policy, &config, &target, &delivery.event) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
     }
 }
 
@@ -225,6 +288,7 @@ async fn deliver(
     target: &pb::TaskPushNotificationConfig,
     event: &pb::StreamResponse,
 ) {
+    let started = std::time::Instant::now();
     let outcome = attempt_all(policy, config, target, event).await;
     let result = if outcome.is_ok() {
         "delivered"
@@ -232,6 +296,8 @@ async fn deliver(
         "failed"
     };
     metrics::counter!(METRIC_DELIVERIES, "result" => result).increment(1);
+    metrics::histogram!(crate::metrics::PUSH_DELIVERY_SECONDS)
+        .record(started.elapsed().as_secs_f64());
     if let Err(reason) = outcome {
         warn!(task_id = %target.task_id, config_id = %target.id, %reason, "push notification not delivered");
     }
@@ -243,8 +309,14 @@ async fn attempt_all(
     target: &pb::TaskPushNotificationConfig,
     event: &pb::StreamResponse,
 ) -> Result<(), String> {
-    let url = policy.check_url(&target.url).map_err(|e| e.to_string())?;
-    let addr = policy.resolve(&url).await?;
+    let refused = |e: String| {
+        count_attempt("refused");
+        e
+    };
+    let url = policy
+        .check_url(&target.url)
+        .map_err(|e| refused(e.to_string()))?;
+    let addr = policy.resolve(&url).await.map_err(refused)?;
     let host = url.host_str().unwrap_or_default().to_owned();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(config.timeout_secs))
@@ -272,9 +344,27 @@ async fn attempt_all(
             request = request.header(TOKEN_HEADER, &target.token);
         }
         match request.send().await {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) => last_error = format!("status {}", r.status()),
-            Err(e) => last_error = e.to_string(),
+            Ok(r) if r.status().is_success() => {
+                count_attempt("ok");
+                return Ok(());
+            }
+            Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 408 | 429) => {
+                // The receiver refused this notification; sending it again will not help.
+                count_attempt("client_error");
+                return Err(format!("status {}", r.status()));
+            }
+            Ok(r) => {
+                count_attempt("server_error");
+                last_error = format!("status {}", r.status());
+            }
+            Err(e) => {
+                count_attempt(if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "connect_error"
+                });
+                last_error = e.to_string();
+            }
         }
         if attempt < config.max_attempts {
             tokio::time::sleep(backoff).await;

@@ -39,7 +39,7 @@ impl Keys {
     fn token(&self, tenant: &str) -> String {
         self.key
             .mint(
-                &TokenRequest::user("alice", ["a2a:write"])
+                &TokenRequest::user("alice", ["a2a:read", "a2a:write"])
                     .tenant(tenant)
                     .issuer("liquid-test")
                     .audience("liquid"),
@@ -421,4 +421,214 @@ async fn a_subscriber_on_another_replica_follows_the_task_in_order() {
     assert_eq!(state(&t), pb::TaskState::Completed as i32);
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tasks_history_and_push_configs_survive_a_restart_on_postgres() {
+    let db = TestDatabase::create().await.unwrap();
+    let keys = keys();
+    let mut cfg = config(db.url(), "memory://", &keys.auth, Profile::Tck);
+    cfg.settings.push.allow_loopback = true;
+    let token = keys.token("acme");
+    let first = start(&cfg).await;
+    let client = |running: &RunningService| {
+        A2aClient::jsonrpc(format!("http://{}/a2a", running.http_addr())).with_bearer(&token)
+    };
+    // A finished multi-turn task, and one waiting for input with a push config.
+    let c = client(&first);
+    let multi = task_of(
+        c.send_message(message("tck-input-required-r1", "one"))
+            .await
+            .unwrap(),
+    );
+    let mut follow = message("tck-complete-task-r1", "two");
+    follow.message.as_mut().unwrap().task_id = multi.id.clone();
+    let multi = task_of(c.send_message(follow).await.unwrap());
+    assert_eq!(state(&multi), pb::TaskState::Completed as i32);
+    let waiting = task_of(
+        c.send_message(message("tck-input-required-r2", "three"))
+            .await
+            .unwrap(),
+    );
+    let push = c
+        .create_task_push_notification_config(pb::TaskPushNotificationConfig {
+            task_id: waiting.id.clone(),
+            url: "http://127.0.0.1:9/hook".into(),
+            token: "kept".into(),
+            authentication: Some(pb::AuthenticationInfo {
+                scheme: "Bearer".into(),
+                credentials: "secret".into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A stream is open on a running task when the service stops.
+    let mut running_req = message("test-resubscribe-message-id", "long");
+    running_req.message.as_mut().unwrap().message_id = "test-resubscribe-message-id-r3".into();
+    let mut stream = c.send_streaming_message(running_req).await.unwrap();
+    let head = stream.next().await.unwrap().unwrap();
+    let Some(Payload::Task(interrupted)) = head.payload else {
+        panic!("the first event of a stream is the task: {head:?}")
+    };
+    let before = c
+        .get_task(pb::GetTaskRequest {
+            id: multi.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    first.stop().await.unwrap();
+    drop(stream);
+
+    let second = start(&cfg).await;
+    let c = client(&second);
+    let after = c
+        .get_task(pb::GetTaskRequest {
+            id: multi.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after, before);
+    assert_eq!(state(&after), pb::TaskState::Completed as i32);
+    let history: Vec<&str> = after
+        .history
+        .iter()
+        .filter(|m| m.role == pb::Role::User as i32)
+        .map(|m| m.message_id.as_str())
+        .collect();
+    assert_eq!(history, ["tck-input-required-r1", "tck-complete-task-r1"]);
+    // The task that was running when the service stopped is still known.
+    let kept = c
+        .get_task(pb::GetTaskRequest {
+            id: interrupted.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.history[0].message_id, "test-resubscribe-message-id-r3");
+    // Its execution is gone with the process: it failed, and says why, instead of staying
+    // WORKING forever.
+    let status = kept.status.unwrap();
+    assert_eq!(status.state, pb::TaskState::Failed as i32);
+    assert_eq!(
+        status.message.unwrap().parts[0].content,
+        Some(pb::part::Content::Text(
+            "the service stopped while the task was running".into()
+        ))
+    );
+    // The push config is still there, credentials and all.
+    let configs = c
+        .list_task_push_notification_configs(pb::ListTaskPushNotificationConfigsRequest {
+            task_id: waiting.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(configs.configs, [push]);
+    // ListTasks sees all three; the waiting task continues after the restart.
+    let listed = c.list_tasks(pb::ListTasksRequest::default()).await.unwrap();
+    assert_eq!(listed.total_size, 3);
+    let mut resume = message("tck-complete-task-r2", "four");
+    resume.message.as_mut().unwrap().task_id = waiting.id.clone();
+    let done = task_of(c.send_message(resume).await.unwrap());
+    assert_eq!(
+        (done.id.as_str(), state(&done)),
+        (waiting.id.as_str(), pb::TaskState::Completed as i32)
+    );
+    second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn read_and_write_operations_need_their_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let db = format!("sqlite://{}/a2a.db", dir.path().display());
+    let running = start(&config(&db, "memory://", &keys.auth, Profile::Tck)).await;
+    let mint = |scopes: &[&str]| {
+        keys.key
+            .mint(
+                &TokenRequest::user("bob", scopes.iter().copied())
+                    .tenant("acme")
+                    .issuer("liquid-test")
+                    .audience("liquid"),
+            )
+            .unwrap()
+    };
+    let writer = clients(&running, &mint(&["a2a:*"])).remove(0).1;
+    let task = task_of(
+        writer
+            .send_message(message("tck-input-required-scopes", "hi"))
+            .await
+            .unwrap(),
+    );
+    let reader_token = mint(&["a2a:read"]);
+    let nobody_token = mint(&["cowork:*"]);
+    for ((name, reader), (_, nobody)) in clients(&running, &reader_token)
+        .into_iter()
+        .zip(clients(&running, &nobody_token))
+    {
+        let get = pb::GetTaskRequest {
+            id: task.id.clone(),
+            ..Default::default()
+        };
+        assert_eq!(reader.get_task(get.clone()).await.unwrap().id, task.id);
+        assert_eq!(
+            nobody.get_task(get).await.unwrap_err().kind(),
+            A2aErrorKind::PermissionDenied,
+            "{name}"
+        );
+        let denied = |r: Result<(), A2aError>| {
+            assert_eq!(
+                r.unwrap_err().kind(),
+                A2aErrorKind::PermissionDenied,
+                "{name}"
+            );
+        };
+        denied(
+            reader
+                .send_message(message(&format!("tck-complete-task-s-{name}"), "hi"))
+                .await
+                .map(drop),
+        );
+        denied(
+            reader
+                .cancel_task(pb::CancelTaskRequest {
+                    id: task.id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        );
+        denied(
+            reader
+                .create_task_push_notification_config(pb::TaskPushNotificationConfig {
+                    task_id: task.id.clone(),
+                    url: "https://example.com/hook".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        );
+        denied(
+            reader
+                .delete_task_push_notification_config(pb::DeleteTaskPushNotificationConfigRequest {
+                    task_id: task.id.clone(),
+                    id: "any".into(),
+                    ..Default::default()
+                })
+                .await,
+        );
+    }
+    // The task was not touched by the refused calls.
+    let t = writer
+        .get_task(pb::GetTaskRequest {
+            id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(state(&t), pb::TaskState::InputRequired as i32);
+    running.stop().await.unwrap();
 }

@@ -325,6 +325,67 @@ async fn push_configs_are_capped_and_scoped(b: &Backend) {
     );
 }
 
+async fn push_configs_page_by_cursor(b: &Backend) {
+    let s = b.store.as_ref();
+    let t = task("t", "c", pb::TaskState::Working, "2026-05-01T10:00:00Z");
+    s.create("ten", "agent", "m", &t, &snapshot(&t))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = (0..5).map(|i| format!("cfg-{i}")).collect();
+    for id in &ids {
+        let cfg = pb::TaskPushNotificationConfig {
+            task_id: "t".into(),
+            id: id.clone(),
+            url: format!("https://client.example/{id}"),
+            ..Default::default()
+        };
+        assert!(s.put_push_config("ten", &cfg, 10).await.unwrap());
+    }
+    // Pages of two (asking for one more, as the handler does), each after the last cursor.
+    let mut seen = Vec::new();
+    let mut after: Option<Cursor> = None;
+    let mut pages = 0;
+    loop {
+        let mut page = s
+            .list_push_configs_page("ten", "t", after.as_ref(), 3)
+            .await
+            .unwrap();
+        pages += 1;
+        let more = page.len() > 2;
+        page.truncate(2);
+        after = page.last().map(|(_, c)| c.clone());
+        seen.extend(page.into_iter().map(|(c, _)| c.id));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
+    // A cursor of the decoded form round-trips, and another tenant sees nothing.
+    let first = s
+        .list_push_configs_page("ten", "t", None, 1)
+        .await
+        .unwrap()
+        .remove(0)
+        .1;
+    let decoded = Cursor::decode(&first.encode()).unwrap();
+    assert_eq!(
+        s.list_push_configs_page("ten", "t", Some(&decoded), 10)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(
+        s.list_push_configs_page("other", "t", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -342,4 +403,5 @@ suite!(
     listing_filters_and_pages,
     eviction_removes_expired_tasks_with_their_logs,
     push_configs_are_capped_and_scoped,
+    push_configs_page_by_cursor,
 );

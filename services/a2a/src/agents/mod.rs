@@ -1,9 +1,10 @@
 //! Agents are executors: given a message (and the task it continues), they report
 //! [`AgentEvent`]s until they are done. The engine owns tasks, logs and streams; an executor
-//! owns only what to answer. Executors here run in-process; `proto/liquid/a2a/v1` describes the
-//! same contract for executors hosted by other services.
+//! owns only what to answer. Echo and the conformance agent run in-process; [`remote`] runs
+//! agents hosted by other services over the contract of `proto/liquid/a2a/v1/executor.proto`.
 
 pub mod echo;
+pub mod remote;
 pub mod tck;
 
 use async_trait::async_trait;

@@ -130,6 +130,10 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// A page of tasks.
     async fn list(&self, tenant: &str, query: &TaskQuery) -> Result<TaskPage, StoreError>;
 
+    /// How many tasks (of every tenant and agent) are in each state, for the tasks-by-state
+    /// gauge; states without tasks are absent.
+    async fn count_by_state(&self) -> Result<Vec<(i32, i64)>, StoreError>;
+
     /// Deletes tasks whose `expires_at` has passed (with their events and configs).
     async fn evict_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
@@ -156,6 +160,22 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         tenant: &str,
         task_id: &str,
     ) -> Result<Vec<pb::TaskPushNotificationConfig>, StoreError>;
+
+    /// A page of a task's push configs, oldest first, starting strictly after `after` (its
+    /// `status_at_us` is the config's creation time), at most `limit`, each with its position.
+    async fn list_push_configs_page(
+        &self,
+        tenant: &str,
+        task_id: &str,
+        after: Option<&crate::domain::cursor::Cursor>,
+        limit: u32,
+    ) -> Result<
+        Vec<(
+            pb::TaskPushNotificationConfig,
+            crate::domain::cursor::Cursor,
+        )>,
+        StoreError,
+    >;
 
     /// Deletes a push config; `false` when there was none.
     async fn delete_push_config(

@@ -286,6 +286,17 @@ impl TaskStore for PostgresTaskStore {
         Ok(TaskPage { tasks, total })
     }
 
+    async fn count_by_state(&self) -> Result<Vec<(i32, i64)>, StoreError> {
+        let rows: Vec<(i16, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM a2a_tasks GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(state, n)| (i32::from(state), n))
+            .collect())
+    }
+
     async fn evict_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(
             sqlx::query("DELETE FROM a2a_tasks WHERE expires_at IS NOT NULL AND expires_at <= $1")
@@ -366,6 +377,47 @@ impl TaskStore for PostgresTaskStore {
         .fetch_all(&self.pool)
         .await?;
         texts.iter().map(|t| from_json(t)).collect()
+    }
+
+    async fn list_push_configs_page(
+        &self,
+        tenant: &str,
+        task_id: &str,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<(pb::TaskPushNotificationConfig, Cursor)>, StoreError> {
+        let (after_time, after_id) = match after {
+            Some(c) => (
+                DateTime::from_timestamp_micros(c.status_at_us),
+                c.id.clone(),
+            ),
+            None => (None, String::new()),
+        };
+        let rows = sqlx::query(
+            "SELECT config::text AS config, created_at, id FROM a2a_push_configs \
+             WHERE tenant = $1 AND task_id = $2 \
+             AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4)) \
+             ORDER BY created_at, id LIMIT $5",
+        )
+        .bind(tenant)
+        .bind(task_id)
+        .bind(after_time)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let at: DateTime<Utc> = r.try_get("created_at")?;
+                Ok((
+                    from_json(&r.try_get::<String, _>("config")?)?,
+                    Cursor {
+                        status_at_us: micros(at),
+                        id: r.try_get("id")?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     async fn delete_push_config(

@@ -1,5 +1,9 @@
 //! The task store on SQLite. JSON is stored as text and times as microseconds since the epoch, so
 //! both backends share the ProtoJSON encoding code.
+//!
+//! Write transactions start with `BEGIN IMMEDIATE`: a deferred transaction that reads and then
+//! writes cannot upgrade its lock while another connection writes and fails at once with
+//! SQLITE_BUSY instead of waiting for the busy timeout.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -41,7 +45,7 @@ impl TaskStore for SqliteTaskStore {
         event: &pb::StreamResponse,
     ) -> Result<Created, StoreError> {
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(existing) = sqlx::query_scalar::<_, String>(
             "SELECT task_id FROM a2a_task_messages WHERE tenant = ?1 AND agent = ?2 AND message_id = ?3",
         )
@@ -170,7 +174,7 @@ impl TaskStore for SqliteTaskStore {
         } else {
             expected_seq
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let updated = sqlx::query(
             "UPDATE a2a_tasks SET seq = ?4, state = ?5, task = ?6, status_at = ?7, expires_at = ?8 \
              WHERE tenant = ?1 AND id = ?2 AND seq = ?3",
@@ -282,6 +286,17 @@ impl TaskStore for SqliteTaskStore {
         Ok(TaskPage { tasks, total })
     }
 
+    async fn count_by_state(&self) -> Result<Vec<(i32, i64)>, StoreError> {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM a2a_tasks GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(state, n)| (i32::try_from(state).unwrap_or_default(), n))
+            .collect())
+    }
+
     async fn evict_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(
             sqlx::query("DELETE FROM a2a_tasks WHERE expires_at IS NOT NULL AND expires_at <= ?1")
@@ -298,7 +313,7 @@ impl TaskStore for SqliteTaskStore {
         config: &pb::TaskPushNotificationConfig,
         cap: u32,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let others: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM a2a_push_configs WHERE tenant = ?1 AND task_id = ?2 AND id <> ?3",
         )
@@ -356,6 +371,43 @@ impl TaskStore for SqliteTaskStore {
         .fetch_all(&self.pool)
         .await?;
         texts.iter().map(|t| from_json(t)).collect()
+    }
+
+    async fn list_push_configs_page(
+        &self,
+        tenant: &str,
+        task_id: &str,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<(pb::TaskPushNotificationConfig, Cursor)>, StoreError> {
+        let (after_time, after_id) = match after {
+            Some(c) => (Some(c.status_at_us), c.id.clone()),
+            None => (None, String::new()),
+        };
+        let rows = sqlx::query(
+            "SELECT config, created_at, id FROM a2a_push_configs \
+             WHERE tenant = ?1 AND task_id = ?2 \
+             AND (?3 IS NULL OR created_at > ?3 OR (created_at = ?3 AND id > ?4)) \
+             ORDER BY created_at, id LIMIT ?5",
+        )
+        .bind(tenant)
+        .bind(task_id)
+        .bind(after_time)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    from_json(&r.try_get::<String, _>("config")?)?,
+                    Cursor {
+                        status_at_us: r.try_get("created_at")?,
+                        id: r.try_get("id")?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     async fn delete_push_config(
