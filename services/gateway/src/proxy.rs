@@ -72,6 +72,12 @@ impl Upstreams {
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
+        // Every upstream's rejection counter from zero, so a dashboard shows a flat line rather
+        // than no data until the first circuit opens.
+        for service in peers.keys().filter(|k| k.as_str() != "gateway") {
+            metrics::counter!("liquid_gateway_upstream_rejected_total", "upstream" => service.clone())
+                .increment(0);
+        }
         Upstreams {
             inner: Arc::new(UpstreamsInner {
                 peers,
