@@ -5,7 +5,9 @@
 //! service's `liquid.platform.v1.PlatformService/GetInfo` over gRPC; agents and tasks come from
 //! the a2a service (cards over HTTP, tasks over its A2A gRPC binding); containers from
 //! container-pool's `GetStatus`; prices from the hub (the last tick it forwarded, then live
-//! ticks); chat is the gateway's own chat service ([`crate::chat`]). A field whose service is
+//! ticks); chat is the gateway's own chat service ([`crate::chat`]); cowork sessions, plans,
+//! steps, agents and event logs from cowork's REST API (cowork has no gRPC API of its own), its
+//! live events from the hub's `cowork:<session>` channel. A field whose service is
 //! not configured or does not answer resolves to an error naming the service and its address
 //! (`extensions.code` is the platform's error code); nothing is made up.
 //!
@@ -364,6 +366,73 @@ impl Backends {
             )
         })?;
         Ok(AgentCard::from_pb(name.unwrap_or(""), card))
+    }
+}
+
+impl Backends {
+    /// `GET` on cowork's REST API (`peers.cowork.http`, no gRPC API of its own) with the
+    /// caller's token, so cowork checks `cowork:read` and the tenant as for a REST call; its
+    /// error envelope becomes the field's error with the same code.
+    async fn cowork_get(&self, caller: &Caller, path: &str) -> Result<Value, Error> {
+        let peer = self.http_peer("cowork")?;
+        let url = format!("{}{path}", peer.http.trim_end_matches('/'));
+        let mut headers = http::HeaderMap::new();
+        caller
+            .token
+            .apply_to_headers(&mut headers)
+            .map_err(|e| error(e.error_code(), e.to_string()))?;
+        liquid_kit::telemetry::inject_http(&mut headers);
+        let response = self
+            .http
+            .get(&url)
+            .headers(headers)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                error(
+                    ErrorCode::Unavailable,
+                    format!("the cowork service did not answer at {}: {e}", peer.http),
+                )
+            })?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| {
+            error(
+                ErrorCode::Unavailable,
+                format!("the cowork service sent an unreadable answer ({status}): {e}"),
+            )
+        })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let code = body["error"]["code"]
+            .as_str()
+            .and_then(ErrorCode::parse)
+            .unwrap_or(if status.is_server_error() {
+                ErrorCode::Unavailable
+            } else {
+                ErrorCode::Internal
+            });
+        let message = body["error"]["message"].as_str().unwrap_or("no message");
+        tracing::debug!(target: target::GRAPHQL, service = "cowork", code = code.as_str(), "service call failed");
+        Err(error(
+            code,
+            format!("the cowork service refused: {message}"),
+        ))
+    }
+}
+
+/// A cowork id as it may appear in a path: a UUID's characters only.
+fn check_cowork_id(what: &str, id: &str) -> Result<(), Error> {
+    let ok =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(error(
+            ErrorCode::InvalidArgument,
+            format!("{what} is a cowork id (a uuid)"),
+        ))
     }
 }
 
@@ -766,6 +835,396 @@ pub struct ChatEvent {
     reply: Option<ChatReply>,
 }
 
+fn str_of(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or("").to_owned()
+}
+
+fn opt_str_of(v: &Value, key: &str) -> Option<String> {
+    v[key].as_str().map(str::to_owned)
+}
+
+fn strings_of(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A cowork deep-work session, as `GET /api/v1/cowork/sessions/{id}` shows it; its plan, steps,
+/// agents and events are further calls to cowork, made only when selected.
+pub struct CoworkSession {
+    v: Value,
+}
+
+impl CoworkSession {
+    fn id(&self) -> &str {
+        self.v["session_id"].as_str().unwrap_or("")
+    }
+}
+
+#[Object]
+impl CoworkSession {
+    /// Id.
+    async fn session_id(&self) -> &str {
+        self.id()
+    }
+
+    /// `planning`, `awaiting_approval`, `running`, `paused`, `completed`, `failed`,
+    /// `rejected` or `cancelled`.
+    async fn state(&self) -> String {
+        str_of(&self.v, "state")
+    }
+
+    /// Title.
+    async fn title(&self) -> String {
+        str_of(&self.v, "title")
+    }
+
+    /// The request it was created with.
+    async fn request(&self) -> String {
+        str_of(&self.v, "request")
+    }
+
+    /// The workspace.
+    async fn workspace(&self) -> String {
+        str_of(&self.v, "workspace")
+    }
+
+    /// The staging sandbox (`/api/v1/sandbox/{id}`: diff, apply, rollback).
+    async fn sandbox_id(&self) -> String {
+        str_of(&self.v, "sandbox_id")
+    }
+
+    /// Requested strategy.
+    async fn strategy(&self) -> String {
+        str_of(&self.v, "strategy")
+    }
+
+    /// Current plan version (0: none yet).
+    async fn plan_version(&self) -> i64 {
+        self.v["plan_version"].as_i64().unwrap_or(0)
+    }
+
+    /// `model:<name>` or `offline`.
+    async fn planner(&self) -> String {
+        str_of(&self.v, "planner")
+    }
+
+    /// Why it failed.
+    async fn error(&self) -> Option<String> {
+        opt_str_of(&self.v, "error")
+    }
+
+    /// Who created it.
+    async fn created_by(&self) -> String {
+        str_of(&self.v, "created_by")
+    }
+
+    /// RFC 3339.
+    async fn created_at(&self) -> String {
+        str_of(&self.v, "created_at")
+    }
+
+    /// RFC 3339.
+    async fn updated_at(&self) -> String {
+        str_of(&self.v, "updated_at")
+    }
+
+    /// RFC 3339, once final.
+    async fn finished_at(&self) -> Option<String> {
+        opt_str_of(&self.v, "finished_at")
+    }
+
+    /// Steps by state (`{"succeeded": 2, "running": 1}`), once approved.
+    async fn step_counts(&self) -> Json<Value> {
+        Json(self.v["steps"].clone())
+    }
+
+    /// The plan under review or running (`version` none: the current one); null before the
+    /// planner produced one.
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn plan(
+        &self,
+        ctx: &Context<'_>,
+        version: Option<i32>,
+    ) -> Result<Option<CoworkPlan>, Error> {
+        if version.is_none() && self.v["plan_version"].as_i64().unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        let path = match version {
+            Some(n) => format!("/api/v1/cowork/sessions/{}/plan?version={n}", self.id()),
+            None => format!("/api/v1/cowork/sessions/{}/plan", self.id()),
+        };
+        let v = ctx
+            .data::<Backends>()?
+            .cowork_get(caller(ctx)?, &path)
+            .await?;
+        Ok(Some(CoworkPlan::from_json(&v)))
+    }
+
+    /// The steps with their state, runner and outcome (once approved).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn steps(&self, ctx: &Context<'_>) -> Result<Vec<CoworkStep>, Error> {
+        let path = format!("/api/v1/cowork/sessions/{}/steps", self.id());
+        let v = ctx
+            .data::<Backends>()?
+            .cowork_get(caller(ctx)?, &path)
+            .await?;
+        Ok(v["steps"]
+            .as_array()
+            .map(|a| a.iter().map(CoworkStep::from_json).collect())
+            .unwrap_or_default())
+    }
+
+    /// The agents started for its steps (the first 500).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn agents(&self, ctx: &Context<'_>) -> Result<Vec<CoworkAgent>, Error> {
+        let path = format!("/api/v1/cowork/agents?session_id={}&limit=500", self.id());
+        let v = ctx
+            .data::<Backends>()?
+            .cowork_get(caller(ctx)?, &path)
+            .await?;
+        Ok(v["agents"]
+            .as_array()
+            .map(|a| a.iter().map(CoworkAgent::from_json).collect())
+            .unwrap_or_default())
+    }
+
+    /// Its event log, oldest first (`limit` 1 to 500, default 100; `after` an event id).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        limit: Option<i32>,
+    ) -> Result<Vec<CoworkEvent>, Error> {
+        let limit = limit.unwrap_or(100);
+        if !(1..=500).contains(&limit) {
+            return Err(error(ErrorCode::InvalidArgument, "limit is 1 to 500"));
+        }
+        let mut path = format!("/api/v1/cowork/sessions/{}/events?limit={limit}", self.id());
+        if let Some(a) = after {
+            check_cowork_id("after", &a)?;
+            path.push_str(&format!("&after={a}"));
+        }
+        let v = ctx
+            .data::<Backends>()?
+            .cowork_get(caller(ctx)?, &path)
+            .await?;
+        Ok(v["events"]
+            .as_array()
+            .map(|a| a.iter().map(CoworkEvent::from_json).collect())
+            .unwrap_or_default())
+    }
+
+    /// The session as cowork sent it.
+    async fn json(&self) -> Json<Value> {
+        Json(self.v.clone())
+    }
+}
+
+/// A page of cowork sessions, newest first.
+#[derive(SimpleObject)]
+pub struct CoworkSessionPage {
+    /// The sessions.
+    sessions: Vec<CoworkSession>,
+    /// Pass as `cursor` for the next page (null on the last).
+    next_cursor: Option<String>,
+}
+
+/// One step of a cowork plan.
+#[derive(SimpleObject)]
+pub struct CoworkPlanStep {
+    /// Its id in the plan.
+    id: String,
+    /// Title.
+    title: String,
+    /// What the agent is asked to do.
+    instructions: String,
+    /// The specialist (`ui`, `api`, `security`, `test`, `general`).
+    domain: String,
+    /// Steps that must finish first.
+    depends_on: Vec<String>,
+    /// Files it may touch (glob patterns).
+    file_scopes: Vec<String>,
+    /// What it should produce.
+    expected_artifacts: Vec<String>,
+    /// `critical`, `high`, `normal` or `low`.
+    priority: String,
+}
+
+/// A version of a cowork session's plan.
+#[derive(SimpleObject)]
+pub struct CoworkPlan {
+    /// Version.
+    version: i64,
+    /// `model`, `offline` or `edited`.
+    source: String,
+    /// The plan's summary.
+    summary: String,
+    /// `sequential`, `parallel`, `hybrid` or `domain`.
+    strategy: String,
+    /// The steps.
+    steps: Vec<CoworkPlanStep>,
+    /// Step ids in waves that can run in parallel.
+    waves: Vec<Vec<String>>,
+    /// RFC 3339.
+    created_at: String,
+}
+
+impl CoworkPlan {
+    fn from_json(v: &Value) -> CoworkPlan {
+        let plan = &v["plan"];
+        CoworkPlan {
+            version: v["version"].as_i64().unwrap_or(0),
+            source: str_of(v, "source"),
+            summary: str_of(plan, "summary"),
+            strategy: str_of(plan, "strategy"),
+            steps: plan["steps"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|s| CoworkPlanStep {
+                            id: str_of(s, "id"),
+                            title: str_of(s, "title"),
+                            instructions: str_of(s, "instructions"),
+                            domain: str_of(s, "domain"),
+                            depends_on: strings_of(&s["depends_on"]),
+                            file_scopes: strings_of(&s["file_scopes"]),
+                            expected_artifacts: strings_of(&s["expected_artifacts"]),
+                            priority: str_of(s, "priority"),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            waves: v["waves"]
+                .as_array()
+                .map(|w| w.iter().map(strings_of).collect())
+                .unwrap_or_default(),
+            created_at: str_of(v, "created_at"),
+        }
+    }
+}
+
+/// A step of a running or finished cowork session.
+#[derive(SimpleObject)]
+pub struct CoworkStep {
+    /// Id.
+    step_id: String,
+    /// Its id in the plan.
+    key: String,
+    /// `pending`, `running`, `succeeded`, `failed`...
+    state: String,
+    /// The plan step's title.
+    title: String,
+    /// The specialist.
+    domain: String,
+    /// Agents started for it.
+    attempts: i64,
+    /// Runner of the last agent.
+    runner: Option<String>,
+    /// The agent's closing words.
+    summary: Option<String>,
+    /// Why it failed.
+    error: Option<String>,
+    /// RFC 3339.
+    started_at: Option<String>,
+    /// RFC 3339.
+    finished_at: Option<String>,
+}
+
+impl CoworkStep {
+    fn from_json(v: &Value) -> CoworkStep {
+        CoworkStep {
+            step_id: str_of(v, "step_id"),
+            key: str_of(v, "key"),
+            state: str_of(v, "state"),
+            title: str_of(&v["step"], "title"),
+            domain: str_of(&v["step"], "domain"),
+            attempts: v["attempts"].as_i64().unwrap_or(0),
+            runner: opt_str_of(v, "runner"),
+            summary: opt_str_of(v, "summary"),
+            error: opt_str_of(v, "error"),
+            started_at: opt_str_of(v, "started_at"),
+            finished_at: opt_str_of(v, "finished_at"),
+        }
+    }
+}
+
+/// An agent cowork started for a step.
+#[derive(SimpleObject)]
+pub struct CoworkAgent {
+    /// Id.
+    agent_id: String,
+    /// The step.
+    step_id: String,
+    /// Attempt at the step.
+    attempt: i64,
+    /// The specialist.
+    domain: String,
+    /// `critical`, `high`, `normal` or `low`.
+    priority: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `dead`...
+    state: String,
+    /// Runner.
+    runner: Option<String>,
+    /// The container-pool claim it ran in.
+    claim_id: Option<String>,
+    /// Last heartbeat (RFC 3339).
+    heartbeat_at: Option<String>,
+}
+
+impl CoworkAgent {
+    fn from_json(v: &Value) -> CoworkAgent {
+        CoworkAgent {
+            agent_id: str_of(v, "agent_id"),
+            step_id: str_of(v, "step_id"),
+            attempt: v["attempt"].as_i64().unwrap_or(0),
+            domain: str_of(v, "domain"),
+            priority: str_of(v, "priority"),
+            state: str_of(v, "state"),
+            runner: opt_str_of(v, "runner"),
+            claim_id: opt_str_of(v, "claim_id"),
+            heartbeat_at: opt_str_of(v, "heartbeat_at"),
+        }
+    }
+}
+
+/// A cowork session event (`session:created`, `plan:generated`, `subtask:completed`...).
+#[derive(SimpleObject)]
+pub struct CoworkEvent {
+    /// Id (the bus message id).
+    event_id: Option<String>,
+    /// Type.
+    #[graphql(name = "type")]
+    kind: String,
+    /// The session.
+    session_id: String,
+    /// RFC 3339.
+    time: String,
+    /// The event's data.
+    data: Json<Value>,
+}
+
+impl CoworkEvent {
+    fn from_json(v: &Value) -> CoworkEvent {
+        CoworkEvent {
+            event_id: match &v["event_id"] {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            },
+            kind: str_of(v, "type"),
+            session_id: str_of(v, "session_id"),
+            time: str_of(v, "time"),
+            data: Json(v["data"].clone()),
+        }
+    }
+}
+
 fn chat_of<'a>(ctx: &'a Context<'_>) -> Result<&'a ChatService, Error> {
     ctx.data::<Backends>()?.chat.as_ref().ok_or_else(|| {
         error(
@@ -975,6 +1434,63 @@ impl Query {
             .into_iter()
             .map(Price::from)
             .collect())
+    }
+
+    /// The caller's cowork sessions, newest first (`state` filters; `limit` 1 to 100, default
+    /// 20), from cowork's REST API with the caller's token (`cowork:read`, the caller's tenant).
+    #[graphql(
+        complexity = "SERVICE_CALL_COST + limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE) as usize * child_complexity"
+    )]
+    async fn cowork_sessions(
+        &self,
+        ctx: &Context<'_>,
+        state: Option<String>,
+        limit: Option<i32>,
+        cursor: Option<String>,
+    ) -> Result<CoworkSessionPage, Error> {
+        let c = caller(ctx)?;
+        let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(error(ErrorCode::InvalidArgument, "limit is 1 to 100"));
+        }
+        let mut path = format!("/api/v1/cowork/sessions?limit={limit}");
+        if let Some(s) = state {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                return Err(error(
+                    ErrorCode::InvalidArgument,
+                    "state is a session state such as running or awaiting_approval",
+                ));
+            }
+            path.push_str(&format!("&state={s}"));
+        }
+        if let Some(cur) = cursor {
+            check_cowork_id("cursor", &cur)?;
+            path.push_str(&format!("&cursor={cur}"));
+        }
+        let v = ctx.data::<Backends>()?.cowork_get(c, &path).await?;
+        Ok(CoworkSessionPage {
+            sessions: v["sessions"]
+                .as_array()
+                .map(|a| a.iter().map(|s| CoworkSession { v: s.clone() }).collect())
+                .unwrap_or_default(),
+            next_cursor: match &v["next_cursor"] {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            },
+        })
+    }
+
+    /// One of the caller's cowork sessions (`cowork:read`).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
+    async fn cowork_session(&self, ctx: &Context<'_>, id: String) -> Result<CoworkSession, Error> {
+        let c = caller(ctx)?;
+        check_cowork_id("id", &id)?;
+        let v = ctx
+            .data::<Backends>()?
+            .cowork_get(c, &format!("/api/v1/cowork/sessions/{id}"))
+            .await?;
+        Ok(CoworkSession { v })
     }
 
     /// The history of one of the caller's chat sessions (`write:chat`).
@@ -1196,6 +1712,28 @@ impl SubscriptionRoot {
         let mut slot = Some(prepared);
         let (stream, outcome) = chat.stream(&mut slot).await.map_err(api_error)?;
         Ok(chat_events(chat, stream, outcome, tenant, session))
+    }
+
+    /// Events of one of the caller's cowork sessions as cowork publishes them on the
+    /// `cowork:<session>` channel, from now on (`cowork:read`; cowork is asked first, so an
+    /// unknown session or another tenant's is `not_found`).
+    async fn cowork_events(
+        &self,
+        ctx: &Context<'_>,
+        session: String,
+    ) -> Result<impl Stream<Item = CoworkEvent> + use<>, Error> {
+        let c = caller(ctx)?;
+        require(c, scopes::COWORK_READ)?;
+        check_cowork_id("session", &session)?;
+        let channel = Channel::parse(&format!("cowork:{session}"))
+            .map_err(|e| error(ErrorCode::InvalidArgument, e.to_string()))?;
+        let backends = ctx.data::<Backends>()?;
+        // Follow before asking, so nothing published in between is missed.
+        let stream = follow(&backends.hub, &[channel.subject(c.claims.tenant_id())])?;
+        backends
+            .cowork_get(c, &format!("/api/v1/cowork/sessions/{session}"))
+            .await?;
+        Ok(stream.map(|v| CoworkEvent::from_json(&v)))
     }
 
     /// Updates of a task until it reaches a final state.

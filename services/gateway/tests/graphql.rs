@@ -3,7 +3,8 @@
 //! client sees: each service's status from its own gRPC `GetInfo` with the caller's token,
 //! agents and tasks from a2a, the container pool's status, prices and chat, subscriptions over
 //! `graphql-transport-ws`, the same scopes as REST, clear errors for services that are missing
-//! or down, and the depth limit.
+//! or down (cowork's fields included; `services/cowork/tests/through_gateway.rs` runs them
+//! against a real cowork), the schema's cowork types, and the depth limit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -151,6 +152,23 @@ async fn queries_reach_the_services_with_the_callers_token_and_name_what_is_miss
         .find(|e| e["message"].as_str().unwrap().contains("cowork"))
         .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(cowork_error["extensions"]["code"], "unavailable");
+    // cowork's fields call its REST API; cowork is down here, and that is what they say.
+    let v = query(
+        &gw,
+        &admin,
+        "{ coworkSessions { sessions { sessionId } } }",
+        json!({}),
+    )
+    .await;
+    assert!(v["data"].is_null(), "{v}");
+    assert_eq!(error_codes(&v), ["unavailable"], "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the cowork service did not answer at http://127.0.0.1:9"),
+        "{v}"
+    );
     assert!(
         status.iter().all(|s| s["service"] != "healer"),
         "a service without a gRPC address is not asked"
@@ -442,5 +460,135 @@ async fn subscriptions_stream_prices_and_chat_over_graphql_transport_ws() {
         .await
         .err(),
         Some(401)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cowork_fields_are_in_the_schema_and_say_when_cowork_is_not_configured() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    cfg.peers.remove("cowork");
+    let gw = start(&cfg).await;
+    let token = keys.token("alice", "acme", &["cowork:read", "read:prices"]);
+
+    // The schema: sessions with state, plan steps and agents; events as a subscription.
+    let v = query(
+        &gw,
+        &token,
+        r#"{ s: __type(name: "CoworkSession") { fields { name } }
+             p: __type(name: "CoworkPlanStep") { fields { name } }
+             q: __type(name: "Query") { fields { name } }
+             sub: __type(name: "SubscriptionRoot") { fields { name } } }"#,
+        json!({}),
+    )
+    .await;
+    let names = |k: &str| -> Vec<String> {
+        v["data"][k]["fields"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for f in [
+        "sessionId",
+        "state",
+        "plan",
+        "steps",
+        "agents",
+        "events",
+        "sandboxId",
+    ] {
+        assert!(names("s").iter().any(|n| n == f), "CoworkSession.{f}: {v}");
+    }
+    for f in ["id", "dependsOn", "domain", "fileScopes"] {
+        assert!(names("p").iter().any(|n| n == f), "CoworkPlanStep.{f}: {v}");
+    }
+    for f in ["coworkSessions", "coworkSession"] {
+        assert!(names("q").iter().any(|n| n == f), "Query.{f}: {v}");
+    }
+    assert!(names("sub").iter().any(|n| n == "coworkEvents"), "{v}");
+
+    // No cowork behind this gateway: a clear error, nothing made up.
+    let session = "0190a1b2-0000-7000-8000-000000000001";
+    let v = query(
+        &gw,
+        &token,
+        r#"query($id: String!) { coworkSession(id: $id) { state } }"#,
+        json!({"id": session}),
+    )
+    .await;
+    assert!(v["data"].is_null(), "{v}");
+    assert_eq!(error_codes(&v), ["unavailable"]);
+    assert!(
+        v["errors"][0]["message"].as_str().unwrap().contains(
+            "the cowork service is not configured on this gateway (peers.cowork.http is empty)"
+        ),
+        "{v}"
+    );
+
+    // Bad arguments are refused before any call.
+    let v = query(
+        &gw,
+        &token,
+        r#"{ coworkSession(id: "../etc") { state } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(error_codes(&v), ["invalid_argument"], "{v}");
+    let v = query(
+        &gw,
+        &token,
+        "{ coworkSessions(limit: 0) { sessions { state } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(error_codes(&v), ["invalid_argument"], "{v}");
+
+    // The subscription: cowork:read first, then the same clear error.
+    let mut ws = gql_ws(&gw, &[]).await;
+    let prices_only = keys.token("bob", "acme", &["read:prices"]);
+    send(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {prices_only}")}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "connection_ack");
+    let subscribe = json!({"query": "subscription($s: String!) { coworkEvents(session: $s) { type } }", "variables": {"s": session}});
+    send(
+        &mut ws,
+        json!({"id": "a", "type": "subscribe", "payload": subscribe}),
+    )
+    .await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"], "permission_denied",
+        "{refused}"
+    );
+    let mut ws = gql_ws(&gw, &[]).await;
+    send(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({"id": "b", "type": "subscribe", "payload": subscribe}),
+    )
+    .await;
+    let missing = next_json(&mut ws).await;
+    assert_eq!(
+        missing["payload"]["errors"][0]["extensions"]["code"], "unavailable",
+        "{missing}"
     );
 }
