@@ -20,7 +20,7 @@
 //! | `POST /api/v1/cowork/queue/{action}` | write | `pause`, `resume`, `reorder`, `spawn`, `terminate` |
 
 use axum::body::Bytes as Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,14 +34,11 @@ use crate::domain::plan::Plan;
 use crate::domain::schedule::{AgentState, Priority, SessionState};
 use crate::error::CoworkError;
 use crate::manager::SpawnRequest;
-use crate::sandbox::Caller;
 use crate::sessions::{CoworkSessions, CreateSession};
 use crate::store::printable;
 use crate::store::sessions::{AgentSelector, rfc3339};
 
-use super::http::{SCOPE_READ, SCOPE_WRITE};
-
-const MAX_PAGE: i64 = 500;
+use super::{SCOPE_READ, SCOPE_WRITE, caller, idempotency_key, page_limit, parse, query};
 
 /// The routes, to be mounted behind the auth layer.
 pub fn routes(sessions: CoworkSessions) -> Router {
@@ -68,43 +65,9 @@ pub fn routes(sessions: CoworkSessions) -> Router {
         .with_state(sessions)
 }
 
-fn caller(auth: &Authenticated, scope: &str) -> Result<Caller, CoworkError> {
-    auth.require(scope)?;
-    Ok(Caller {
-        tenant: auth.tenant_id().to_owned(),
-        actor: auth.sub.clone(),
-    })
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, CoworkError> {
-    let body = if body.is_empty() {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    serde_json::from_slice(body).map_err(|e| CoworkError::invalid("body", e.to_string()))
-}
-
-fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, CoworkError> {
-    Query::<T>::try_from_uri(uri)
-        .map(|q| q.0)
-        .map_err(|e| CoworkError::invalid("query", e.body_text()))
-}
-
 fn id_of(field: &str, text: &str) -> Result<Uuid, CoworkError> {
     Uuid::parse_str(text)
         .map_err(|_| CoworkError::invalid(field, format!("`{}` is not an id", printable(text))))
-}
-
-fn page_limit(limit: Option<i64>) -> Result<i64, CoworkError> {
-    match limit {
-        None => Ok(100),
-        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(_) => Err(CoworkError::invalid(
-            "limit",
-            format!("between 1 and {MAX_PAGE}"),
-        )),
-    }
 }
 
 async fn create(
@@ -115,15 +78,8 @@ async fn create(
 ) -> Result<Response, CoworkError> {
     let caller = caller(&auth, SCOPE_WRITE)?;
     let mut req: CreateSession = parse(&body)?;
-    if let Some(key) = headers.get("idempotency-key") {
-        let key = key
-            .to_str()
-            .ok()
-            .filter(|k| !k.is_empty() && k.len() <= 200)
-            .ok_or_else(|| {
-                CoworkError::invalid("Idempotency-Key", "1 to 200 visible ASCII characters")
-            })?;
-        req.idempotency_key = Some(key.to_owned());
+    if let Some(key) = idempotency_key(&headers)? {
+        req.idempotency_key = Some(key);
     }
     let (view, created) = s.create(&caller, req).await?;
     let status = if created {

@@ -18,7 +18,7 @@
 //! | `GET /api/v1/sandbox/audit` | read | the audit log, filtered, cursor-paginated |
 
 use axum::body::Bytes as Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::http::Uri;
@@ -32,16 +32,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::error::CoworkError;
-use crate::sandbox::{Caller, CreateSandbox, StagingSandboxes};
+use crate::sandbox::{CreateSandbox, StagingSandboxes};
 use crate::store::AuditFilter;
 
-/// Scope for reading sandboxes and the audit log.
-pub const SCOPE_READ: &str = "cowork:read";
-/// Scope for changing sandboxes.
-pub const SCOPE_WRITE: &str = "cowork:write";
-
-/// Largest page of a list.
-const MAX_PAGE: i64 = 500;
+use super::{SCOPE_READ, SCOPE_WRITE, caller, idempotency_key, page_limit, parse, query};
 
 /// The routes, to be mounted behind the auth layer.
 pub fn routes(sandboxes: StagingSandboxes) -> Router {
@@ -61,29 +55,6 @@ pub fn routes(sandboxes: StagingSandboxes) -> Router {
         .with_state(sandboxes)
 }
 
-fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, CoworkError> {
-    Query::<T>::try_from_uri(uri)
-        .map(|q| q.0)
-        .map_err(|e| CoworkError::invalid("query", e.body_text()))
-}
-
-fn caller(auth: &Authenticated, scope: &str) -> Result<Caller, CoworkError> {
-    auth.require(scope)?;
-    Ok(Caller {
-        tenant: auth.tenant_id().to_owned(),
-        actor: auth.sub.clone(),
-    })
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, CoworkError> {
-    let body = if body.is_empty() {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    serde_json::from_slice(body).map_err(|e| CoworkError::invalid("body", e.to_string()))
-}
-
 fn sandbox_id(text: &str) -> Result<Uuid, CoworkError> {
     Uuid::parse_str(text).map_err(|_| {
         CoworkError::invalid(
@@ -91,17 +62,6 @@ fn sandbox_id(text: &str) -> Result<Uuid, CoworkError> {
             format!("`{}` is not a sandbox id", crate::store::printable(text)),
         )
     })
-}
-
-fn page_limit(limit: Option<i64>) -> Result<i64, CoworkError> {
-    match limit {
-        None => Ok(100),
-        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(_) => Err(CoworkError::invalid(
-            "limit",
-            format!("between 1 and {MAX_PAGE}"),
-        )),
-    }
 }
 
 async fn create(
@@ -112,15 +72,8 @@ async fn create(
 ) -> Result<Response, CoworkError> {
     let caller = caller(&auth, SCOPE_WRITE)?;
     let mut req: CreateSandbox = parse(&body)?;
-    if let Some(key) = headers.get("idempotency-key") {
-        let key = key
-            .to_str()
-            .ok()
-            .filter(|k| !k.is_empty() && k.len() <= 200)
-            .ok_or_else(|| {
-                CoworkError::invalid("Idempotency-Key", "1 to 200 visible ASCII characters")
-            })?;
-        req.idempotency_key = Some(key.to_owned());
+    if let Some(key) = idempotency_key(&headers)? {
+        req.idempotency_key = Some(key);
     }
     let view = s.create(&caller, req).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
