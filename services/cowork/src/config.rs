@@ -3,7 +3,8 @@
 //! sandbox lives), `[permissions]` (the permission pipeline's blocked prefixes, extensions,
 //! capabilities and size limits), `[llm]` (model clients), `[planner]` (model and the
 //! specialists' file patterns), `[directives]`, `[executor]` (how steps run in containers) and
-//! `[agents]` (the agent manager's concurrency, heartbeats and retries).
+//! `[agents]` (the agent manager's concurrency, heartbeats and retries) and `[a2a]` (remote
+//! A2A agents steps are delegated to).
 //!
 //! Environment keys follow the platform (`LIQUID_COWORK__SANDBOX__ROOT`,
 //! `LIQUID_COWORK__PERMISSIONS__MAX_FILE_BYTES`). Every section rejects unknown keys and
@@ -37,6 +38,35 @@ pub struct CoworkSettings {
     pub executor: ExecutorSection,
     /// `[agents]`: the agent manager.
     pub agents: AgentsSection,
+    /// `[a2a]`: remote A2A agents steps may be delegated to (see [`crate::bridge`]).
+    pub a2a: A2aBridgeSection,
+}
+
+/// `[a2a]`: the A2A bridge's remote agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct A2aBridgeSection {
+    /// Base URLs of remote A2A agents; each serves its card at
+    /// `<url>/.well-known/agent-card.json` (for an agent of the a2a service:
+    /// `http://a2a:8083/agents/<name>`).
+    pub agents: Vec<String>,
+    /// Bearer token sent to the remote agents (env `LIQUID_COWORK__A2A__TOKEN`); empty: none.
+    pub token: liquid_kit::Secret<String>,
+    /// Period of GetTask polling for agents whose card does not offer streaming.
+    pub poll_interval_ms: u64,
+    /// How long a fetched agent card is trusted before it is fetched again.
+    pub card_ttl_secs: u64,
+}
+
+impl Default for A2aBridgeSection {
+    fn default() -> Self {
+        A2aBridgeSection {
+            agents: Vec::new(),
+            token: liquid_kit::Secret::default(),
+            poll_interval_ms: 500,
+            card_ttl_secs: 300,
+        }
+    }
 }
 
 /// `[planner]`: how plans are made.
@@ -265,6 +295,20 @@ fn check_extensions(key: &str, list: &[String]) -> Result<(), ConfigError> {
 
 impl Validate for CoworkSettings {
     fn validate(&self) -> Result<(), ConfigError> {
+        for url in &self.a2a.agents {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    "a2a.agents",
+                    "every entry must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if self.a2a.poll_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "a2a.poll_interval_ms",
+                "must be at least 1",
+            ));
+        }
         let s = &self.sandbox;
         if s.root.trim().is_empty() {
             return Err(ConfigError::invalid(

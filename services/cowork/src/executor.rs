@@ -39,9 +39,10 @@ pub struct StepResult {
     pub artifacts: usize,
 }
 
-type Snapshot = BTreeMap<String, (String, Option<String>)>;
+pub(crate) type Snapshot = BTreeMap<String, (String, Option<String>)>;
 
-fn snapshot(report: &crate::sandbox::DiffReport) -> Snapshot {
+/// Path → (change, hash after) of a diff, to tell what changed between two diffs.
+pub(crate) fn snapshot(report: &crate::sandbox::DiffReport) -> Snapshot {
     report
         .changes
         .iter()
@@ -54,8 +55,42 @@ fn snapshot(report: &crate::sandbox::DiffReport) -> Snapshot {
         .collect()
 }
 
+/// The paths that changed between `before` and `after_report`, and their unified patch.
+pub(crate) fn changes_since(
+    before: &Snapshot,
+    after_report: &crate::sandbox::DiffReport,
+) -> (Vec<String>, String) {
+    let after = snapshot(after_report);
+    let changed: Vec<String> = after
+        .iter()
+        .filter(|(p, v)| before.get(*p) != Some(*v))
+        .map(|(p, _)| p.clone())
+        .chain(before.keys().filter(|p| !after.contains_key(*p)).cloned())
+        .collect();
+    let mut patch = String::new();
+    for c in after_report
+        .changes
+        .iter()
+        .filter(|c| changed.contains(&c.path))
+    {
+        match &c.diff {
+            Some(d) => patch.push_str(d),
+            None => patch.push_str(&format!(
+                "Binary or large file {} {:?} (sha256 {} -> {})\n",
+                c.path,
+                c.change,
+                c.sha256_before.as_deref().unwrap_or("-"),
+                c.sha256_after.as_deref().unwrap_or("-")
+            )),
+        }
+    }
+    (changed, patch)
+}
+
 impl CoworkSessions {
-    fn artifact(
+    /// An artifact row of `agent`'s step (text kept as UTF-8, anything else as base64, cut at
+    /// `executor.max_artifact_bytes`).
+    pub(crate) fn artifact(
         &self,
         agent: &AgentRow,
         kind: &str,
@@ -159,6 +194,25 @@ impl CoworkSessions {
                 }),
             )
             .await;
+        // A step a remote A2A agent's skill matches runs there, not in a container.
+        if let Some((remote, skill)) = crate::bridge::directory::agent_for_step(
+            &inner.settings.a2a,
+            &agent.domain,
+            &plan_step.title,
+        )
+        .await
+        {
+            return self
+                .run_delegated(
+                    agent,
+                    session.sandbox_id,
+                    &plan_step,
+                    remote,
+                    &skill,
+                    cancel,
+                )
+                .await;
+        }
         let pool = inner
             .pool
             .as_ref()
@@ -272,31 +326,8 @@ impl CoworkSessions {
 
         // Artifacts: the patch of what changed while the step ran, expected files, the log.
         let after_report = inner.sandboxes.diff(&caller, session.sandbox_id).await?;
-        let after = snapshot(&after_report);
-        let changed: Vec<String> = after
-            .iter()
-            .filter(|(p, v)| before.get(*p) != Some(*v))
-            .map(|(p, _)| p.clone())
-            .chain(before.keys().filter(|p| !after.contains_key(*p)).cloned())
-            .collect();
+        let (changed, patch) = changes_since(&before, &after_report);
         let mut artifacts = Vec::new();
-        let mut patch = String::new();
-        for c in after_report
-            .changes
-            .iter()
-            .filter(|c| changed.contains(&c.path))
-        {
-            match &c.diff {
-                Some(d) => patch.push_str(d),
-                None => patch.push_str(&format!(
-                    "Binary or large file {} {:?} (sha256 {} -> {})\n",
-                    c.path,
-                    c.change,
-                    c.sha256_before.as_deref().unwrap_or("-"),
-                    c.sha256_after.as_deref().unwrap_or("-")
-                )),
-            }
-        }
         if !patch.is_empty() {
             artifacts.push(self.artifact(
                 agent,

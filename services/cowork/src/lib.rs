@@ -8,12 +8,15 @@
 //! ([`sessions`]) with the planner ([`planner`], prompts in [`directives`]), the DAG executor
 //! ([`executor`]) running steps in container-pool containers ([`pool_client`]) with the
 //! built-in agent ([`agent`]) or a coding CLI, the agent manager ([`manager`]), events
-//! ([`events`]) and their REST API under `/api/v1/cowork` ([`api::cowork`]). Layout:
+//! ([`events`]) and their REST API under `/api/v1/cowork` ([`api::cowork`]); the A2A bridge
+//! ([`bridge`]: steps delegated to remote A2A agents, and cowork served as an A2A agent
+//! through the a2a service on the gRPC port). Layout:
 //! [`config`] (its sections), [`domain`] (pure logic), [`fs`] (the filesystem edge),
 //! [`store`] (Postgres and SQLite), [`metrics`]. It must not read another service's tables.
 
 pub mod agent;
 pub mod api;
+pub mod bridge;
 pub mod config;
 pub mod directives;
 pub mod domain;
@@ -139,8 +142,12 @@ impl Service for Cowork {
         foundation.spawn("cowork-agent-dispatch", sessions.clone().run_dispatch());
         foundation.spawn("cowork-agent-monitor", sessions.clone().run_monitor());
         foundation.spawn("cowork-queue-stats", sessions.clone().run_stats());
+        // Cowork as an A2A agent: the a2a service calls this executor for its `cowork` agent.
+        let a2a_executor = bridge::executor_service::CoworkAgentExecutor::new(sessions.clone())
+            .routes(foundation.verifier.clone());
         Ok(ServiceParts {
             http: api::http::routes(sandboxes).merge(api::cowork::routes(sessions)),
+            grpc: Some(a2a_executor),
             ..ServiceParts::default()
         })
     }
