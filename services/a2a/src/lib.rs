@@ -160,8 +160,12 @@ fn agent_specs(profile: Profile) -> (AgentSpec, Vec<AgentSpec>) {
     }
 }
 
-/// The configured remote agents, each behind a [`RemoteExecutor`].
-fn remote_agent_specs(settings: &A2aSettings) -> Result<Vec<AgentSpec>, StartError> {
+/// The configured remote agents, each behind a [`RemoteExecutor`]; executor calls carry
+/// service tokens for the deployment's own issuer and audiences (what the executors verify).
+fn remote_agent_specs(
+    settings: &A2aSettings,
+    verifier: &liquid_auth::Verifier,
+) -> Result<Vec<AgentSpec>, StartError> {
     let invalid = |key: String, reason: String| {
         StartError::Config(liquid_kit::config::ConfigError::Invalid { key, reason })
     };
@@ -173,7 +177,9 @@ fn remote_agent_specs(settings: &A2aSettings) -> Result<Vec<AgentSpec>, StartErr
                 .map_err(|e| invalid("a2a.service_key_file".into(), e.to_string()))?;
         Some(liquid_auth::ServiceTokenSource::new(
             Arc::new(key),
-            liquid_auth::TokenRequest::service(SERVICE.name, ["a2a:execute"]),
+            liquid_auth::TokenRequest::service(SERVICE.name, ["a2a:execute"])
+                .issuer(verifier.issuer())
+                .audiences(verifier.audiences().iter().cloned()),
         ))
     };
     let auth = OutboundAuth::new(source);
@@ -343,7 +349,7 @@ impl Service for A2a {
         let grpc_port = SERVICE.grpc_port.unwrap_or(9081);
         let signer = card_signer(&settings.a2a.card_signing)?;
         let (root_spec, mut agent_specs) = agent_specs(settings.a2a.profile);
-        agent_specs.extend(remote_agent_specs(settings)?);
+        agent_specs.extend(remote_agent_specs(settings, &foundation.verifier)?);
         let root = mount(
             root_spec,
             "",

@@ -93,19 +93,10 @@ async fn settled(client: &A2aClient, id: &str) -> pb::Task {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_a2a_client_gets_a_plan_to_approve_and_the_diff_of_the_finished_session() {
-    // The a2a service mints its executor calls' service tokens with the default issuer and
-    // audience (`liquid`), so this stack trusts those.
-    let mut keys = keys();
-    keys.auth = liquid_auth::AuthConfig::dev_public_key(
-        &keys.dir.path().join("pub.pem"),
-        "liquid",
-        "liquid",
-    );
-    let mint = |scopes: &[&str]| {
-        keys.key
-            .mint(&liquid_auth::TokenRequest::user("alice", scopes.iter().copied()).tenant(TENANT))
-            .unwrap()
-    };
+    // One deployment's keys: the a2a service mints its executor calls for the same issuer and
+    // audience cowork verifies.
+    let keys = keys();
+    let mint = |scopes: &[&str]| keys.token(TENANT, scopes);
     let dirs = Dirs::new();
     let ws = dirs.workspace(&[("README.md", "a2a repo\n")]);
     let (_pool, pool_grpc, _pool_dir) = stack::start_pool(&keys, &dirs.sandbox_root()).await;
