@@ -187,6 +187,49 @@ async fn liquid_up_serves_every_service_through_the_gateway_as_one_trace() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    // Cowork is an A2A agent of the a2a service (through the gateway, with the dev key's
+    // service tokens between a2a and cowork): its card, and a request it cannot take without a
+    // workspace, answered by cowork itself.
+    let card: Value = http
+        .get(format!(
+            "{gateway}/agents/cowork/.well-known/agent-card.json"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        card["name"].as_str().map(|n| n.contains("cowork")),
+        Some(true),
+        "{card}"
+    );
+    let answer: Value = http
+        .post(format!("{gateway}/agents/cowork/a2a/rest/message:send"))
+        .bearer_auth(up.token())
+        .header("A2A-Version", "1.0")
+        .json(&serde_json::json!({"message": {
+            "messageId": "embedded-1", "role": "ROLE_USER",
+            "parts": [{"text": "Tidy the README"}]
+        }}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["task"]["status"]["state"], "TASK_STATE_FAILED",
+        "{answer}"
+    );
+    assert!(
+        answer["task"]["status"]["message"]
+            .to_string()
+            .contains("name the workspace"),
+        "{answer}"
+    );
+
     // Agent work through the gateway: a warm container (or the labelled process runtime when
     // no Docker engine answers) claimed, used and released.
     let claim: Value = http

@@ -71,9 +71,9 @@ async fn start_service<S: Service>(launch: &Launch<'_>) -> anyhow::Result<Starte
     let defaults = S::defaults();
     let mut config = launch.config::<S>()?;
     config.fallbacks = fallbacks(&config);
-    if defaults.name == "gateway" {
-        config.peers.extend(launch.peers.clone());
-    }
+    // The addresses the services started before this one really bound (with
+    // --ephemeral-ports they are not the defaults).
+    config.peers.extend(launch.peers.clone());
     let running = liquid_runtime::start::<S>(&config, launch.shutdown.clone())
         .await
         .with_context(|| format!("starting the {} service", defaults.name))?;
@@ -86,8 +86,9 @@ async fn start_service<S: Service>(launch: &Launch<'_>) -> anyhow::Result<Starte
 /// Every service; the gateway is last because it needs the others' addresses.
 fn services() -> [Embedded; 7] {
     [
-        Embedded::of::<liquid_a2a_service::A2a>(),
+        // cowork before a2a: a2a serves cowork as an agent at the address cowork bound.
         Embedded::of::<liquid_cowork::Cowork>(),
+        Embedded::of::<liquid_a2a_service::A2a>(),
         Embedded::of::<liquid_container_pool::ContainerPool>(),
         Embedded::of::<liquid_healer::Healer>(),
         Embedded::of::<liquid_registry::Registry>(),

@@ -57,6 +57,9 @@ pub struct A2aSection {
     /// and runs nothing (spec §3.3.1 MAY). The conformance kit reuses one messageId per
     /// scenario for a whole run, so its runs set this to `false`.
     pub idempotent_message_ids: bool,
+    /// Serve cowork as the agent `cowork` (its executor at `peers.cowork.grpc`) when that peer
+    /// is configured and `remote_agents` does not name a `cowork` of its own.
+    pub cowork_agent: bool,
 }
 
 /// One agent hosted by another service (`[a2a.remote_agents.<name>]`).
@@ -99,6 +102,7 @@ impl Default for A2aSection {
             service_key_file: String::new(),
             card_signing: CardSigning::default(),
             idempotent_message_ids: true,
+            cowork_agent: true,
         }
     }
 }

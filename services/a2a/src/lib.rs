@@ -164,8 +164,9 @@ fn agent_specs(profile: Profile) -> (AgentSpec, Vec<AgentSpec>) {
 /// service tokens for the deployment's own issuer and audiences (what the executors verify).
 fn remote_agent_specs(
     settings: &A2aSettings,
-    verifier: &liquid_auth::Verifier,
+    foundation: &Foundation,
 ) -> Result<Vec<AgentSpec>, StartError> {
+    let verifier = &foundation.verifier;
     let invalid = |key: String, reason: String| {
         StartError::Config(liquid_kit::config::ConfigError::Invalid { key, reason })
     };
@@ -183,9 +184,25 @@ fn remote_agent_specs(
         ))
     };
     let auth = OutboundAuth::new(source);
-    settings
-        .a2a
-        .remote_agents
+    let mut agents = settings.a2a.remote_agents.clone();
+    if settings.a2a.cowork_agent
+        && !agents.contains_key("cowork")
+        && let Some(peer) = foundation
+            .peers
+            .get(&liquid_runtime::peer_key("cowork"))
+            .filter(|p| !p.grpc.is_empty())
+    {
+        agents.insert(
+            "cowork".into(),
+            config::RemoteAgent {
+                executor_url: peer.grpc.clone(),
+                description: "Deep work on a workspace: plans the change, asks for approval, \
+                              runs the steps in isolated containers and returns the diff"
+                    .into(),
+            },
+        );
+    }
+    agents
         .iter()
         .map(|(name, agent)| {
             let executor = RemoteExecutor::new(name, &agent.executor_url, auth.clone())
@@ -306,6 +323,14 @@ impl Service for A2a {
         &MIGRATIONS
     }
 
+    fn embedded_defaults(settings: &mut A2aSettings, data_dir: &std::path::Path) {
+        // The dev key `liquid up` generates: cowork trusts the executor calls it signs.
+        let dev_key = data_dir.join("dev-signing-key.pem");
+        if dev_key.exists() || settings.a2a.service_key_file.is_empty() {
+            settings.a2a.service_key_file = dev_key.display().to_string();
+        }
+    }
+
     async fn build(
         foundation: &Foundation,
         settings: &A2aSettings,
@@ -349,7 +374,7 @@ impl Service for A2a {
         let grpc_port = SERVICE.grpc_port.unwrap_or(9081);
         let signer = card_signer(&settings.a2a.card_signing)?;
         let (root_spec, mut agent_specs) = agent_specs(settings.a2a.profile);
-        agent_specs.extend(remote_agent_specs(settings, &foundation.verifier)?);
+        agent_specs.extend(remote_agent_specs(settings, foundation)?);
         let root = mount(
             root_spec,
             "",

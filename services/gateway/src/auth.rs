@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use liquid_auth::{AuthError, BearerToken, Claims, Verifier, bearer_from_headers};
@@ -27,6 +28,8 @@ use crate::config::TokenCacheSettings;
 pub struct TokenCache {
     verifier: Arc<Verifier>,
     cache: Option<moka::sync::Cache<[u8; 32], Arc<Claims>>>,
+    /// `routing.public_paths`: read without a token.
+    public: Arc<Vec<String>>,
 }
 
 fn unix_now() -> u64 {
@@ -44,7 +47,17 @@ impl TokenCache {
                 .time_to_live(Duration::from_secs(settings.ttl_secs))
                 .build()
         });
-        TokenCache { verifier, cache }
+        TokenCache {
+            verifier,
+            cache,
+            public: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Lets `GET`/`HEAD` of these path patterns through without a token.
+    pub fn with_public_paths(mut self, paths: Vec<String>) -> TokenCache {
+        self.public = Arc::new(paths);
+        self
     }
 
     /// The verifier behind the cache.
@@ -76,12 +89,23 @@ fn refuse(error: &AuthError, path: &str) -> Response {
 }
 
 /// Middleware: the verified caller's [`Claims`] and [`BearerToken`] into the extensions, or
-/// the refusal. Without a token the request passes only when auth is not required.
+/// the refusal. Without a token the request passes only when auth is not required, or when it
+/// reads a public path (`routing.public_paths`, `GET` or `HEAD`: discovery documents).
 pub async fn authenticate(
     State(tokens): State<TokenCache>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if reads
+        && request.headers().get(header::AUTHORIZATION).is_none()
+        && tokens
+            .public
+            .iter()
+            .any(|p| crate::config::public_path_matches(p, request.uri().path()))
+    {
+        return next.run(request).await;
+    }
     let token = match bearer_from_headers(request.headers()) {
         Ok(Some(token)) => token.to_owned(),
         Ok(None) if !tokens.verifier.required() => return next.run(request).await,

@@ -432,7 +432,8 @@ pub struct RoutingSettings {
     /// Paths outside `/api/v1/<service>` and the services that serve them; replaces the
     /// built-in list (the seed's paths and A2A) when set.
     pub aliases: Vec<AliasSetting>,
-    /// Forwarded paths served without a token (discovery documents).
+    /// Forwarded paths served without a token (discovery documents: the platform's agent card
+    /// and each hosted agent's); axum patterns such as `/agents/{agent}/...` are allowed.
     pub public_paths: Vec<String>,
 }
 
@@ -454,7 +455,10 @@ impl Default for RoutingSettings {
                     service: a.service,
                 })
                 .collect(),
-            public_paths: vec!["/.well-known/agent-card.json".into()],
+            public_paths: vec![
+                "/.well-known/agent-card.json".into(),
+                "/agents/{agent}/.well-known/agent-card.json".into(),
+            ],
         }
     }
 }
@@ -518,10 +522,10 @@ impl Validate for RoutingSettings {
             }
         }
         for (i, path) in self.public_paths.iter().enumerate() {
-            if !path.starts_with('/') {
+            if let Err(reason) = check_public_path(path) {
                 return Err(ConfigError::invalid(
                     format!("routing.public_paths[{i}]"),
-                    "must start with /",
+                    reason,
                 ));
             }
         }
@@ -865,5 +869,118 @@ mod tests {
             !text.contains("a-very-secret") && !text.contains(":pw@"),
             "{text}"
         );
+    }
+}
+
+/// The prefixes the gateway forwards behind its auth layer; a public path under one of them is
+/// served by the same route, which lets it through without a token.
+pub const FORWARDED_PREFIXES: [&str; 4] = ["/api/v1/", "/api/media/", "/a2a", "/agents/"];
+
+/// Paths the gateway answers itself, which no public path may shadow.
+const OWN_PATHS: [&str; 6] = [
+    "/ws",
+    "/graphql",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/api/v1/gateway/sessions",
+];
+
+/// Whether `path` is under a forwarded prefix.
+pub fn is_forwarded(path: &str) -> bool {
+    FORWARDED_PREFIXES.iter().any(|p| path.starts_with(p))
+}
+
+/// Whether `path` matches a public-path pattern: the same segments, `{name}` matching any one
+/// non-empty segment.
+pub fn public_path_matches(pattern: &str, path: &str) -> bool {
+    let mut want = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') => {
+                if g.is_empty() {
+                    return false;
+                }
+            }
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+fn check_public_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("must start with /");
+    }
+    if path.contains("{*") || path.contains(['?', '#', '*']) {
+        return Err("a path with `{name}` segments at most (no catch-all, query or fragment)");
+    }
+    let segments_ok = path.split('/').skip(1).all(|seg| {
+        !seg.contains(['{', '}']) || (seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2)
+    });
+    if !segments_ok {
+        return Err("`{name}` must be a whole segment");
+    }
+    if !is_forwarded(path) && path.contains('{') {
+        return Err("`{name}` segments only under /api/v1/, /api/media/, /a2a or /agents/");
+    }
+    if OWN_PATHS.contains(&path) {
+        return Err("the gateway serves this path itself");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod public_path_tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_segments() {
+        let p = "/agents/{agent}/.well-known/agent-card.json";
+        assert!(public_path_matches(
+            p,
+            "/agents/cowork/.well-known/agent-card.json"
+        ));
+        assert!(!public_path_matches(
+            p,
+            "/agents//.well-known/agent-card.json"
+        ));
+        assert!(!public_path_matches(
+            p,
+            "/agents/a/b/.well-known/agent-card.json"
+        ));
+        assert!(!public_path_matches(p, "/agents/cowork/a2a"));
+        assert!(public_path_matches(
+            "/.well-known/agent-card.json",
+            "/.well-known/agent-card.json"
+        ));
+        assert!(!public_path_matches(
+            "/.well-known/agent-card.json",
+            "/.well-known/agent-card.json/x"
+        ));
+    }
+
+    #[test]
+    fn paths_that_would_clash_with_routes_are_refused() {
+        for bad in [
+            "x",
+            "/agents/{*rest}",
+            "/ws",
+            "/graphql",
+            "/a{b}",
+            "/x/{y}",
+            "/a?b",
+        ] {
+            assert!(check_public_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/.well-known/agent-card.json",
+            "/agents/{agent}/.well-known/agent-card.json",
+            "/api/v1/registry/index.json",
+        ] {
+            assert!(check_public_path(good).is_ok(), "{good}");
+        }
     }
 }

@@ -135,10 +135,19 @@ pub fn router(upstreams: Upstreams) -> Router {
         .with_state(upstreams)
 }
 
-/// The forwarded paths served without a token (`routing.public_paths`).
+/// The forwarded paths served without a token (`routing.public_paths`) outside the prefixes
+/// [`router`] serves; public paths under those go through [`router`]'s routes, whose auth
+/// middleware lets them pass (see [`crate::auth::authenticate`]).
 pub fn public_router(upstreams: Upstreams) -> Router {
+    let own: std::collections::BTreeSet<&String> = upstreams
+        .inner
+        .settings
+        .public_paths
+        .iter()
+        .filter(|p| !crate::config::is_forwarded(p))
+        .collect();
     let mut router = Router::new();
-    for path in &upstreams.inner.settings.public_paths {
+    for path in own {
         router = router.route(path, any(forward));
     }
     router.with_state(upstreams)
