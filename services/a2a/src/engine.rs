@@ -99,8 +99,24 @@ pub enum Started {
     },
 }
 
+/// Most terminal tasks [`TaskEngine::load`] keeps in memory.
+const TERMINAL_CACHE_SIZE: usize = 10_000;
+/// Longest a terminal task is served from memory.
+const TERMINAL_CACHE_AGE: Duration = Duration::from_secs(60);
+
+/// Tasks in a terminal state, which never change again (a terminal task takes no message, no
+/// cancel and no event), so GetTask and the end of a blocking SendMessage skip the database.
+/// An entry is dropped before the task's TTL can have deleted it from the store: it lives at
+/// most [`TERMINAL_CACHE_AGE`] and never past the terminal status time plus the TTL (the
+/// store's `expires_at` is set after that status time, so it is never earlier).
+#[derive(Default)]
+struct TerminalCache {
+    tasks: HashMap<(String, String), (StoredTask, std::time::Instant)>,
+}
+
 struct Inner {
     store: Arc<dyn TaskStore>,
+    terminal: Mutex<TerminalCache>,
     bus: Arc<dyn EventBus>,
     config: EngineConfig,
     running: Mutex<HashMap<String, CancellationToken>>,
@@ -128,6 +144,7 @@ impl TaskEngine {
         TaskEngine {
             inner: Arc::new(Inner {
                 store,
+                terminal: Mutex::new(TerminalCache::default()),
                 bus,
                 config,
                 running: Mutex::new(HashMap::new()),
@@ -213,11 +230,59 @@ impl TaskEngine {
 
     /// Loads a task of `tenant` hosted by `agent`.
     pub async fn load(&self, tenant: &str, agent: &str, id: &str) -> Result<StoredTask, A2aError> {
-        match self.inner.store.load(tenant, id).await.map_err(internal)? {
+        let cached = self.inner.terminal.lock().ok().and_then(|cache| {
+            let (stored, until) = cache.tasks.get(&(tenant.to_owned(), id.to_owned()))?;
+            (*until > std::time::Instant::now()).then(|| stored.clone())
+        });
+        let loaded = match cached {
+            Some(t) => Some(t),
+            None => {
+                let loaded = self.inner.store.load(tenant, id).await.map_err(internal)?;
+                if let Some(t) = &loaded {
+                    self.remember_terminal(tenant, t);
+                }
+                loaded
+            }
+        };
+        match loaded {
             Some(t) if t.agent == agent => Ok(t),
             _ => Err(A2aError::TaskNotFound {
                 task_id: id.to_owned(),
             }),
+        }
+    }
+
+    /// Keeps `stored` in the terminal cache when its state is terminal.
+    fn remember_terminal(&self, tenant: &str, stored: &StoredTask) {
+        let status = stored.task.status.as_ref();
+        if !is_terminal(status.map(|s| s.state).unwrap_or_default()) {
+            return;
+        }
+        let Some(at) = status
+            .and_then(|s| s.timestamp)
+            .and_then(|t| t.to_datetime())
+        else {
+            return;
+        };
+        let left = (at + self.ttl() - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .min(TERMINAL_CACHE_AGE);
+        if left.is_zero() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if let Ok(mut cache) = self.inner.terminal.lock() {
+            if cache.tasks.len() >= TERMINAL_CACHE_SIZE {
+                cache.tasks.retain(|_, (_, until)| *until > now);
+                if cache.tasks.len() >= TERMINAL_CACHE_SIZE {
+                    cache.tasks.clear();
+                }
+            }
+            cache.tasks.insert(
+                (tenant.to_owned(), stored.task.id.clone()),
+                (stored.clone(), now + left),
+            );
         }
     }
 

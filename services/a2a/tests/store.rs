@@ -386,6 +386,91 @@ async fn push_configs_page_by_cursor(b: &Backend) {
     );
 }
 
+fn step(id: &str, k: i64) -> pb::StreamResponse {
+    pb::StreamResponse {
+        payload: Some(Payload::StatusUpdate(pb::TaskStatusUpdateEvent {
+            task_id: id.into(),
+            context_id: format!("step-{k}"),
+            status: None,
+            metadata: None,
+        })),
+    }
+}
+
+/// Many tasks written at once (their writes share transactions): every task's log holds its
+/// events in order with consecutive sequence numbers, a stale writer still loses, and of two
+/// concurrent creates with one message id exactly one wins.
+async fn concurrent_writes_keep_every_log_in_order(b: &Backend) {
+    let writers = (0..40).map(|i| {
+        let s = b.store.clone();
+        async move {
+            let id = format!("t{i}");
+            let mut t = task(&id, "c", pb::TaskState::Submitted, "2026-05-01T10:00:00Z");
+            assert_eq!(
+                s.create("ten", "agent", &format!("m{i}"), &t, &snapshot(&t))
+                    .await
+                    .unwrap(),
+                Created::New
+            );
+            for k in 2..=6 {
+                t.history.push(pb::Message {
+                    message_id: format!("h{k}"),
+                    ..Default::default()
+                });
+                assert_eq!(
+                    s.append("ten", &id, k - 1, &t, Some(&step(&id, k)), None)
+                        .await
+                        .unwrap(),
+                    Appended::At(k)
+                );
+                assert_eq!(
+                    s.append("ten", &id, k - 1, &t, Some(&step(&id, k)), None)
+                        .await
+                        .unwrap(),
+                    Appended::Conflict
+                );
+            }
+            t
+        }
+    });
+    let dup = |n: &str| {
+        let s = b.store.clone();
+        let t = task(n, "c", pb::TaskState::Submitted, "2026-05-01T10:00:00Z");
+        async move {
+            s.create("ten", "agent", "dup", &t, &snapshot(&t))
+                .await
+                .unwrap()
+        }
+    };
+    let (tasks, first, second) = tokio::join!(
+        futures_util::future::join_all(writers),
+        dup("d1"),
+        dup("d2")
+    );
+    for (i, t) in tasks.into_iter().enumerate() {
+        let id = format!("t{i}");
+        let loaded = b.store.load("ten", &id).await.unwrap().unwrap();
+        assert_eq!((loaded.task, loaded.seq), (t, 6));
+        let events = b.store.events_after("ten", &id, 0).await.unwrap();
+        let seqs: Vec<i64> = events.iter().map(|(n, _)| *n).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+        for (n, event) in events.into_iter().skip(1) {
+            assert_eq!(event, step(&id, n));
+        }
+    }
+    let winner = b
+        .store
+        .task_for_message("ten", "agent", "dup")
+        .await
+        .unwrap()
+        .unwrap();
+    let loser = if winner == "d1" { "d2" } else { "d1" };
+    let mut outcomes = [first, second];
+    outcomes.sort_by_key(|c| matches!(c, Created::New));
+    assert_eq!(outcomes, [Created::Existing(winner.clone()), Created::New]);
+    assert!(b.store.load("ten", loser).await.unwrap().is_none());
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -404,4 +489,5 @@ suite!(
     eviction_removes_expired_tasks_with_their_logs,
     push_configs_are_capped_and_scoped,
     push_configs_page_by_cursor,
+    concurrent_writes_keep_every_log_in_order,
 );

@@ -4,6 +4,7 @@
 //! (`tests/store.rs`). Writers use optimistic concurrency on the sequence number, so two
 //! replicas never interleave a task's events.
 
+mod batch;
 mod postgres;
 mod sqlite;
 
@@ -14,6 +15,7 @@ use chrono::{DateTime, Utc};
 use liquid_a2a::pb;
 use liquid_store::{Database, StoreError};
 
+pub use batch::{BatchWriter, GroupCommit, MAX_BATCH, NewTask, TaskUpdate, Write, Written};
 pub use postgres::PostgresTaskStore;
 pub use sqlite::SqliteTaskStore;
 
@@ -186,11 +188,19 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, StoreError>;
 }
 
-/// The store for a database.
+/// Writer tasks of a PostgreSQL store: batches commit concurrently on separate connections.
+const POSTGRES_WRITERS: usize = 4;
+
+/// The store for a database, with group commit of task writes (see [`GroupCommit`]): one
+/// writer on SQLite (which has one writer anyway), a few on PostgreSQL. Must be called on a
+/// Tokio runtime.
 pub fn open(database: &Database) -> Arc<dyn TaskStore> {
     match database {
-        Database::Postgres(pool) => Arc::new(PostgresTaskStore::new(pool.clone())),
-        Database::Sqlite(pool) => Arc::new(SqliteTaskStore::new(pool.clone())),
+        Database::Postgres(pool) => Arc::new(GroupCommit::new(
+            PostgresTaskStore::new(pool.clone()),
+            POSTGRES_WRITERS,
+        )),
+        Database::Sqlite(pool) => Arc::new(GroupCommit::new(SqliteTaskStore::new(pool.clone()), 1)),
     }
 }
 

@@ -11,10 +11,8 @@ use liquid_a2a::pb;
 use liquid_store::StoreError;
 use sqlx::{Row, SqlitePool};
 
-use super::{
-    Appended, Created, StoredTask, TaskPage, TaskQuery, TaskStore, from_json, state_of,
-    status_time, to_json,
-};
+use super::batch::{BatchWriter, NewTask, TaskUpdate, Write, Written, appended, created};
+use super::{Appended, Created, StoredTask, TaskPage, TaskQuery, TaskStore, from_json, to_json};
 use crate::domain::cursor::Cursor;
 
 /// The task store on a SQLite pool with the a2a migrations applied.
@@ -34,6 +32,129 @@ fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
+async fn message_task(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewTask,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT task_id FROM a2a_task_messages WHERE tenant = ?1 AND agent = ?2 AND message_id = ?3",
+    )
+    .bind(&new.tenant)
+    .bind(&new.agent)
+    .bind(&new.message_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+async fn create_in(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewTask,
+) -> Result<Created, StoreError> {
+    if let Some(id) = message_task(&mut *conn, new).await? {
+        return Ok(Created::Existing(id));
+    }
+    sqlx::query(
+        "INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8)",
+    )
+    .bind(&new.tenant)
+    .bind(&new.id)
+    .bind(&new.agent)
+    .bind(&new.context_id)
+    .bind(new.state)
+    .bind(&new.task)
+    .bind(micros(new.status_at))
+    .bind(micros(new.now))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES (?1, ?2, 1, ?3, ?4)",
+    )
+    .bind(&new.tenant)
+    .bind(&new.id)
+    .bind(&new.event)
+    .bind(micros(new.now))
+    .execute(&mut *conn)
+    .await?;
+    // A concurrent create with the same message id loses here and takes its task back out
+    // (its event goes with it, ON DELETE CASCADE).
+    let inserted = sqlx::query(
+        "INSERT INTO a2a_task_messages (tenant, agent, message_id, task_id) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&new.tenant)
+    .bind(&new.agent)
+    .bind(&new.message_id)
+    .bind(&new.id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        sqlx::query("DELETE FROM a2a_tasks WHERE tenant = ?1 AND id = ?2")
+            .bind(&new.tenant)
+            .bind(&new.id)
+            .execute(&mut *conn)
+            .await?;
+        let id = message_task(&mut *conn, new).await?;
+        return Ok(id.map(Created::Existing).unwrap_or(Created::New));
+    }
+    Ok(Created::New)
+}
+
+async fn append_in(
+    conn: &mut sqlx::SqliteConnection,
+    update: &TaskUpdate,
+) -> Result<Appended, StoreError> {
+    let next = update.next_seq();
+    let updated = sqlx::query(
+        "UPDATE a2a_tasks SET seq = ?4, state = ?5, task = ?6, status_at = ?7, expires_at = ?8 \
+         WHERE tenant = ?1 AND id = ?2 AND seq = ?3",
+    )
+    .bind(&update.tenant)
+    .bind(&update.id)
+    .bind(update.expected_seq)
+    .bind(next)
+    .bind(update.state)
+    .bind(&update.task)
+    .bind(micros(update.status_at))
+    .bind(update.expires_at.map(micros))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(Appended::Conflict);
+    }
+    if let Some(event) = &update.event {
+        sqlx::query(
+            "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&update.tenant)
+        .bind(&update.id)
+        .bind(next)
+        .bind(event)
+        .bind(micros(update.now))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Appended::At(next))
+}
+
+#[async_trait]
+impl BatchWriter for SqliteTaskStore {
+    async fn write_batch(&self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            results.push(match write {
+                Write::Create(new) => Written::Created(create_in(&mut tx, new).await?),
+                Write::Append(update) => Written::Appended(append_in(&mut tx, update).await?),
+            });
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+}
+
 #[async_trait]
 impl TaskStore for SqliteTaskStore {
     async fn create(
@@ -44,61 +165,10 @@ impl TaskStore for SqliteTaskStore {
         task: &pb::Task,
         event: &pb::StreamResponse,
     ) -> Result<Created, StoreError> {
-        let now = Utc::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(existing) = sqlx::query_scalar::<_, String>(
-            "SELECT task_id FROM a2a_task_messages WHERE tenant = ?1 AND agent = ?2 AND message_id = ?3",
+        created(
+            self.write_batch(&[Write::create(tenant, agent, message_id, task, event)?])
+                .await?,
         )
-        .bind(tenant)
-        .bind(agent)
-        .bind(message_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        {
-            return Ok(Created::Existing(existing));
-        }
-        sqlx::query(
-            "INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8)",
-        )
-        .bind(tenant)
-        .bind(&task.id)
-        .bind(agent)
-        .bind(&task.context_id)
-        .bind(state_of(task))
-        .bind(to_json(task)?)
-        .bind(micros(status_time(task, now)))
-        .bind(micros(now))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES (?1, ?2, 1, ?3, ?4)",
-        )
-        .bind(tenant)
-        .bind(&task.id)
-        .bind(to_json(event)?)
-        .bind(micros(now))
-        .execute(&mut *tx)
-        .await?;
-        // A concurrent create with the same message id loses here and rolls back.
-        let inserted = sqlx::query(
-            "INSERT INTO a2a_task_messages (tenant, agent, message_id, task_id) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(agent)
-        .bind(message_id)
-        .bind(&task.id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            let existing = self.task_for_message(tenant, agent, message_id).await?;
-            return Ok(existing.map(Created::Existing).unwrap_or(Created::New));
-        }
-        tx.commit().await?;
-        Ok(Created::New)
     }
 
     async fn record_message(
@@ -168,46 +238,17 @@ impl TaskStore for SqliteTaskStore {
         event: Option<&pb::StreamResponse>,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<Appended, StoreError> {
-        let now = Utc::now();
-        let next = if event.is_some() {
-            expected_seq + 1
-        } else {
-            expected_seq
-        };
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query(
-            "UPDATE a2a_tasks SET seq = ?4, state = ?5, task = ?6, status_at = ?7, expires_at = ?8 \
-             WHERE tenant = ?1 AND id = ?2 AND seq = ?3",
+        appended(
+            self.write_batch(&[Write::append(
+                tenant,
+                id,
+                expected_seq,
+                task,
+                event,
+                expires_at,
+            )?])
+            .await?,
         )
-        .bind(tenant)
-        .bind(id)
-        .bind(expected_seq)
-        .bind(next)
-        .bind(state_of(task))
-        .bind(to_json(task)?)
-        .bind(micros(status_time(task, now)))
-        .bind(expires_at.map(micros))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            tx.rollback().await?;
-            return Ok(Appended::Conflict);
-        }
-        if let Some(event) = event {
-            sqlx::query(
-                "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(tenant)
-            .bind(id)
-            .bind(next)
-            .bind(to_json(event)?)
-            .bind(micros(now))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Appended::At(next))
     }
 
     async fn events_after(
