@@ -217,6 +217,19 @@ pub struct SandboxSection {
     pub copy_mode: CopyMode,
     /// Largest file a diff shows as text; larger ones are summarised by hash.
     pub max_diff_bytes: u64,
+    /// `uid:gid` the step containers run as (container-pool's pool user). A cowork running as
+    /// root hands a sandbox's work tree to it before mounting it, so commands and coding CLIs
+    /// in the container can write there; a cowork running as another user must run as this
+    /// one (the images do: both are 10001).
+    pub container_user: String,
+}
+
+impl SandboxSection {
+    /// `container_user` as numbers.
+    pub fn container_owner(&self) -> Option<(u32, u32)> {
+        let (uid, gid) = self.container_user.split_once(':')?;
+        Some((uid.trim().parse().ok()?, gid.trim().parse().ok()?))
+    }
 }
 
 impl Default for SandboxSection {
@@ -229,6 +242,7 @@ impl Default for SandboxSection {
             max_files: 200_000,
             copy_mode: CopyMode::Auto,
             max_diff_bytes: 1024 * 1024,
+            container_user: "10001:10001".into(),
         }
     }
 }
@@ -320,6 +334,12 @@ impl Validate for CoworkSettings {
             return Err(ConfigError::invalid(
                 "sandbox.workspace_roots",
                 "must list at least one directory sources may lie in",
+            ));
+        }
+        if s.container_owner().is_none() {
+            return Err(ConfigError::invalid(
+                "sandbox.container_user",
+                "must be numeric `uid:gid`, like 10001:10001",
             ));
         }
         for (i, w) in s.workspace_roots.iter().enumerate() {

@@ -1030,6 +1030,26 @@ impl StagingSandboxes {
         self.inspect(caller, id).await
     }
 
+    /// Gives the work tree to the step containers' user (`sandbox.container_user`) when this
+    /// process runs as root, so commands in the container can write where they work; the
+    /// files are cowork's own copies (hard links to the source were broken by
+    /// [`Self::materialize`] first). As any other user nothing changes: cowork and the
+    /// containers must then share the user, as the images do.
+    async fn hand_to_containers(&self, row: &SandboxRow) -> Result<(), CoworkError> {
+        let Some((uid, gid)) = self.inner.settings.container_owner() else {
+            return Ok(());
+        };
+        let work = PathBuf::from(&row.work_path);
+        let changed = tokio::task::spawn_blocking(move || tree::hand_over(&work, uid, gid))
+            .await
+            .map_err(blocking_failed)?
+            .map_err(|e| CoworkError::io("hand the sandbox to the container user", e))?;
+        if changed > 0 {
+            tracing::debug!(sandbox = %row.sandbox_id, changed, uid, gid, "work tree handed to the container user");
+        }
+        Ok(())
+    }
+
     /// Copies the work files still hard-linked to the source, so a container that writes in
     /// place cannot reach the source; returns how many were copied.
     async fn materialize(&self, row: &SandboxRow) -> Result<u64, CoworkError> {
@@ -1066,6 +1086,7 @@ impl StagingSandboxes {
             .after(Transition::Touch)
             .map_err(CoworkError::FailedPrecondition)?;
         let copied = self.materialize(&row).await?;
+        self.hand_to_containers(&row).await?;
         if row.live_instance != Some(self.inner.instance) {
             self.inner.watcher.watch(id, &self.dir_of(&row), false);
             self.inner

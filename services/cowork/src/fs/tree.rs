@@ -459,3 +459,29 @@ pub fn canonical_dir(path: &Path) -> io::Result<PathBuf> {
     }
     Ok(c)
 }
+
+/// When this process runs as root (it owns `work`'s parent as uid 0), changes the owner of
+/// `work` and everything beneath it (symlinks themselves, never their targets) to `uid:gid`;
+/// returns how many entries changed. As any other user, changes nothing.
+pub fn hand_over(work: &Path, uid: u32, gid: u32) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = work.parent().unwrap_or(work);
+    if std::fs::metadata(parent)?.uid() != 0 {
+        return Ok(0);
+    }
+    let mut changed = 0;
+    let mut stack = vec![work.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.uid() != uid || meta.gid() != gid {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+            changed += 1;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(changed)
+}
