@@ -6,56 +6,14 @@
 
 mod stack;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use liquid_testkit::model_servers::{CannedMessage, ModelServer, Reply};
 use serde_json::json;
-use stack::{Api, Dirs, diff_paths, keys};
+use stack::{Api, Dirs, diff_paths, keys, spawn_cowork, wait_healthy};
 
 fn call(name: &str, args: serde_json::Value) -> Reply {
     Reply::Message(CannedMessage::text("").with_tool_call(name, args))
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn spawn(config: &Path, log: &Path) -> Child {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_liquid-cowork"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_healthy(base: &str, log: &Path) {
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "liquid-cowork did not come up: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,14 +31,9 @@ async fn the_service_killed_mid_step_resumes_after_a_restart() {
         &pool_grpc,
         stack::settings(&dirs, &keys, Some(&model.base_url())),
     );
-    cfg.server.http_addr = free_addr();
-    cfg.server.grpc_addr = Some(free_addr());
-    let config_file = dirs.base().join("cowork.toml");
-    std::fs::write(&config_file, toml::to_string(&cfg).unwrap()).unwrap();
-    let log = dirs.base().join("cowork.log");
-    let base = format!("http://{}", cfg.server.http_addr);
+    let (config_file, log, base) = stack::process_config(&mut cfg, &dirs);
 
-    let mut first = spawn(&config_file, &log);
+    let mut first = spawn_cowork(&config_file, &log);
     wait_healthy(&base, &log).await;
     let api = Api::new(base.clone(), keys.writer());
     model.push(call(
@@ -121,7 +74,7 @@ async fn the_service_killed_mid_step_resumes_after_a_restart() {
     first.kill().unwrap();
     first.wait().unwrap();
 
-    let mut second = spawn(&config_file, &log);
+    let mut second = spawn_cowork(&config_file, &log);
     wait_healthy(&base, &log).await;
     let done = api.wait_state(&id, "completed").await;
     assert_eq!(done["steps"]["succeeded"], 1, "{done}");

@@ -19,9 +19,6 @@
 
 mod stack;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -31,7 +28,7 @@ use liquid_testkit::nats::NatsServer;
 use liquid_testkit::postgres::TestDatabase;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use stack::{Api, Dirs, diff_paths, keys};
+use stack::{Api, Dirs, diff_paths, keys, spawn_cowork, wait_healthy};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
@@ -556,47 +553,6 @@ async fn a_session_through_the_gateway_with_scopes_and_events_on_its_websocket_c
     pg.drop_db().await.unwrap();
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn spawn_cowork(config: &Path, log: &Path) -> Child {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_liquid-cowork"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for cowork's own `/healthz` (the one call not made through the gateway: it only
-/// tells the test that the restarted process is up).
-async fn wait_healthy(base: &str, log: &Path) {
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "liquid-cowork did not come up: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cowork_killed_mid_step_behind_the_gateway_resumes_after_a_restart() {
     let keys = keys();
@@ -612,12 +568,7 @@ async fn cowork_killed_mid_step_behind_the_gateway_resumes_after_a_restart() {
         &pool_grpc,
         stack::settings(&dirs, &keys, Some(&model.base_url())),
     );
-    cfg.server.http_addr = free_addr();
-    cfg.server.grpc_addr = Some(free_addr());
-    let config_file = dirs.base().join("cowork.toml");
-    std::fs::write(&config_file, toml::to_string(&cfg).unwrap()).unwrap();
-    let log = dirs.base().join("cowork.log");
-    let direct = format!("http://{}", cfg.server.http_addr);
+    let (config_file, log, direct) = stack::process_config(&mut cfg, &dirs);
 
     let mut first = spawn_cowork(&config_file, &log);
     wait_healthy(&direct, &log).await;

@@ -355,3 +355,59 @@ pub fn assert_dashboard_queries_exported(scrape: &str, dashboard: &Path) {
     }
     assert!(checked > 0);
 }
+
+/// A free loopback address.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `cfg` on free addresses, written as the `liquid-cowork` binary's config file:
+/// `(config file, log file, http base URL)`.
+pub fn process_config(
+    cfg: &mut ServiceConfig<CoworkSettings>,
+    dirs: &Dirs,
+) -> (PathBuf, PathBuf, String) {
+    cfg.server.http_addr = free_addr();
+    cfg.server.grpc_addr = Some(free_addr());
+    let config_file = dirs.base().join("cowork.toml");
+    std::fs::write(&config_file, toml::to_string(&*cfg).unwrap()).unwrap();
+    let log = dirs.base().join("cowork.log");
+    (config_file, log, format!("http://{}", cfg.server.http_addr))
+}
+
+/// The `liquid-cowork` binary on `config`, its output appended to `log`.
+pub fn spawn_cowork(config: &Path, log: &Path) -> std::process::Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_liquid-cowork"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::from(out.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(out))
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the process's own `/healthz`; fails with its log.
+pub async fn wait_healthy(base: &str, log: &Path) {
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "liquid-cowork did not come up: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
