@@ -137,17 +137,25 @@ async fn a_session_runs_its_dag_in_parallel_containers_and_stages_exactly_the_ch
     );
 
     // The two independent steps' agents ask the model at the same time: parallel.
+    // Each agent gets its own script, whichever asks first.
     model.hold_replies();
-    model.push(call(
-        "write_file",
-        json!({"path": "src/components/Button.tsx", "content": BUTTON_NEW}),
-    ));
-    model.push(call(
-        "write_file",
-        json!({"path": "server/src/health.ts", "content": HEALTH}),
-    ));
-    model.push(Reply::text("done"));
-    model.push(Reply::text("done"));
+    let (ui, api_step) = ("Step: Label the button", "Step: Add the health route");
+    model.push_for(
+        ui,
+        call(
+            "write_file",
+            json!({"path": "src/components/Button.tsx", "content": BUTTON_NEW}),
+        ),
+    );
+    model.push_for(
+        api_step,
+        call(
+            "write_file",
+            json!({"path": "server/src/health.ts", "content": HEALTH}),
+        ),
+    );
+    model.push_for(ui, Reply::text("done"));
+    model.push_for(api_step, Reply::text("done"));
     model.push(call(
         "write_file",
         json!({"path": "tests/app.test.ts", "content": TEST}),

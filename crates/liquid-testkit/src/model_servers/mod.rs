@@ -256,7 +256,8 @@ pub(crate) trait WireFormat: Send + Sync + 'static {
 /// Shared state of one server.
 pub(crate) struct ServerState {
     api_key: String,
-    queue: Mutex<VecDeque<Reply>>,
+    /// Replies in order, each with the text a request must contain to take it (none: any).
+    queue: Mutex<VecDeque<(Option<String>, Reply)>>,
     requests: Mutex<Vec<RecordedRequest>>,
     arrived: Notify,
     hold: watch::Sender<bool>,
@@ -343,7 +344,16 @@ impl ModelServer {
     /// Queues a reply (replies are used in order, one per accepted request).
     pub fn push(&self, reply: Reply) {
         if let Ok(mut q) = self.state.queue.lock() {
-            q.push_back(reply);
+            q.push_back((None, reply));
+        }
+    }
+
+    /// Queues a reply only a request whose body contains `needle` takes (the first such reply
+    /// in order); for concurrent callers that must each get their own script (two agents asked
+    /// at once).
+    pub fn push_for(&self, needle: impl Into<String>, reply: Reply) {
+        if let Ok(mut q) = self.state.queue.lock() {
+            q.push_back((Some(needle.into()), reply));
         }
     }
 
@@ -449,10 +459,16 @@ async fn handle(
     let mut hold = state.hold.subscribe();
     // A closed channel cannot happen (the sender lives in the state); treat it as released.
     let _ = hold.wait_for(|held| !*held).await;
+    let raw = String::from_utf8_lossy(&body);
     let (reply, seq) = match state.queue.lock() {
         Ok(mut q) => {
             let seq = state.requests.lock().map(|r| r.len() as u64).unwrap_or(0);
-            (q.pop_front(), seq)
+            let taken = q
+                .iter()
+                .position(|(needle, _)| needle.as_deref().is_none_or(|n| raw.contains(n)))
+                .and_then(|i| q.remove(i))
+                .map(|(_, reply)| reply);
+            (taken, seq)
         }
         Err(_) => (None, 0),
     };

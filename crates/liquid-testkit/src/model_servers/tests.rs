@@ -303,3 +303,36 @@ async fn held_replies_wait_for_release() {
     assert_eq!(body["choices"][0]["message"]["content"], "released");
     assert_eq!(server.pending_replies(), 0);
 }
+
+#[tokio::test]
+async fn a_routed_reply_goes_to_the_request_that_names_it() {
+    let server = ModelServer::openai(KEY).await.unwrap();
+    server.push_for("for-b", Reply::text("to b"));
+    server.push(Reply::text("to anyone"));
+    let ask = |marker: &'static str| {
+        let base = server.base_url();
+        async move {
+            let mut body = minimal(Vendor::OpenAi);
+            body["messages"][0]["content"] = Value::from(marker);
+            let v: Value = reqwest::Client::new()
+                .post(format!("{base}/v1/chat/completions"))
+                .header("authorization", format!("Bearer {KEY}"))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["choices"][0]["message"]["content"].clone()
+        }
+    };
+    assert_eq!(
+        ask("for-a").await,
+        "to anyone",
+        "a routed reply is skipped by others"
+    );
+    assert_eq!(ask("for-b").await, "to b");
+    assert_eq!(server.pending_replies(), 0);
+}
