@@ -286,22 +286,24 @@ fn compute_changes(
         }
     }
     let src = Beneath::open(source)?;
-    let mut out = Vec::new();
-    for path in candidates {
+    // One candidate's change. Other steps write in the same sandbox meanwhile, so a file seen a
+    // moment ago may be gone (an atomic write's temp file, a deleted file): the caller looks
+    // again, and then it is absent.
+    let one = |path: String| -> io::Result<Option<FileChange>> {
         let base = baseline.entries.get(&path);
         let wpath = work.join(&path);
         let observed = tree::observe(&wpath)?;
         if let (Some(b), Some(o)) = (base, observed.as_ref())
             && unchanged_by_stat(b, o)
         {
-            continue;
+            return Ok(None);
         }
         let now = match observed {
             Some(_) => tree::identify(&wpath)?,
             None => None,
         };
         let Some(change) = classify(base, now.as_ref().map(|(k, s)| (*k, s.as_str()))) else {
-            continue;
+            return Ok(None);
         };
         let want = if with_text { max_diff_bytes } else { 0 };
         let src_now = source_now(&src, &path, want)?;
@@ -359,7 +361,7 @@ fn compute_changes(
         } else if kind == EntryKind::File {
             binary = false;
         }
-        out.push(FileChange {
+        Ok(Some(FileChange {
             path,
             change,
             kind,
@@ -368,7 +370,18 @@ fn compute_changes(
             source_changed,
             binary,
             diff,
-        });
+        }))
+    };
+    let mut out = Vec::new();
+    for path in candidates {
+        let change = match one(path.clone()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match one(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                other => other?,
+            },
+            other => other?,
+        };
+        out.extend(change);
     }
     Ok(out)
 }
