@@ -592,41 +592,7 @@ async fn cowork_killed_mid_step_behind_the_gateway_resumes_after_a_restart() {
     .await;
     let api = Api::new(format!("http://{}", gateway.http_addr()), keys.writer());
 
-    model.push(call(
-        "submit_plan",
-        json!({"steps": [{"id": "work", "title": "Do the work", "instructions": "Write out.txt."}]}),
-    ));
-    let id = api.create_session(&ws, "Write out.txt", "sequential").await;
-    api.wait_state(&id, "awaiting_approval").await;
-    // The first agent starts a long command; the service dies under it.
-    model.push(call("run_command", json!({"command": "sleep 30"})));
-    model.push(call(
-        "write_file",
-        json!({"path": "out.txt", "content": "written after the restart\n"}),
-    ));
-    model.push(Reply::text("done"));
-    api.ok(
-        "POST",
-        &format!("/api/v1/cowork/sessions/{id}/plan/approve"),
-        None,
-    )
-    .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let started = api.events(&id).await.iter().any(|e| {
-            e["type"] == "subtask:progress"
-                && e["data"]["kind"] == "tool_call"
-                && e["data"]["tool"] == "run_command"
-        });
-        if started {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the step never started its command"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let id = stack::session_inside_a_long_command(&api, &model, &ws).await;
     first.kill().unwrap();
     first.wait().unwrap();
 

@@ -411,3 +411,52 @@ pub async fn wait_healthy(base: &str, log: &Path) {
         std::fs::read_to_string(log).unwrap_or_default()
     );
 }
+
+/// A one-step session, approved, whose agent is inside a 30 s command when this returns (the
+/// moment to kill the service); after a restart the agent writes `out.txt` and finishes.
+pub async fn session_inside_a_long_command(
+    api: &Api,
+    model: &liquid_testkit::model_servers::ModelServer,
+    ws: &Path,
+) -> String {
+    use liquid_testkit::model_servers::{CannedMessage, Reply};
+    let call = |name: &str, args: Value| {
+        Reply::Message(CannedMessage::text("").with_tool_call(name, args))
+    };
+    model.push(call(
+        "submit_plan",
+        json!({"steps": [{"id": "work", "title": "Do the work", "instructions": "Write out.txt."}]}),
+    ));
+    let id = api.create_session(ws, "Write out.txt", "sequential").await;
+    api.wait_state(&id, "awaiting_approval").await;
+    // The first agent starts a long command; the service dies under it.
+    model.push(call("run_command", json!({"command": "sleep 30"})));
+    model.push(call(
+        "write_file",
+        json!({"path": "out.txt", "content": "written after the restart\n"}),
+    ));
+    model.push(Reply::text("done"));
+    api.ok(
+        "POST",
+        &format!("/api/v1/cowork/sessions/{id}/plan/approve"),
+        None,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = api.events(&id).await.iter().any(|e| {
+            e["type"] == "subtask:progress"
+                && e["data"]["kind"] == "tool_call"
+                && e["data"]["tool"] == "run_command"
+        });
+        if started {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step never started its command"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    id
+}
