@@ -285,7 +285,13 @@ impl BuiltinAgent {
             "run_command" => {
                 let command = arg(call, "command")?;
                 let step_id = ctx.title.clone();
-                let out = self
+                // What the command changes is checked by the pipeline once it returns.
+                let window = self
+                    .gate
+                    .open_window(&ctx.agent, ctx.sandbox_id)
+                    .await
+                    .map_err(denied)?;
+                let ran = self
                     .pool
                     .exec_shell(
                         &ctx.agent.tenant,
@@ -301,8 +307,13 @@ impl BuiltinAgent {
                             }));
                         },
                     )
+                    .await;
+                let checked = self
+                    .gate
+                    .close_window(&ctx.agent, window)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(denied)?;
+                let out = ran.map_err(|e| e.to_string())?;
                 let mut text = format!("exit code {}", out.exit_code);
                 if out.timed_out {
                     text.push_str(" (timed out)");
@@ -314,6 +325,9 @@ impl BuiltinAgent {
                 ));
                 if out.truncated {
                     text.push_str("\n(output cut)");
+                }
+                for r in &checked.reverted {
+                    text.push_str(&format!("\npermission pipeline: {r}"));
                 }
                 if out.exit_code == 0 {
                     Ok(text)

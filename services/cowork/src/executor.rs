@@ -37,6 +37,8 @@ pub struct StepResult {
     pub changed: Vec<String>,
     /// Artifacts kept.
     pub artifacts: usize,
+    /// Container changes the permission pipeline denied and took back.
+    pub reverted: Vec<String>,
 }
 
 pub(crate) type Snapshot = BTreeMap<String, (String, Option<String>)>;
@@ -250,12 +252,104 @@ impl CoworkSessions {
             let _ = ptx.send(v);
         };
 
+        // Every change the container makes to the mounted work copy goes through the
+        // permission pipeline when the container is done with it (see `permission::window`).
+        let ctx = AgentContext {
+            tenant: agent.tenant.clone(),
+            session_id: agent.session_id,
+            agent: agent.domain.clone(),
+        };
+        let window = inner.gate.open_window(&ctx, session.sandbox_id).await?;
+        let ran = self
+            .contained(
+                agent,
+                &plan_step,
+                &step.plan_key,
+                &pool,
+                &sandbox.work_path,
+                cancel,
+                &progress,
+            )
+            .await;
+        let checked = inner.gate.close_window(&ctx, window).await;
+        if let Ok(report) = &checked {
+            for r in &report.reverted {
+                progress(json!({
+                    "kind": "denied", "path": r.path, "operation": r.operation,
+                    "stage": r.stage, "reason": r.reason, "restored": r.restored,
+                }));
+            }
+        }
+        drop(progress);
+        let _ = forward.await;
+        let (runner, summary, mut transcript) = ran?;
+        let reverted: Vec<String> = checked?.reverted.iter().map(ToString::to_string).collect();
+        for r in &reverted {
+            transcript.push_str(&format!("permission pipeline: {r}\n"));
+        }
+        inner
+            .store
+            .set_agent_claim(agent.agent_id, None, Some(&runner))
+            .await?;
+
+        // Artifacts: the patch of what changed while the step ran, expected files, the log.
+        let after_report = inner.sandboxes.diff(&caller, session.sandbox_id).await?;
+        let (changed, patch) = changes_since(&before, &after_report);
+        let mut artifacts = Vec::new();
+        if !patch.is_empty() {
+            artifacts.push(self.artifact(
+                agent,
+                "patch",
+                "step.patch",
+                "text/x-diff",
+                patch.as_bytes(),
+            ));
+        }
+        for path in &plan_step.expected_artifacts {
+            match inner.gate.read(&ctx, session.sandbox_id, path).await {
+                Ok(bytes) => {
+                    artifacts.push(self.artifact(agent, "file", path, "text/plain", &bytes))
+                }
+                Err(error) => tracing::info!(%error, path, "an expected artifact is not there"),
+            }
+        }
+        artifacts.push(self.artifact(
+            agent,
+            "log",
+            "step.log",
+            "text/plain",
+            transcript.as_bytes(),
+        ));
+        inner.store.insert_artifacts(&artifacts).await?;
+        Ok(StepResult {
+            runner,
+            summary,
+            changed,
+            artifacts: artifacts.len(),
+            reverted,
+        })
+    }
+
+    /// Acquires the step's container with the work copy mounted, runs the step in it and
+    /// releases it; returns (runner, summary, log).
+    #[allow(clippy::too_many_arguments)]
+    async fn contained(
+        &self,
+        agent: &AgentRow,
+        plan_step: &PlanStep,
+        plan_key: &str,
+        pool: &crate::pool_client::PoolClient,
+        staging: &str,
+        cancel: &CancellationToken,
+        progress: &(dyn Fn(Value) + Send + Sync),
+    ) -> Result<(String, String, String), CoworkError> {
+        let inner = &self.inner;
         let env = HashMap::from([
             (
                 "LIQUID_COWORK_SESSION".to_owned(),
                 agent.session_id.to_string(),
             ),
-            ("LIQUID_COWORK_STEP".to_owned(), step.plan_key.clone()),
+            ("LIQUID_COWORK_STEP".to_owned(), plan_key.to_owned()),
         ]);
         let settings = &inner.settings.executor;
         // One agent is one attempt of one step: its id keys the claim, so a repeated acquire
@@ -265,7 +359,7 @@ impl CoworkSessions {
             let key = format!("cowork-agent-{}", agent.agent_id);
             let (template, staging, workdir) = (
                 settings.template.clone(),
-                sandbox.work_path.clone(),
+                staging.to_owned(),
                 settings.container_workdir.clone(),
             );
             Box::pin(async move {
@@ -305,65 +399,18 @@ impl CoworkSessions {
         let ran = self
             .drive(
                 agent,
-                &plan_step,
+                plan_step,
                 &claim.id,
                 &claim.runtime,
-                &pool,
+                pool,
                 cancel,
-                &progress,
+                progress,
             )
             .await;
         if let Err(error) = pool.release(&agent.tenant, &claim.id).await {
             tracing::warn!(%error, claim = %claim.id, "releasing the step's container failed");
         }
-        drop(progress);
-        let _ = forward.await;
-        let (runner, summary, transcript) = ran?;
-        inner
-            .store
-            .set_agent_claim(agent.agent_id, None, Some(&runner))
-            .await?;
-
-        // Artifacts: the patch of what changed while the step ran, expected files, the log.
-        let after_report = inner.sandboxes.diff(&caller, session.sandbox_id).await?;
-        let (changed, patch) = changes_since(&before, &after_report);
-        let mut artifacts = Vec::new();
-        if !patch.is_empty() {
-            artifacts.push(self.artifact(
-                agent,
-                "patch",
-                "step.patch",
-                "text/x-diff",
-                patch.as_bytes(),
-            ));
-        }
-        let ctx = AgentContext {
-            tenant: agent.tenant.clone(),
-            session_id: agent.session_id,
-            agent: agent.domain.clone(),
-        };
-        for path in &plan_step.expected_artifacts {
-            match inner.gate.read(&ctx, session.sandbox_id, path).await {
-                Ok(bytes) => {
-                    artifacts.push(self.artifact(agent, "file", path, "text/plain", &bytes))
-                }
-                Err(error) => tracing::info!(%error, path, "an expected artifact is not there"),
-            }
-        }
-        artifacts.push(self.artifact(
-            agent,
-            "log",
-            "step.log",
-            "text/plain",
-            transcript.as_bytes(),
-        ));
-        inner.store.insert_artifacts(&artifacts).await?;
-        Ok(StepResult {
-            runner,
-            summary,
-            changed,
-            artifacts: artifacts.len(),
-        })
+        ran
     }
 
     /// Runs the CLI the analyzer picks, or the built-in agent; returns (runner, summary, log).

@@ -12,6 +12,9 @@ pub const SANDBOXES: &str = "liquid_cowork_sandboxes";
 pub const DENIALS: &str = "liquid_cowork_permission_denials_total";
 /// Counter: permission pipeline decisions that allowed the operation, by `operation`.
 pub const ALLOWED: &str = "liquid_cowork_permission_allowed_total";
+/// Counter: changes container commands made to a work copy, by the pipeline's `decision`
+/// (`permitted` or `reverted`).
+pub const CONTAINER_CHANGES: &str = "liquid_cowork_container_changes_total";
 /// Counter: files reported as conflicts by apply or rollback.
 pub const APPLY_CONFLICTS: &str = "liquid_cowork_apply_conflicts_total";
 /// Histogram: seconds to create a sandbox (copy and hash).
@@ -56,6 +59,9 @@ pub fn register() {
     }
     for state in SandboxState::ALL {
         metrics::gauge!(SANDBOXES, "state" => state.as_str()).set(0.0);
+    }
+    for decision in ["permitted", "reverted"] {
+        metrics::counter!(CONTAINER_CHANGES, "decision" => decision).increment(0);
     }
     metrics::counter!(APPLY_CONFLICTS).increment(0);
     metrics::counter!(EXPIRED).increment(0);

@@ -29,6 +29,8 @@ use crate::metrics;
 use crate::sandbox::StagingSandboxes;
 use crate::store::{AuditRecord, SandboxRow, printable};
 
+pub mod window;
+
 /// Who performs an operation: an agent of a session of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentContext {
@@ -62,6 +64,26 @@ pub struct ExecTarget {
     pub host_path: PathBuf,
 }
 
+/// Where an agent file operation comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A tool call the gate performs itself (the built-in agent, the A2A bridge).
+    Tool,
+    /// A change a command in the step's container made to the mounted work copy, checked
+    /// after the command (see [`window`]).
+    Container,
+}
+
+impl Origin {
+    /// Stable name in audit records and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Tool => "tool",
+            Origin::Container => "container",
+        }
+    }
+}
+
 /// The pipeline gate over a replica's sandboxes.
 #[derive(Clone)]
 pub struct PermissionGate {
@@ -88,13 +110,28 @@ impl PermissionGate {
         path: &str,
         denial: Denial,
     ) -> CoworkError {
+        self.deny_from(Origin::Tool, agent, sandbox_id, op, path, denial)
+            .await
+    }
+
+    async fn deny_from(
+        &self,
+        origin: Origin,
+        agent: &AgentContext,
+        sandbox_id: Uuid,
+        op: Operation,
+        path: &str,
+        denial: Denial,
+    ) -> CoworkError {
         ::metrics::counter!(metrics::DENIALS, "stage" => denial.stage.as_str()).increment(1);
         let mut a = AuditRecord::new(&agent.tenant, &agent.agent, "permission.denied", "denied");
         a.sandbox_id = Some(sandbox_id);
         a.session_id = Some(agent.session_id);
         a.path = Some(printable(path));
         a.stage = Some(denial.stage.as_str().to_owned());
-        a.detail = json!({ "operation": op.as_str(), "reason": denial.reason });
+        a.detail = json!({
+            "operation": op.as_str(), "reason": denial.reason, "origin": origin.as_str(),
+        });
         if let Err(error) = self.sandboxes.inner().store.append_audit(&[a]).await {
             tracing::error!(%error, "audit append failed");
         }
@@ -102,6 +139,7 @@ impl PermissionGate {
             target: "security",
             stage = denial.stage.as_str(),
             operation = op.as_str(),
+            origin = origin.as_str(),
             agent = %agent.agent,
             sandbox = %sandbox_id,
             "agent file operation denied"
@@ -123,6 +161,20 @@ impl PermissionGate {
         path: &str,
         write_bytes: Option<u64>,
     ) -> Result<Permitted, CoworkError> {
+        self.check_from(Origin::Tool, agent, sandbox_id, op, path, write_bytes)
+            .await
+    }
+
+    /// [`Self::check`] for an operation of `origin`.
+    async fn check_from(
+        &self,
+        origin: Origin,
+        agent: &AgentContext,
+        sandbox_id: Uuid,
+        op: Operation,
+        path: &str,
+        write_bytes: Option<u64>,
+    ) -> Result<Permitted, CoworkError> {
         let inner = self.sandboxes.inner();
         // Without a sandbox of the agent's own tenant there is no root to resolve against:
         // isolation refuses before anything touches the filesystem.
@@ -131,7 +183,7 @@ impl PermissionGate {
                 stage: Stage::SandboxIsolation,
                 reason: "no such sandbox for the agent's tenant".into(),
             };
-            return Err(self.deny(agent, sandbox_id, op, path, d).await);
+            return Err(self.deny_from(origin, agent, sandbox_id, op, path, d).await);
         };
         let charged = if op == Operation::Write {
             inner
@@ -185,7 +237,7 @@ impl PermissionGate {
             },
         );
         if let Err(d) = decision {
-            return Err(self.deny(agent, sandbox_id, op, path, d).await);
+            return Err(self.deny_from(origin, agent, sandbox_id, op, path, d).await);
         }
         let (Ok(resolution), Some(located)) = (resolution, located) else {
             return Err(CoworkError::Corrupt(
@@ -294,6 +346,7 @@ impl PermissionGate {
             }
         }
         inner.watcher.mark(sandbox_id, &rel);
+        self.settle(sandbox_id, &row.work_path, &rel).await;
         let mut a = self.audit_ok(agent, &row, "file.write");
         a.path = Some(rel.clone());
         a.sha256_before = before.clone();
@@ -345,6 +398,7 @@ impl PermissionGate {
         .map_err(|e| CoworkError::io("delete", e))?;
         let inner = self.sandboxes.inner();
         inner.watcher.mark(sandbox_id, &rel);
+        self.settle(sandbox_id, &row.work_path, &rel).await;
         let mut a = self.audit_ok(agent, &row, "file.delete");
         a.path = Some(rel);
         a.sha256_before = before;

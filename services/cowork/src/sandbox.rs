@@ -150,6 +150,8 @@ pub(crate) struct Inner {
     pub(crate) policy: Policy,
     pub(crate) watcher: ChangeWatcher,
     pub(crate) instance: Uuid,
+    /// Container-command windows open on each sandbox (see `crate::permission::window`).
+    pub(crate) windows: crate::permission::window::OpenWindows,
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> CoworkError {
@@ -430,6 +432,7 @@ impl StagingSandboxes {
                     policy,
                     watcher,
                     instance,
+                    windows: Default::default(),
                 }),
             },
             run,
@@ -450,7 +453,7 @@ impl StagingSandboxes {
         &self.inner.root
     }
 
-    fn dir_of(&self, row: &SandboxRow) -> PathBuf {
+    pub(crate) fn dir_of(&self, row: &SandboxRow) -> PathBuf {
         self.inner
             .root
             .join(tenant_dir(&row.tenant))
@@ -494,7 +497,7 @@ impl StagingSandboxes {
             .ok_or_else(|| CoworkError::SandboxNotFound(id.to_string()))
     }
 
-    async fn baseline(&self, id: Uuid) -> Result<Manifest, CoworkError> {
+    pub(crate) async fn baseline(&self, id: Uuid) -> Result<Manifest, CoworkError> {
         let body = self
             .inner
             .store
@@ -1048,17 +1051,33 @@ impl StagingSandboxes {
     /// files are cowork's own copies (hard links to the source were broken by
     /// [`Self::materialize`] first). As any other user nothing changes: cowork and the
     /// containers must then share the user, as the images do.
-    async fn hand_to_containers(&self, row: &SandboxRow) -> Result<(), CoworkError> {
+    pub(crate) async fn hand_to_containers(&self, row: &SandboxRow) -> Result<(), CoworkError> {
         let Some((uid, gid)) = self.inner.settings.container_owner() else {
             return Ok(());
         };
         let work = PathBuf::from(&row.work_path);
-        let changed = tokio::task::spawn_blocking(move || tree::hand_over(&work, uid, gid))
-            .await
-            .map_err(blocking_failed)?
-            .map_err(|e| CoworkError::io("hand the sandbox to the container user", e))?;
+        let mut baseline = self.baseline(row.sandbox_id).await?;
+        let (changed, refreshed, baseline) = tokio::task::spawn_blocking(move || {
+            let changed = tree::hand_over(&work, uid, gid)?;
+            // The chown moved the ctimes of the files it touched: record them where the file
+            // is still the baseline's own (same inode, size and mtime), so the stat pre-check
+            // keeps sparing them a hash.
+            let refreshed = refresh_ctimes(&work, &changed, &mut baseline);
+            Ok::<_, io::Error>((changed.len(), refreshed, baseline))
+        })
+        .await
+        .map_err(blocking_failed)?
+        .map_err(|e| CoworkError::io("hand the sandbox to the container user", e))?;
+        if refreshed > 0 {
+            let body = serde_json::to_string(&baseline)
+                .map_err(|e| CoworkError::Corrupt(e.to_string()))?;
+            self.inner
+                .store
+                .put_manifest(row.sandbox_id, "baseline", &body)
+                .await?;
+        }
         if changed > 0 {
-            tracing::debug!(sandbox = %row.sandbox_id, changed, uid, gid, "work tree handed to the container user");
+            tracing::debug!(sandbox = %row.sandbox_id, changed, refreshed, uid, gid, "work tree handed to the container user");
         }
         Ok(())
     }
@@ -1303,6 +1322,29 @@ impl StagingSandboxes {
 }
 
 /// Updates the inode of every entry whose work file was replaced by `materialize`.
+/// Records the ctime of each of `paths` (under `work`) whose baseline entry still matches it by
+/// inode, size and mtime; returns how many entries changed.
+fn refresh_ctimes(work: &Path, paths: &[PathBuf], baseline: &mut Manifest) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut refreshed = 0;
+    for path in paths {
+        let Some(rel) = path.strip_prefix(work).ok().and_then(Path::to_str) else {
+            continue;
+        };
+        let (Some(e), Ok(m)) = (
+            baseline.entries.get_mut(rel),
+            std::fs::symlink_metadata(path),
+        ) else {
+            continue;
+        };
+        if e.ino == m.ino() && e.size == m.len() && e.mtime_ns == tree::mtime_ns(&m) {
+            e.ctime_ns = tree::ctime_ns(&m);
+            refreshed += 1;
+        }
+    }
+    refreshed
+}
+
 fn refresh_inodes(work: &Path, baseline: &mut Manifest) {
     use std::os::unix::fs::MetadataExt;
     for (rel, e) in baseline.entries.iter_mut() {
@@ -1314,6 +1356,7 @@ fn refresh_inodes(work: &Path, baseline: &mut Manifest) {
         {
             e.ino = m.ino();
             e.mtime_ns = tree::mtime_ns(&m);
+            e.ctime_ns = tree::ctime_ns(&m);
             e.copy = CopyKind::Copy;
         }
     }

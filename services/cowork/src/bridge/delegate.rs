@@ -495,6 +495,7 @@ impl CoworkSessions {
             summary,
             changed,
             artifacts: artifacts.len(),
+            reverted: Vec::new(),
         })
     }
 }

@@ -46,6 +46,11 @@ pub struct Entry {
     pub mtime_ns: i64,
     /// Inode of the work copy.
     pub ino: u64,
+    /// Status-change time of the work copy, nanoseconds since the epoch (0 in manifests made
+    /// before it was recorded). Unlike the mtime it cannot be set back from user space, so an
+    /// in-place rewrite that restores size and mtime (`cp -p`, `touch -r`) is still seen.
+    #[serde(default)]
+    pub ctime_ns: i64,
     /// Permission bits.
     pub mode: u32,
     /// How the work copy was made.
@@ -98,6 +103,8 @@ pub struct Observed {
     pub mtime_ns: i64,
     /// Inode.
     pub ino: u64,
+    /// Status-change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
 }
 
 /// True when the stat facts prove (linked inode) or strongly suggest (same size, mtime and
@@ -107,7 +114,9 @@ pub fn unchanged_by_stat(baseline: &Entry, now: &Observed) -> bool {
         return false;
     }
     baseline.copy == CopyKind::Hardlink
-        || (baseline.size == now.size && baseline.mtime_ns == now.mtime_ns)
+        || (baseline.size == now.size
+            && baseline.mtime_ns == now.mtime_ns
+            && (baseline.ctime_ns == 0 || baseline.ctime_ns == now.ctime_ns))
 }
 
 /// How a path differs from the baseline.
@@ -145,6 +154,7 @@ mod tests {
             size: 3,
             mtime_ns: 10,
             ino: 7,
+            ctime_ns: 20,
             mode: 0o644,
             copy,
         }
@@ -157,8 +167,21 @@ mod tests {
             size: 3,
             mtime_ns: 10,
             ino: 7,
+            ctime_ns: 20,
         };
         assert!(unchanged_by_stat(&entry(CopyKind::Copy), &same));
+        // Size and mtime put back after an in-place rewrite: the ctime still moved.
+        let rewritten = Observed {
+            ctime_ns: 21,
+            ..same
+        };
+        assert!(!unchanged_by_stat(&entry(CopyKind::Copy), &rewritten));
+        // A manifest from before ctimes were recorded falls back to size and mtime.
+        let old = Entry {
+            ctime_ns: 0,
+            ..entry(CopyKind::Copy)
+        };
+        assert!(unchanged_by_stat(&old, &rewritten));
         let touched = Observed {
             mtime_ns: 11,
             ..same

@@ -4,5 +4,6 @@
 //! out and gathers the facts they need.
 
 pub mod beneath;
+pub mod scan;
 pub mod tree;
 pub mod watch;

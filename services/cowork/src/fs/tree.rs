@@ -60,6 +60,13 @@ pub fn mtime_ns(m: &fs::Metadata) -> i64 {
         .saturating_add(m.mtime_nsec())
 }
 
+/// Nanoseconds since the epoch of a metadata's ctime.
+pub fn ctime_ns(m: &fs::Metadata) -> i64 {
+    m.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.ctime_nsec())
+}
+
 /// `/`-joined relative path.
 fn join_rel(parent: &str, name: &str) -> String {
     if parent.is_empty() {
@@ -157,6 +164,7 @@ pub fn create_work_copy(
                         size: text.len() as u64,
                         mtime_ns: mtime_ns(&m),
                         ino: m.ino(),
+                        ctime_ns: ctime_ns(&m),
                         mode: 0o777,
                         copy: CopyKind::Copy,
                     },
@@ -172,6 +180,7 @@ pub fn create_work_copy(
                         size: m.len(),
                         mtime_ns: mtime_ns(&m),
                         ino: m.ino(),
+                        ctime_ns: ctime_ns(&m),
                         mode: m.mode() & 0o7777,
                         copy,
                     },
@@ -297,6 +306,7 @@ pub fn observe(path: &Path) -> io::Result<Option<Observed>> {
         size: m.len(),
         mtime_ns: mtime_ns(&m),
         ino: m.ino(),
+        ctime_ns: ctime_ns(&m),
     }))
 }
 
@@ -462,20 +472,20 @@ pub fn canonical_dir(path: &Path) -> io::Result<PathBuf> {
 
 /// When this process runs as root (it owns `work`'s parent as uid 0), changes the owner of
 /// `work` and everything beneath it (symlinks themselves, never their targets) to `uid:gid`;
-/// returns how many entries changed. As any other user, changes nothing.
-pub fn hand_over(work: &Path, uid: u32, gid: u32) -> std::io::Result<u64> {
+/// returns the paths that changed. As any other user, changes nothing.
+pub fn hand_over(work: &Path, uid: u32, gid: u32) -> std::io::Result<Vec<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
     let parent = work.parent().unwrap_or(work);
     if std::fs::metadata(parent)?.uid() != 0 {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let mut changed = 0;
+    let mut changed = Vec::new();
     let mut stack = vec![work.to_path_buf()];
     while let Some(path) = stack.pop() {
         let meta = std::fs::symlink_metadata(&path)?;
         if meta.uid() != uid || meta.gid() != gid {
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
-            changed += 1;
+            changed.push(path.clone());
         }
         if meta.is_dir() {
             for entry in std::fs::read_dir(&path)? {
