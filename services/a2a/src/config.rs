@@ -1,6 +1,6 @@
 //! The a2a service's own settings: the `[a2a]` section (profile, remote agents, tables, task
-//! TTL, card caching and signing, public URL, service key) and the `[push]` section (see
-//! [`crate::push::PushConfig`]).
+//! TTL, task owner leases, card caching and signing, public URL, service key) and the `[push]`
+//! section (see [`crate::push::PushConfig`]).
 
 use std::collections::BTreeMap;
 
@@ -43,6 +43,13 @@ pub struct A2aSection {
     pub task_ttl_secs: u64,
     /// Most push notification configs per task.
     pub push_configs_per_task: u32,
+    /// Seconds between renewals of the owner leases of the tasks a replica runs (one statement
+    /// for all of them), and between sweeps for tasks whose lease ran out.
+    pub lease_renew_secs: u64,
+    /// Seconds a task's owner lease lasts without a renewal: a task running on a replica that
+    /// stopped without failing it (killed) fails about this long after its last renewal. More
+    /// than `lease_renew_secs`, with room for a slow database.
+    pub lease_secs: u64,
     /// `Cache-Control: max-age` of agent cards, in seconds.
     pub card_max_age_secs: u32,
     /// Agents executed by other services over `liquid.a2a.v1.AgentExecutorService`, by name;
@@ -97,6 +104,8 @@ impl Default for A2aSection {
             error_table: ErrorTable::V1_0_1,
             task_ttl_secs: 7 * 24 * 3600,
             push_configs_per_task: 10,
+            lease_renew_secs: 5,
+            lease_secs: 20,
             card_max_age_secs: 300,
             remote_agents: BTreeMap::new(),
             service_key_file: String::new(),
@@ -128,6 +137,15 @@ impl Validate for A2aSettings {
         };
         if self.a2a.task_ttl_secs == 0 {
             return Err(invalid("a2a.task_ttl_secs", "must be at least 1"));
+        }
+        if self.a2a.lease_renew_secs == 0 {
+            return Err(invalid("a2a.lease_renew_secs", "must be at least 1"));
+        }
+        if self.a2a.lease_secs <= self.a2a.lease_renew_secs {
+            return Err(invalid(
+                "a2a.lease_secs",
+                "must be more than a2a.lease_renew_secs",
+            ));
         }
         if self.a2a.push_configs_per_task == 0 {
             return Err(invalid("a2a.push_configs_per_task", "must be at least 1"));

@@ -32,7 +32,7 @@ use crate::agents::{AgentExecutor, Execution};
 use crate::domain::cursor::Cursor;
 use crate::domain::state::{is_cancelable, is_final, is_terminal};
 use crate::domain::{AgentEvent, apply_event, trim_history};
-use crate::store::{Appended, Created, StoredTask, TaskQuery, TaskStore};
+use crate::store::{Abandoned, Appended, Created, StoredTask, TaskQuery, TaskStore};
 
 /// Tuning of the engine.
 #[derive(Debug, Clone)]
@@ -218,6 +218,65 @@ impl TaskEngine {
             .instrument(info_span!("a2a_task_eviction")),
         );
         Ok(())
+    }
+
+    /// The tasks this replica is running (whose leases it renews).
+    pub fn running_ids(&self) -> Vec<String> {
+        self.inner
+            .running
+            .lock()
+            .map(|running| {
+                running
+                    .iter()
+                    .filter(|(_, token)| !token.is_cancelled())
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Fails a task this replica claimed because its owner's lease ran out: FAILED with
+    /// `reason`, stored, published and observed like any event. `false` when the task moved
+    /// on since the claim (its owner is alive after all, or it was canceled): then it is left
+    /// alone. A local execution of the task, if any, is stopped.
+    pub async fn fail_abandoned(
+        &self,
+        abandoned: &Abandoned,
+        reason: &str,
+    ) -> Result<bool, A2aError> {
+        let tenant = abandoned.tenant.as_str();
+        let mut task = abandoned.stored.task.clone();
+        let event = apply_event(
+            &mut task,
+            AgentEvent::Status {
+                state: pb::TaskState::Failed,
+                message: Some(crate::agents::agent_text(reason)),
+            },
+            Timestamp::now(),
+        );
+        let expires = Some(Utc::now() + self.ttl());
+        match self
+            .inner
+            .store
+            .append(
+                tenant,
+                &task.id,
+                abandoned.stored.seq,
+                &task,
+                Some(&event),
+                expires,
+            )
+            .await
+            .map_err(internal)?
+        {
+            Appended::At(seq) => {
+                self.publish(&task.id, seq, &event).await;
+                self.notify_observers(tenant, &task, seq, &event);
+                self.cancel_local(&task.id);
+                Ok(true)
+            }
+            Appended::Conflict => Ok(false),
+        }
     }
 
     fn cancel_local(&self, task_id: &str) {

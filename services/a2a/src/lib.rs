@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod host;
+pub mod lease;
 pub mod metrics;
 pub mod push;
 pub mod store;
@@ -335,7 +336,13 @@ impl Service for A2a {
         foundation: &Foundation,
         settings: &A2aSettings,
     ) -> Result<ServiceParts, StartError> {
-        let store = store::open(&foundation.database);
+        let store = store::open_leased(
+            &foundation.database,
+            store::Lease {
+                owner: foundation.info.instance_id.to_string(),
+                length: Duration::from_secs(settings.a2a.lease_secs),
+            },
+        );
         let tracker = TaskTracker::new();
         let engine = TaskEngine::new(
             store.clone(),
@@ -351,6 +358,12 @@ impl Service for A2a {
         );
         engine.start_background().await?;
         metrics::register();
+        lease::spawn(
+            &engine,
+            Duration::from_secs(settings.a2a.lease_renew_secs),
+            &tracker,
+            foundation.shutdown.clone(),
+        );
         metrics::spawn_task_gauge(
             store.clone(),
             Duration::from_secs(15),

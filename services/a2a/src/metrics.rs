@@ -1,6 +1,7 @@
 //! The a2a service's domain metrics (beside the RED metrics the service host records): tasks
 //! by state (counted in the database, so every replica reports the same figure), task state
-//! transitions, live stream subscribers, and push notification deliveries and attempts.
+//! transitions, tasks failed because their replica stopped, live stream subscribers, and push
+//! notification deliveries and attempts.
 //! Every series is exported at zero from the start, so dashboards see a zero, not a gap.
 
 use std::sync::Arc;
@@ -18,6 +19,9 @@ use crate::store::TaskStore;
 pub const TASKS: &str = "liquid_a2a_tasks";
 /// Counter: task status changes by `state` reached.
 pub const TASK_TRANSITIONS: &str = "liquid_a2a_task_transitions_total";
+/// Counter: tasks this replica failed because the replica running them stopped (their owner
+/// lease ran out; see [`crate::lease`]).
+pub const TASKS_RECOVERED: &str = "liquid_a2a_tasks_recovered_total";
 /// Gauge: open SendStreamingMessage / SubscribeToTask streams on this replica.
 pub const STREAM_SUBSCRIBERS: &str = "liquid_a2a_stream_subscribers";
 /// Counter: push notifications by `result` (`delivered` or `failed` after every attempt).
@@ -47,6 +51,7 @@ pub fn register() {
         metrics::gauge!(TASKS, "state" => state.as_str_name()).set(0.0);
         metrics::counter!(TASK_TRANSITIONS, "state" => state.as_str_name()).absolute(0);
     }
+    metrics::counter!(TASKS_RECOVERED).absolute(0);
     metrics::gauge!(STREAM_SUBSCRIBERS).set(0.0);
     for result in ["delivered", "failed"] {
         metrics::counter!(PUSH_DELIVERIES, "result" => result).absolute(0);

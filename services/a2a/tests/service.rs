@@ -1,7 +1,8 @@
 //! The a2a service end to end, started the way the runtime starts it: the conformance agent
 //! over JSON-RPC, HTTP+JSON and gRPC through the real auth layer; discovery with caching;
 //! multi-turn, cancel, idempotent retries and tenancy; and two replicas on Postgres and NATS
-//! where a subscriber on one follows a task running on the other.
+//! where a subscriber on one follows a task running on the other; the service binary killed
+//! (SIGKILL) mid-task, whose task another replica or the restarted one fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures_util::StreamExt;
@@ -631,4 +632,272 @@ async fn read_and_write_operations_need_their_scopes() {
         .unwrap();
     assert_eq!(state(&t), pb::TaskState::InputRequired as i32);
     running.stop().await.unwrap();
+}
+
+/// A free loopback address, for a service started as a process.
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `cfg` for the `liquid-a2a-service` binary: fixed free ports (so a restart finds it at the
+/// same address) and short owner leases, so a killed replica's tasks are recovered soon.
+fn process_config(cfg: &mut ServiceConfig<A2aSettings>) {
+    cfg.server.http_addr = free_addr();
+    cfg.server.grpc_addr = Some(free_addr());
+    cfg.settings.a2a.lease_renew_secs = 1;
+    cfg.settings.a2a.lease_secs = 3;
+}
+
+/// The service binary as a child process, killed (SIGKILL) when dropped, so a failing test
+/// leaves no process behind.
+struct Process(std::process::Child);
+
+impl Process {
+    /// SIGKILL, as a crash or an OOM kill would end it, and reaps it.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `liquid-a2a-service` binary on `cfg` (written to `dir/a2a.toml`), its output appended
+/// to `dir/a2a.log`; waits for its `/healthz`.
+async fn spawn_service(cfg: &ServiceConfig<A2aSettings>, dir: &std::path::Path) -> Process {
+    let config = dir.join("a2a.toml");
+    std::fs::write(&config, toml::to_string(cfg).unwrap()).unwrap();
+    let log_path = dir.join("a2a.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_liquid-a2a-service"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let process = Process(child);
+    if !healthy(&format!("http://{}/healthz", cfg.server.http_addr)).await {
+        panic!(
+            "liquid-a2a-service did not come up:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    process
+}
+
+/// Whether `url` answers 2xx within a minute.
+async fn healthy(url: &str) -> bool {
+    for _ in 0..600 {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Sends the conformance agent's long scenario (WORKING for about 4 s) without waiting.
+async fn start_long_task(client: &A2aClient, message_id: &str) -> pb::Task {
+    let mut req = message("test-resubscribe-message-id", "long");
+    req.message.as_mut().unwrap().message_id = message_id.into();
+    req.configuration = Some(pb::SendMessageConfiguration {
+        return_immediately: true,
+        ..Default::default()
+    });
+    let task = task_of(client.send_message(req).await.unwrap());
+    assert!(
+        [
+            pb::TaskState::Submitted as i32,
+            pb::TaskState::Working as i32
+        ]
+        .contains(&state(&task)),
+        "{task:?}"
+    );
+    task
+}
+
+/// The text of a task status's message.
+fn status_text(status: &pb::TaskStatus) -> Option<&str> {
+    match status.message.as_ref()?.parts.first()?.content.as_ref()? {
+        pb::part::Content::Text(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// Every event of `stream` until it ends; a hang (the bug this guards against) fails after a
+/// generous deadline instead of blocking the suite.
+async fn drain(stream: liquid_a2a::EventStream) -> Vec<pb::StreamResponse> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        stream.map(Result::unwrap).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the stream did not end: the task never reached a terminal state")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_running_on_a_killed_replica_fails_after_a_restart_on_postgres() {
+    let db = TestDatabase::create().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    killed_mid_task_then_restarted(db.url(), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_running_on_a_killed_replica_fails_after_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/a2a.db", dir.path().display());
+    killed_mid_task_then_restarted(&db, dir.path()).await;
+}
+
+/// The service binary on `db` killed while the conformance agent runs a task, then started
+/// again: the task fails with the reason, a subscriber hears it, a waiting task is untouched.
+async fn killed_mid_task_then_restarted(db: &str, dir: &std::path::Path) {
+    let keys = keys();
+    let mut cfg = config(db, "memory://", &keys.auth, Profile::Tck);
+    process_config(&mut cfg);
+    let token = keys.token("acme");
+    let client =
+        A2aClient::jsonrpc(format!("http://{}/a2a", cfg.server.http_addr)).with_bearer(&token);
+
+    let mut first = spawn_service(&cfg, dir).await;
+    // A task waiting for the client holds no lease: no replica drives it.
+    let waiting = task_of(
+        client
+            .send_message(message("tck-input-required-lease", "wait"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(state(&waiting), pb::TaskState::InputRequired as i32);
+    let running = start_long_task(&client, "test-resubscribe-message-id-lease").await;
+    first.kill();
+
+    let mut second = spawn_service(&cfg, dir).await;
+    // A subscriber on the restarted service hears the task fail (it does not wait forever).
+    let stream = client
+        .subscribe_to_task(pb::SubscribeToTaskRequest {
+            id: running.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let events = drain(stream).await;
+    let states: Vec<i32> = events.iter().filter_map(event_state).collect();
+    assert_eq!(
+        states.last(),
+        Some(&(pb::TaskState::Failed as i32)),
+        "{events:?}"
+    );
+    let failed = client
+        .get_task(pb::GetTaskRequest {
+            id: running.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = failed.status.unwrap();
+    assert_eq!(status.state, pb::TaskState::Failed as i32);
+    assert_eq!(
+        status_text(&status),
+        Some(liquid_a2a_service::lease::REPLICA_STOPPED)
+    );
+    assert_eq!(
+        failed.history[0].message_id,
+        "test-resubscribe-message-id-lease"
+    );
+    // The waiting task is untouched and still continues.
+    let kept = client
+        .get_task(pb::GetTaskRequest {
+            id: waiting.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(state(&kept), pb::TaskState::InputRequired as i32);
+    let mut resume = message("tck-complete-task-lease", "go on");
+    resume.message.as_mut().unwrap().task_id = waiting.id.clone();
+    let done = task_of(client.send_message(resume).await.unwrap());
+    assert_eq!(state(&done), pb::TaskState::Completed as i32);
+    // The restarted replica counted the task it recovered.
+    let metrics = reqwest::get(format!("http://{}/metrics", cfg.server.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "liquid_a2a_tasks_recovered_total 1"),
+        "{metrics}"
+    );
+    second.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_another_replica_sees_the_task_of_a_killed_replica_fail() {
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let keys = keys();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(db.url(), &nats.url(), &keys.auth, Profile::Tck);
+    process_config(&mut cfg);
+    let token = keys.token("acme");
+    // Replica A is a process (so it can be killed), replica B runs in this test.
+    let mut a = spawn_service(&cfg, dir.path()).await;
+    let mut cfg_b = cfg.clone();
+    cfg_b.server = cfg_b.server.ephemeral();
+    let b = start(&cfg_b).await;
+    let on_a =
+        A2aClient::jsonrpc(format!("http://{}/a2a", cfg.server.http_addr)).with_bearer(&token);
+    let on_b =
+        A2aClient::http_json(format!("http://{}/a2a/rest", b.http_addr())).with_bearer(&token);
+
+    let task = start_long_task(&on_a, "test-resubscribe-message-id-replicas").await;
+    let mut stream = on_b
+        .subscribe_to_task(pb::SubscribeToTaskRequest {
+            id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The subscription stands (its first event is the task) before A dies.
+    let head = stream.next().await.unwrap().unwrap();
+    assert!(matches!(head.payload, Some(Payload::Task(_))), "{head:?}");
+    a.kill();
+
+    let events = drain(stream).await;
+    let last = events.last().expect("the stream ended without an event");
+    let Some(Payload::StatusUpdate(update)) = &last.payload else {
+        panic!("the last event is a status update: {events:?}")
+    };
+    let status = update.status.as_ref().unwrap();
+    assert_eq!(status.state, pb::TaskState::Failed as i32, "{events:?}");
+    assert_eq!(
+        status_text(status),
+        Some(liquid_a2a_service::lease::REPLICA_STOPPED)
+    );
+    let t = on_b
+        .get_task(pb::GetTaskRequest {
+            id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(state(&t), pb::TaskState::Failed as i32);
+    b.stop().await.unwrap();
 }

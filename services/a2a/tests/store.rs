@@ -1,6 +1,6 @@
 //! The task store suite: the same assertions on a fresh PostgreSQL database and a fresh SQLite
 //! file. Creation with idempotent message ids, optimistic appends, event logs, listing with
-//! filters and cursors, tenancy, eviction and push config caps.
+//! filters and cursors, tenancy, eviction, push config caps and task owner leases.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use liquid_testkit::postgres::TestDatabase;
 
 struct Backend {
     store: Arc<dyn TaskStore>,
+    url: String,
     _postgres: Option<TestDatabase>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -29,6 +30,7 @@ async fn postgres() -> Backend {
     let fixture = TestDatabase::create().await.unwrap();
     Backend {
         store: open(fixture.url()).await,
+        url: fixture.url().to_owned(),
         _postgres: Some(fixture),
         _dir: None,
     }
@@ -39,6 +41,7 @@ async fn sqlite() -> Backend {
     let url = format!("sqlite://{}/a2a.db", dir.path().display());
     Backend {
         store: open(&url).await,
+        url,
         _postgres: None,
         _dir: Some(dir),
     }
@@ -471,6 +474,116 @@ async fn concurrent_writes_keep_every_log_in_order(b: &Backend) {
     assert!(b.store.load("ten", loser).await.unwrap().is_none());
 }
 
+/// A status update event of `t`.
+fn status_event(t: &pb::Task) -> pb::StreamResponse {
+    pb::StreamResponse {
+        payload: Some(Payload::StatusUpdate(pb::TaskStatusUpdateEvent {
+            task_id: t.id.clone(),
+            context_id: t.context_id.clone(),
+            status: t.status.clone(),
+            metadata: None,
+        })),
+    }
+}
+
+async fn leases_follow_the_driven_states(backend: &Backend) {
+    let db = Database::connect(&backend.url).await.unwrap();
+    let lease = |owner: &str, length| store::Lease {
+        owner: owner.into(),
+        length,
+    };
+    // Replica a's leases run out at once; replica b's hold.
+    let a = store::open_leased(&db, lease("a", std::time::Duration::ZERO));
+    let b = store::open_leased(&db, lease("b", std::time::Duration::from_secs(3600)));
+    let at = "2026-05-01T10:00:00Z";
+    let mut running = task("run", "c", pb::TaskState::Submitted, at);
+    a.create("ten", "agent", "m1", &running, &snapshot(&running))
+        .await
+        .unwrap();
+    running.status.as_mut().unwrap().state = pb::TaskState::Working as i32;
+    a.append(
+        "ten",
+        "run",
+        1,
+        &running,
+        Some(&status_event(&running)),
+        None,
+    )
+    .await
+    .unwrap();
+    // Waiting for the client and finished tasks hold no lease, whoever wrote them.
+    let mut waiting = task("wait", "c", pb::TaskState::Submitted, at);
+    a.create("ten", "agent", "m2", &waiting, &snapshot(&waiting))
+        .await
+        .unwrap();
+    waiting.status.as_mut().unwrap().state = pb::TaskState::InputRequired as i32;
+    a.append(
+        "ten",
+        "wait",
+        1,
+        &waiting,
+        Some(&status_event(&waiting)),
+        None,
+    )
+    .await
+    .unwrap();
+    let done = task("done", "c", pb::TaskState::Completed, at);
+    a.create("ten", "agent", "m3", &done, &snapshot(&done))
+        .await
+        .unwrap();
+    let mine = task("mine", "c", pb::TaskState::Working, at);
+    b.create("ten", "agent", "m4", &mine, &snapshot(&mine))
+        .await
+        .unwrap();
+    // The clock moves past a's lease expiry.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+
+    let claimed = b.claim_expired(10).await.unwrap();
+    assert_eq!(
+        claimed,
+        [store::Abandoned {
+            tenant: "ten".into(),
+            stored: store::StoredTask {
+                task: running.clone(),
+                agent: "agent".into(),
+                seq: 2,
+            },
+            previous_owner: "a".into(),
+        }]
+    );
+    // Claimed once: the claim is b's now, with b's lease, so nobody claims it again.
+    assert!(b.claim_expired(10).await.unwrap().is_empty());
+    assert!(a.claim_expired(10).await.unwrap().is_empty());
+    let ids = ["run".to_owned(), "mine".to_owned(), "wait".to_owned()];
+    assert_eq!(a.renew_leases(&ids).await.unwrap(), 0);
+    assert_eq!(b.renew_leases(&ids).await.unwrap(), 2);
+    // A terminal write clears the lease.
+    running.status.as_mut().unwrap().state = pb::TaskState::Failed as i32;
+    assert_eq!(
+        b.append(
+            "ten",
+            "run",
+            2,
+            &running,
+            Some(&status_event(&running)),
+            None
+        )
+        .await
+        .unwrap(),
+        Appended::At(3)
+    );
+    assert_eq!(b.renew_leases(&ids).await.unwrap(), 1);
+    // A store opened without a lease records no owner and claims nothing.
+    assert!(
+        open(&backend.url)
+            .await
+            .claim_expired(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -490,4 +603,5 @@ suite!(
     push_configs_are_capped_and_scoped,
     push_configs_page_by_cursor,
     concurrent_writes_keep_every_log_in_order,
+    leases_follow_the_driven_states,
 );

@@ -588,10 +588,16 @@ impl CoworkSessions {
                     json!({"agent_id": a.agent_id, "status": "dead", "silent_ms": silent_ms, "worker": a.lease_owner}),
                 )
                 .await;
-            if let (Some(claim), Ok(pool)) = (&a.claim_id, &self.inner.pool)
-                && let Err(error) = pool.release(&a.tenant, claim).await
-            {
-                tracing::info!(%error, claim, "the dead agent's container was not released");
+            if let Some(claim) = &a.claim_id {
+                // A delegated step's claim is its remote task; any other is a container.
+                if let Some((url, task)) = crate::bridge::delegate::parse_remote_claim(claim) {
+                    crate::bridge::delegate::cancel_remote(&self.inner.settings.a2a, url, task)
+                        .await;
+                } else if let Ok(pool) = &self.inner.pool
+                    && let Err(error) = pool.release(&a.tenant, claim).await
+                {
+                    tracing::info!(%error, claim, "the dead agent's container was not released");
+                }
             }
             self.retry_or_fail(&a, &reason).await?;
         }

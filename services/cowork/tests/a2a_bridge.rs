@@ -372,22 +372,7 @@ async fn remote_failures_and_refused_writes_fail_the_step_with_the_reason() {
 async fn cancelling_the_session_cancels_the_remote_task() {
     let b = bridge().await;
     let id = approved_session(&b, "Ask the coder to work slowly").await;
-    // Wait until the remote task is working.
-    b.api
-        .wait_session(&id, "a working remote task", |_| true)
-        .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let task_id = loop {
-        let events = b.api.events(&id).await;
-        if let Some(t) = events.iter().find_map(|e| e["data"]["task_id"].as_str()) {
-            break t.to_owned();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no remote task: {events:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let task_id = remote_task_of(&b.api, &id).await;
     b.api
         .ok(
             "POST",
@@ -396,23 +381,43 @@ async fn cancelling_the_session_cancels_the_remote_task() {
         )
         .await;
     b.api.wait_state(&id, "cancelled").await;
-    // The a2a service reports the task canceled, and the executor saw its call cancelled.
-    let client =
-        A2aClient::jsonrpc(format!("{}/agents/coder/a2a", b.a2a_http)).with_bearer(&b.a2a_token);
+    wait_remote_canceled(&b.a2a_http, &b.a2a_token, &b.coder, &task_id).await;
+}
+
+/// The id of the remote task a session's delegated step started.
+async fn remote_task_of(api: &Api, id: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = api.events(id).await;
+        if let Some(t) = events.iter().find_map(|e| e["data"]["task_id"].as_str()) {
+            return t.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no remote task: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the a2a service reports `task_id` canceled and the executor saw its call
+/// cancelled.
+async fn wait_remote_canceled(a2a_http: &str, token: &str, coder: &Coder, task_id: &str) {
+    let client = A2aClient::jsonrpc(format!("{a2a_http}/agents/coder/a2a")).with_bearer(token);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let task = client
             .get_task(pb::GetTaskRequest {
-                id: task_id.clone(),
+                id: task_id.to_owned(),
                 ..Default::default()
             })
             .await
             .unwrap();
         let state = task.status.unwrap().state;
         if state == pb::TaskState::Canceled as i32
-            && b.coder.cancelled.lock().await.contains(&task_id)
+            && coder.cancelled.lock().await.iter().any(|t| t == task_id)
         {
-            break;
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -420,6 +425,52 @@ async fn cancelling_the_session_cancels_the_remote_task() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Cowork killed (SIGKILL) while a delegated step's remote task works: after the restart the
+/// agent is declared dead and its remote task is cancelled, not left working for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_agent_s_remote_task_is_cancelled_after_a_restart() {
+    let keys = keys();
+    let dirs = Dirs::new();
+    let coder = Coder::default();
+    let executor_url = serve_coder(coder.clone()).await;
+    let a2a = start_a2a_with(&keys, &dirs.base(), &executor_url, Profile::Platform).await;
+    let a2a_http = format!("http://{}", a2a.http_addr());
+    let a2a_token = keys.token(TENANT, &["a2a:read", "a2a:write"]);
+    let mut settings = stack::settings(&dirs, &keys, None);
+    settings.a2a.agents = vec![format!("{a2a_http}/agents/coder")];
+    settings.a2a.poll_interval_ms = 50;
+    settings.a2a.token = liquid_kit::Secret::new(a2a_token.clone());
+    settings.agents.max_attempts = 1;
+    let db = format!("sqlite://{}/cowork.db", dirs.base().display());
+    let mut cfg = stack::config(&db, "memory://", &keys, "http://127.0.0.1:1", settings);
+    let (config_file, log, base) = stack::process_config(&mut cfg, &dirs);
+    let mut first = stack::spawn_cowork(&config_file, &log);
+    stack::wait_healthy(&base, &log).await;
+    let api = Api::new(base.clone(), keys.writer());
+    let ws = dirs.workspace(&[("README.md", "repo\n")]);
+    let id = api
+        .create_session(&ws, "Ask the coder to work slowly", "sequential")
+        .await;
+    api.wait_state(&id, "awaiting_approval").await;
+    api.ok(
+        "POST",
+        &format!("/api/v1/cowork/sessions/{id}/plan/approve"),
+        None,
+    )
+    .await;
+    let task_id = remote_task_of(&api, &id).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let mut second = stack::spawn_cowork(&config_file, &log);
+    stack::wait_healthy(&base, &log).await;
+    wait_remote_canceled(&a2a_http, &a2a_token, &coder, &task_id).await;
+    let done = api.wait_state(&id, "failed").await;
+    assert_eq!(done["steps"]["failed"], 1, "{done}");
+    second.kill().unwrap();
+    second.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

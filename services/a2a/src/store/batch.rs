@@ -27,7 +27,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{Instrument, info_span};
 
 use super::{
-    Appended, Created, StoredTask, TaskPage, TaskQuery, TaskStore, state_of, status_time, to_json,
+    Abandoned, Appended, Created, StoredTask, TaskPage, TaskQuery, TaskStore, state_of,
+    status_time, to_json,
 };
 use crate::domain::cursor::Cursor;
 
@@ -350,6 +351,14 @@ impl<S: BatchWriter + 'static> TaskStore for GroupCommit<S> {
 
     async fn evict_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.inner.evict_expired(now).await
+    }
+
+    async fn renew_leases(&self, ids: &[String]) -> Result<u64, StoreError> {
+        self.inner.renew_leases(ids).await
+    }
+
+    async fn claim_expired(&self, limit: u32) -> Result<Vec<Abandoned>, StoreError> {
+        self.inner.claim_expired(limit).await
     }
 
     async fn put_push_config(

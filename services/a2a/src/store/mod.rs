@@ -3,12 +3,20 @@
 //! configs. One trait, a Postgres and a SQLite implementation, one test suite
 //! (`tests/store.rs`). Writers use optimistic concurrency on the sequence number, so two
 //! replicas never interleave a task's events.
+//!
+//! Owner leases: a store opened with a [`Lease`] records, on every write that leaves a task
+//! SUBMITTED or WORKING (the states a replica drives), this replica as the task's owner and a
+//! lease expiry, and clears both on every other write (waiting for the client, terminal). The
+//! engine renews its running tasks' leases in bulk ([`TaskStore::renew_leases`]) and claims
+//! tasks whose lease ran out ([`TaskStore::claim_expired`]) to fail them. On PostgreSQL lease
+//! times are the database's clock, so replicas' clocks need not agree.
 
 mod batch;
 mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -28,6 +36,27 @@ pub struct StoredTask {
     pub agent: String,
     /// Sequence number of the task's last event (the creation event is 1).
     pub seq: i64,
+}
+
+/// This replica's identity as the driver of tasks, and how long its claim on each holds
+/// without a renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The replica id recorded as the owner.
+    pub owner: String,
+    /// How long a lease lasts from its last write or renewal.
+    pub length: Duration,
+}
+
+/// A task whose owner's lease ran out, now claimed (owned, with a fresh lease) by the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Abandoned {
+    /// The task's tenant.
+    pub tenant: String,
+    /// The task as stored when it was claimed.
+    pub stored: StoredTask,
+    /// The replica that owned it.
+    pub previous_owner: String,
 }
 
 /// What ListTasks asks the store for (already validated).
@@ -139,6 +168,16 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// Deletes tasks whose `expires_at` has passed (with their events and configs).
     async fn evict_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// Extends the leases of the tasks `ids` that are still this store's [`Lease`] owner's, in
+    /// one statement; how many were extended. Nothing without a lease or ids.
+    async fn renew_leases(&self, ids: &[String]) -> Result<u64, StoreError>;
+
+    /// Claims at most `limit` tasks still SUBMITTED or WORKING whose lease ran out, whoever
+    /// owned them (a lease an older replica left on another state is ignored): each becomes
+    /// this store's [`Lease`] owner's with a fresh lease, atomically, so only one replica
+    /// claims a task. Nothing without a lease.
+    async fn claim_expired(&self, limit: u32) -> Result<Vec<Abandoned>, StoreError>;
+
     /// Stores a push config (replacing one with the same id) unless the task already has `cap`
     /// other configs; `false` when the cap stopped it.
     async fn put_push_config(
@@ -193,15 +232,32 @@ const POSTGRES_WRITERS: usize = 4;
 
 /// The store for a database, with group commit of task writes (see [`GroupCommit`]): one
 /// writer on SQLite (which has one writer anyway), a few on PostgreSQL. Must be called on a
-/// Tokio runtime.
+/// Tokio runtime. Writes record no owner (see [`open_leased`]).
 pub fn open(database: &Database) -> Arc<dyn TaskStore> {
+    open_with(database, None)
+}
+
+/// [`open`], recording `lease`'s owner on the tasks this replica drives.
+pub fn open_leased(database: &Database, lease: Lease) -> Arc<dyn TaskStore> {
+    open_with(database, Some(lease))
+}
+
+fn open_with(database: &Database, lease: Option<Lease>) -> Arc<dyn TaskStore> {
     match database {
         Database::Postgres(pool) => Arc::new(GroupCommit::new(
-            PostgresTaskStore::new(pool.clone()),
+            PostgresTaskStore::new(pool.clone()).with_lease(lease),
             POSTGRES_WRITERS,
         )),
-        Database::Sqlite(pool) => Arc::new(GroupCommit::new(SqliteTaskStore::new(pool.clone()), 1)),
+        Database::Sqlite(pool) => Arc::new(GroupCommit::new(
+            SqliteTaskStore::new(pool.clone()).with_lease(lease),
+            1,
+        )),
     }
+}
+
+/// Whether a replica drives a task in this state (so it holds a lease on it).
+pub(crate) fn is_driven(state: i32) -> bool {
+    state == pb::TaskState::Submitted as i32 || state == pb::TaskState::Working as i32
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {

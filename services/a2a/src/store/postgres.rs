@@ -8,19 +8,39 @@ use liquid_store::StoreError;
 use sqlx::{PgPool, Row};
 
 use super::batch::{BatchWriter, NewTask, TaskUpdate, Write, Written, appended, created};
-use super::{Appended, Created, StoredTask, TaskPage, TaskQuery, TaskStore, from_json, to_json};
+use super::{
+    Abandoned, Appended, Created, Lease, StoredTask, TaskPage, TaskQuery, TaskStore, from_json,
+    is_driven, to_json,
+};
 use crate::domain::cursor::Cursor;
 
 /// The task store on a Postgres pool with the a2a migrations applied.
 #[derive(Debug, Clone)]
 pub struct PostgresTaskStore {
     pool: PgPool,
+    lease: Option<Lease>,
 }
 
 impl PostgresTaskStore {
     /// Wraps a pool.
     pub fn new(pool: PgPool) -> Self {
-        PostgresTaskStore { pool }
+        PostgresTaskStore { pool, lease: None }
+    }
+
+    /// Records `lease`'s owner on the tasks this store's writes leave driven.
+    pub fn with_lease(mut self, lease: Option<Lease>) -> Self {
+        self.lease = lease;
+        self
+    }
+}
+
+/// The owner a write in `state` records, and the lease length in seconds: the expiry is the
+/// database's `now()` plus that (NULL plus anything is NULL), so replicas' clocks need not
+/// agree.
+fn lease_of(lease: Option<&Lease>, state: i32) -> (Option<&str>, Option<f64>) {
+    match lease {
+        Some(l) if is_driven(state) => (Some(l.owner.as_str()), Some(l.length.as_secs_f64())),
+        _ => (None, None),
     }
 }
 
@@ -42,13 +62,18 @@ async fn message_task(
     .await?)
 }
 
-async fn create_in(conn: &mut sqlx::PgConnection, new: &NewTask) -> Result<Created, StoreError> {
+async fn create_in(
+    conn: &mut sqlx::PgConnection,
+    new: &NewTask,
+    lease: Option<&Lease>,
+) -> Result<Created, StoreError> {
     if let Some(id) = message_task(&mut *conn, new).await? {
         return Ok(Created::Existing(id));
     }
+    let (owner, secs) = lease_of(lease, new.state);
     sqlx::query(
-        "INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, 1, $6::jsonb, $7, $8)",
+        "INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at, owner, lease_until) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6::jsonb, $7, $8, $9, now() + make_interval(secs => $10::float8))",
     )
     .bind(&new.tenant)
     .bind(&new.id)
@@ -58,6 +83,8 @@ async fn create_in(conn: &mut sqlx::PgConnection, new: &NewTask) -> Result<Creat
     .bind(&new.task)
     .bind(new.status_at)
     .bind(new.now)
+    .bind(owner)
+    .bind(secs)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
@@ -97,10 +124,13 @@ async fn create_in(conn: &mut sqlx::PgConnection, new: &NewTask) -> Result<Creat
 async fn append_in(
     conn: &mut sqlx::PgConnection,
     update: &TaskUpdate,
+    lease: Option<&Lease>,
 ) -> Result<Appended, StoreError> {
     let next = update.next_seq();
+    let (owner, secs) = lease_of(lease, update.state);
     let updated = sqlx::query(
-        "UPDATE a2a_tasks SET seq = $4, state = $5, task = $6::jsonb, status_at = $7, expires_at = $8 \
+        "UPDATE a2a_tasks SET seq = $4, state = $5, task = $6::jsonb, status_at = $7, expires_at = $8, \
+         owner = $9, lease_until = now() + make_interval(secs => $10::float8) \
          WHERE tenant = $1 AND id = $2 AND seq = $3",
     )
     .bind(&update.tenant)
@@ -111,6 +141,8 @@ async fn append_in(
     .bind(&update.task)
     .bind(update.status_at)
     .bind(update.expires_at)
+    .bind(owner)
+    .bind(secs)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -139,8 +171,12 @@ impl BatchWriter for PostgresTaskStore {
         let mut results = Vec::with_capacity(writes.len());
         for write in writes {
             results.push(match write {
-                Write::Create(new) => Written::Created(create_in(&mut tx, new).await?),
-                Write::Append(update) => Written::Appended(append_in(&mut tx, update).await?),
+                Write::Create(new) => {
+                    Written::Created(create_in(&mut tx, new, self.lease.as_ref()).await?)
+                }
+                Write::Append(update) => {
+                    Written::Appended(append_in(&mut tx, update, self.lease.as_ref()).await?)
+                }
             });
         }
         tx.commit().await?;
@@ -343,6 +379,63 @@ impl TaskStore for PostgresTaskStore {
                 .await?
                 .rows_affected(),
         )
+    }
+
+    async fn renew_leases(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let Some(lease) = &self.lease else {
+            return Ok(0);
+        };
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(sqlx::query(
+            "UPDATE a2a_tasks SET lease_until = now() + make_interval(secs => $2::float8) \
+             WHERE owner = $1 AND lease_until IS NOT NULL AND id = ANY($3)",
+        )
+        .bind(&lease.owner)
+        .bind(lease.length.as_secs_f64())
+        .bind(ids)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn claim_expired(&self, limit: u32) -> Result<Vec<Abandoned>, StoreError> {
+        let Some(lease) = &self.lease else {
+            return Ok(Vec::new());
+        };
+        // SKIP LOCKED: replicas sweeping at once each take different tasks, and a task a
+        // writer is updating right now is left for the next sweep.
+        let rows = sqlx::query(
+            "WITH expired AS ( \
+                 SELECT tenant, id, owner FROM a2a_tasks \
+                 WHERE lease_until IS NOT NULL AND lease_until < now() AND state IN ($4, $5) \
+                 ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE a2a_tasks t SET owner = $1, lease_until = now() + make_interval(secs => $2::float8) \
+             FROM expired e WHERE t.tenant = e.tenant AND t.id = e.id \
+             RETURNING t.tenant, t.agent, t.seq, t.task::text AS task, \
+                 coalesce(e.owner, '') AS previous_owner",
+        )
+        .bind(&lease.owner)
+        .bind(lease.length.as_secs_f64())
+        .bind(i64::from(limit))
+        .bind(pb::TaskState::Submitted as i16)
+        .bind(pb::TaskState::Working as i16)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Abandoned {
+                    tenant: r.try_get("tenant")?,
+                    stored: StoredTask {
+                        agent: r.try_get("agent")?,
+                        seq: r.try_get("seq")?,
+                        task: from_json(&r.try_get::<String, _>("task")?)?,
+                    },
+                    previous_owner: r.try_get("previous_owner")?,
+                })
+            })
+            .collect()
     }
 
     async fn put_push_config(

@@ -12,19 +12,42 @@ use liquid_store::StoreError;
 use sqlx::{Row, SqlitePool};
 
 use super::batch::{BatchWriter, NewTask, TaskUpdate, Write, Written, appended, created};
-use super::{Appended, Created, StoredTask, TaskPage, TaskQuery, TaskStore, from_json, to_json};
+use super::{
+    Abandoned, Appended, Created, Lease, StoredTask, TaskPage, TaskQuery, TaskStore, from_json,
+    is_driven, to_json,
+};
 use crate::domain::cursor::Cursor;
 
 /// The task store on a SQLite pool with the a2a migrations applied.
 #[derive(Debug, Clone)]
 pub struct SqliteTaskStore {
     pool: SqlitePool,
+    lease: Option<Lease>,
 }
 
 impl SqliteTaskStore {
     /// Wraps a pool.
     pub fn new(pool: SqlitePool) -> Self {
-        SqliteTaskStore { pool }
+        SqliteTaskStore { pool, lease: None }
+    }
+
+    /// Records `lease`'s owner on the tasks this store's writes leave driven.
+    pub fn with_lease(mut self, lease: Option<Lease>) -> Self {
+        self.lease = lease;
+        self
+    }
+}
+
+/// The lease expiry `length` from now, in microseconds.
+fn lease_end(length: std::time::Duration) -> i64 {
+    micros(Utc::now() + chrono::Duration::from_std(length).unwrap_or(chrono::Duration::MAX))
+}
+
+/// The owner and lease expiry a write in `state` records.
+fn lease_of(lease: Option<&Lease>, state: i32) -> (Option<&str>, Option<i64>) {
+    match lease {
+        Some(l) if is_driven(state) => (Some(l.owner.as_str()), Some(lease_end(l.length))),
+        _ => (None, None),
     }
 }
 
@@ -49,13 +72,15 @@ async fn message_task(
 async fn create_in(
     conn: &mut sqlx::SqliteConnection,
     new: &NewTask,
+    lease: Option<&Lease>,
 ) -> Result<Created, StoreError> {
     if let Some(id) = message_task(&mut *conn, new).await? {
         return Ok(Created::Existing(id));
     }
+    let (owner, until) = lease_of(lease, new.state);
     sqlx::query(
-        "INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8)",
+        "INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at, owner, lease_until) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10)",
     )
     .bind(&new.tenant)
     .bind(&new.id)
@@ -65,6 +90,8 @@ async fn create_in(
     .bind(&new.task)
     .bind(micros(new.status_at))
     .bind(micros(new.now))
+    .bind(owner)
+    .bind(until)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
@@ -104,10 +131,13 @@ async fn create_in(
 async fn append_in(
     conn: &mut sqlx::SqliteConnection,
     update: &TaskUpdate,
+    lease: Option<&Lease>,
 ) -> Result<Appended, StoreError> {
     let next = update.next_seq();
+    let (owner, until) = lease_of(lease, update.state);
     let updated = sqlx::query(
-        "UPDATE a2a_tasks SET seq = ?4, state = ?5, task = ?6, status_at = ?7, expires_at = ?8 \
+        "UPDATE a2a_tasks SET seq = ?4, state = ?5, task = ?6, status_at = ?7, expires_at = ?8, \
+         owner = ?9, lease_until = ?10 \
          WHERE tenant = ?1 AND id = ?2 AND seq = ?3",
     )
     .bind(&update.tenant)
@@ -118,6 +148,8 @@ async fn append_in(
     .bind(&update.task)
     .bind(micros(update.status_at))
     .bind(update.expires_at.map(micros))
+    .bind(owner)
+    .bind(until)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -146,8 +178,12 @@ impl BatchWriter for SqliteTaskStore {
         let mut results = Vec::with_capacity(writes.len());
         for write in writes {
             results.push(match write {
-                Write::Create(new) => Written::Created(create_in(&mut tx, new).await?),
-                Write::Append(update) => Written::Appended(append_in(&mut tx, update).await?),
+                Write::Create(new) => {
+                    Written::Created(create_in(&mut tx, new, self.lease.as_ref()).await?)
+                }
+                Write::Append(update) => {
+                    Written::Appended(append_in(&mut tx, update, self.lease.as_ref()).await?)
+                }
             });
         }
         tx.commit().await?;
@@ -346,6 +382,69 @@ impl TaskStore for SqliteTaskStore {
                 .await?
                 .rows_affected(),
         )
+    }
+
+    async fn renew_leases(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let Some(lease) = &self.lease else {
+            return Ok(0);
+        };
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(sqlx::query(
+            "UPDATE a2a_tasks SET lease_until = ?2 \
+             WHERE owner = ?1 AND lease_until IS NOT NULL AND id IN (SELECT value FROM json_each(?3))",
+        )
+        .bind(&lease.owner)
+        .bind(lease_end(lease.length))
+        .bind(to_json(&ids)?)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn claim_expired(&self, limit: u32) -> Result<Vec<Abandoned>, StoreError> {
+        let Some(lease) = &self.lease else {
+            return Ok(Vec::new());
+        };
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "SELECT tenant, id, agent, seq, task, coalesce(owner, '') AS owner FROM a2a_tasks \
+             WHERE lease_until IS NOT NULL AND lease_until < ?1 AND state IN (?3, ?4) \
+             ORDER BY lease_until LIMIT ?2",
+        )
+        .bind(micros(Utc::now()))
+        .bind(i64::from(limit))
+        .bind(pb::TaskState::Submitted as i32)
+        .bind(pb::TaskState::Working as i32)
+        .fetch_all(&mut *tx)
+        .await?;
+        let until = lease_end(lease.length);
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in rows {
+            let tenant: String = r.try_get("tenant")?;
+            let id: String = r.try_get("id")?;
+            sqlx::query(
+                "UPDATE a2a_tasks SET owner = ?3, lease_until = ?4 WHERE tenant = ?1 AND id = ?2",
+            )
+            .bind(&tenant)
+            .bind(&id)
+            .bind(&lease.owner)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+            claimed.push(Abandoned {
+                tenant,
+                stored: StoredTask {
+                    agent: r.try_get("agent")?,
+                    seq: r.try_get("seq")?,
+                    task: from_json(&r.try_get::<String, _>("task")?)?,
+                },
+                previous_owner: r.try_get("owner")?,
+            });
+        }
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn put_push_config(

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::directory::RemoteAgent;
+use crate::config::A2aBridgeSection;
 use crate::domain::plan::PlanStep;
 use crate::error::CoworkError;
 use crate::events::EventKind;
@@ -258,6 +259,25 @@ impl CoworkSessions {
                 *t = Some(id.to_owned());
             }
         };
+        // The remote task's id is the agent's claim while it runs, so the replica that declares
+        // this agent dead (this one after a crash, or another) cancels it (see
+        // [`cancel_remote`]) instead of leaving it working for nobody.
+        let remembered = std::sync::atomic::AtomicBool::new(false);
+        let (remembered, remote_url) = (&remembered, remote.url.as_str());
+        let remember = move |id: Option<String>| async move {
+            let Some(id) = id else { return };
+            if remembered.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let claim = remote_claim(remote_url, &id);
+            if let Err(error) = inner
+                .store
+                .set_agent_claim(agent.agent_id, Some(&claim), None)
+                .await
+            {
+                tracing::warn!(%error, task = %id, "the remote task could not be recorded as the agent's claim");
+            }
+        };
         let poll = Duration::from_millis(section.poll_interval_ms);
         let exchange = async {
             let mut last_state = None;
@@ -301,6 +321,7 @@ impl CoworkSessions {
                             l.push_str(&format!("remote state {}\n", state_name(state)));
                         }
                         let id = task_id.lock().ok().and_then(|t| t.clone());
+                        remember(id.clone()).await;
                         progress(
                             json!({"event": "state", "state": state_name(state), "task_id": id}),
                         )
@@ -329,6 +350,7 @@ impl CoworkSessions {
                     "remote agent {name} answered without a task or a message"
                 ))
             })?;
+            remember(Some(id.clone())).await;
             // The final task (the stream's last word, or polling until there is one).
             loop {
                 let task = client
@@ -500,6 +522,56 @@ impl CoworkSessions {
     }
 }
 
+/// The claim an agent running a delegated step holds: the remote agent's URL and task id.
+pub(crate) fn remote_claim(url: &str, task_id: &str) -> String {
+    format!("a2a {url} {task_id}")
+}
+
+/// The remote agent's URL and task id of a claim [`remote_claim`] made.
+pub(crate) fn parse_remote_claim(claim: &str) -> Option<(&str, &str)> {
+    let mut parts = claim.strip_prefix("a2a ")?.split(' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(url), Some(id), None) if !url.is_empty() && !id.is_empty() => Some((url, id)),
+        _ => None,
+    }
+}
+
+/// Cancels the remote task of a dead agent's delegated step (best effort: a remote that is
+/// gone, or a task already finished, is logged).
+pub(crate) async fn cancel_remote(section: &A2aBridgeSection, url: &str, task_id: &str) {
+    let remotes = super::directory::discover(section).await;
+    let Some(remote) = remotes.iter().find(|r| r.url == url) else {
+        tracing::warn!(
+            url,
+            task = task_id,
+            "a dead agent's remote agent is no longer configured or reachable; its task was not cancelled"
+        );
+        return;
+    };
+    let (client, tenant) = match remote.client(section.token.expose()) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(%error, url, "no client for a dead agent's remote agent");
+            return;
+        }
+    };
+    let request = pb::CancelTaskRequest {
+        tenant,
+        id: task_id.to_owned(),
+        metadata: None,
+    };
+    match client.cancel_task(request).await {
+        Ok(_) => tracing::info!(
+            url,
+            task = task_id,
+            "a dead agent's remote task was cancelled"
+        ),
+        Err(error) => {
+            tracing::info!(%error, url, task = task_id, "a dead agent's remote task was not cancelled")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +582,21 @@ mod tests {
             filename: filename.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_remote_claim_round_trips_and_a_container_claim_is_not_one() {
+        let c = remote_claim("http://a2a:8080/agents/coder", "01a2-task");
+        assert_eq!(
+            parse_remote_claim(&c),
+            Some(("http://a2a:8080/agents/coder", "01a2-task"))
+        );
+        assert_eq!(
+            parse_remote_claim("01a230c4-887a-707f-8209-4e44965fb70c"),
+            None
+        );
+        assert_eq!(parse_remote_claim("a2a  x"), None);
+        assert_eq!(parse_remote_claim("a2a u t extra"), None);
     }
 
     #[test]
