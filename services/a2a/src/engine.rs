@@ -10,7 +10,8 @@
 //! sequence number), sends the Task, back-fills from the log whatever came after it, and then
 //! forwards live events in sequence order, back-filling from the log on any gap and on a
 //! periodic poll. Because the log is written before the event is published, this holds across
-//! replicas and even when the bus drops a message.
+//! replicas and even when the bus drops a message. A blocking SendMessage whose execution runs
+//! on this replica waits on its driver's committed progress instead (still polling the store).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ use liquid_a2a::timestamp::Timestamp;
 use liquid_a2a::{A2aError, EventStream};
 use liquid_bus::{EventBus, Headers};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
@@ -96,7 +97,42 @@ pub enum Started {
         task: pb::Task,
         /// Its sequence number.
         seq: i64,
+        /// The task's progress as this replica's driver commits it, when this call started
+        /// the execution (see [`TaskEngine::wait_final_started`]).
+        progress: Option<Progress>,
     },
+}
+
+/// The last snapshot a task's driver committed, with its sequence number: updated only after
+/// the write's transaction committed, so whatever a waiter reads from it is durable.
+#[derive(Debug, Clone)]
+pub struct Progress(watch::Receiver<(i64, pb::Task)>);
+
+/// Most executor events stored in one write.
+const MAX_EVENTS_PER_WRITE: usize = 64;
+
+/// Moves the events `rx` already holds into `events` (up to [`MAX_EVENTS_PER_WRITE`]), without
+/// waiting for more.
+fn take_ready(rx: &mut mpsc::Receiver<AgentEvent>, events: &mut Vec<AgentEvent>) {
+    while events.len() < MAX_EVENTS_PER_WRITE {
+        match rx.try_recv() {
+            Ok(event) => events.push(event),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Applies `events` to `task` in order and returns what each logs; stops after one that leaves
+/// the task in a terminal state (a terminal task takes no more events).
+fn apply_all(task: &mut pb::Task, events: Vec<AgentEvent>) -> Vec<pb::StreamResponse> {
+    let mut logged = Vec::with_capacity(events.len());
+    for event in events {
+        logged.push(apply_event(task, event, Timestamp::now()));
+        if is_terminal(task.status.as_ref().map(|s| s.state).unwrap_or_default()) {
+            break;
+        }
+    }
+    logged
 }
 
 /// Most terminal tasks [`TaskEngine::load`] keeps in memory.
@@ -377,6 +413,7 @@ impl TaskEngine {
                 return Ok(Started::Task {
                     task,
                     seq: stored.seq,
+                    progress: None,
                 });
             }
             if is_terminal(task.status.as_ref().map(|s| s.state).unwrap_or_default()) {
@@ -395,6 +432,7 @@ impl TaskEngine {
                 return Ok(Started::Task {
                     task,
                     seq: stored.seq,
+                    progress: None,
                 });
             }
             if let Some(config) = push {
@@ -436,8 +474,12 @@ impl TaskEngine {
             };
             let (tx, rx) = mpsc::channel(64);
             let cancel = self.spawn_executor(executor, execution, tx);
-            self.spawn_driver(tenant, task.clone(), seq, None, rx, cancel);
-            return Ok(Started::Task { task, seq });
+            let progress = self.spawn_driver(tenant, agent, task.clone(), seq, rx, cancel);
+            return Ok(Started::Task {
+                task,
+                seq,
+                progress: Some(progress),
+            });
         }
 
         let dedupe = self.inner.config.idempotent_message_ids;
@@ -451,6 +493,7 @@ impl TaskEngine {
             return Ok(Started::Task {
                 task: stored.task,
                 seq: stored.seq,
+                progress: None,
             });
         }
         let task_id = uuid::Uuid::now_v7().to_string();
@@ -490,6 +533,16 @@ impl TaskEngine {
         let snapshot = pb::StreamResponse {
             payload: Some(Payload::Task(task.clone())),
         };
+        // The events the executor has reported by now are stored with the task, in the
+        // creating transaction (one commit for all); later ones go through the driver.
+        let mut ready = vec![first.unwrap_or(AgentEvent::Status {
+            state: pb::TaskState::Failed,
+            message: Some(crate::agents::agent_text("the agent produced no result")),
+        })];
+        take_ready(&mut rx, &mut ready);
+        let mut current = task.clone();
+        let mut events = vec![snapshot];
+        events.extend(apply_all(&mut current, ready));
         // Without deduplication the task id stands in for the message id, so nothing matches.
         let message_key = if dedupe {
             message.message_id.as_str()
@@ -497,7 +550,7 @@ impl TaskEngine {
             task.id.as_str()
         };
         match store
-            .create(tenant, agent, message_key, &task, &snapshot)
+            .create_with_events(tenant, agent, message_key, &current, &events)
             .await
             .map_err(internal)?
         {
@@ -508,6 +561,7 @@ impl TaskEngine {
                 return Ok(Started::Task {
                     task: stored.task,
                     seq: stored.seq,
+                    progress: None,
                 });
             }
         }
@@ -516,14 +570,19 @@ impl TaskEngine {
         if let Some(config) = push {
             self.attach_push(tenant, &task.id, config).await?;
         }
-        self.publish(&task.id, 1, &snapshot).await;
-        self.notify_observers(tenant, &task, 1, &snapshot);
-        let first = first.or(Some(AgentEvent::Status {
-            state: pb::TaskState::Failed,
-            message: Some(crate::agents::agent_text("the agent produced no result")),
-        }));
-        self.spawn_driver(tenant, task.clone(), 1, first, rx, cancel);
-        Ok(Started::Task { task, seq: 1 })
+        let mut seq = 0;
+        for event in &events {
+            seq += 1;
+            self.publish(&task.id, seq, event).await;
+            self.notify_observers(tenant, &current, seq, event);
+        }
+        let progress = self.spawn_driver(tenant, agent, current, seq, rx, cancel);
+        // The caller gets the task as created; a stream carries the events after it.
+        Ok(Started::Task {
+            task,
+            seq: 1,
+            progress: Some(progress),
+        })
     }
 
     /// Stores a push notification config for a task (a fresh id when it has none), refusing
@@ -571,53 +630,72 @@ impl TaskEngine {
         cancel
     }
 
+    /// Runs the task's driver: applies and stores the executor's events in order. The returned
+    /// [`Progress`] follows what it committed.
     fn spawn_driver(
         &self,
         tenant: &str,
+        agent: &str,
         task: pb::Task,
         seq: i64,
-        first: Option<AgentEvent>,
         mut rx: mpsc::Receiver<AgentEvent>,
         cancel: CancellationToken,
-    ) {
+    ) -> Progress {
         let engine = self.clone();
         let tenant = tenant.to_owned();
+        let agent = agent.to_owned();
+        let (progress, watcher) = watch::channel((seq, task.clone()));
         let span = info_span!("a2a_task_driver", task_id = %task.id);
         self.inner.tracker.spawn(
             async move {
                 let id = task.id.clone();
                 let mut task = task;
                 let mut seq = seq;
-                let mut next = first;
                 // Whether the execution ended without the task reaching a final state.
                 let mut unfinished = false;
-                loop {
-                    let event = match next.take() {
-                        Some(e) => e,
-                        None => tokio::select! {
-                            e = rx.recv() => match e {
-                                Some(e) => e,
-                                None => {
-                                    unfinished = true;
-                                    break;
-                                }
-                            },
-                            () = cancel.cancelled() => {
+                // After each committed write: tell the local waiters, and keep a terminal
+                // task for `load` (it never changes again).
+                let committed = |task: &pb::Task, seq: i64| {
+                    progress.send_replace((seq, task.clone()));
+                    engine.remember_terminal(
+                        &tenant,
+                        &StoredTask {
+                            task: task.clone(),
+                            agent: agent.clone(),
+                            seq,
+                        },
+                    );
+                };
+                let state_of =
+                    |task: &pb::Task| task.status.as_ref().map(|s| s.state).unwrap_or_default();
+                if is_terminal(state_of(&task)) {
+                    // Finished in the creating transaction.
+                    committed(&task, seq);
+                }
+                while !is_terminal(state_of(&task)) {
+                    let event = tokio::select! {
+                        e = rx.recv() => match e {
+                            Some(e) => e,
+                            None => {
                                 unfinished = true;
                                 break;
                             }
                         },
+                        () = cancel.cancelled() => {
+                            unfinished = true;
+                            break;
+                        }
                     };
-                    match engine.write(&tenant, &mut task, &mut seq, event).await {
-                        Ok(true) => {}
+                    // Whatever else the executor reported meanwhile goes in the same write.
+                    let mut events = vec![event];
+                    take_ready(&mut rx, &mut events);
+                    match engine.write(&tenant, &mut task, &mut seq, events).await {
+                        Ok(true) => committed(&task, seq),
                         Ok(false) => break,
                         Err(error) => {
                             warn!(%error, "task event could not be stored");
                             break;
                         }
-                    }
-                    if is_terminal(task.status.as_ref().map(|s| s.state).unwrap_or_default()) {
-                        break;
                     }
                 }
                 // An execution that is gone (the agent returned early, or this replica is
@@ -635,8 +713,13 @@ impl TaskEngine {
                         state: pb::TaskState::Failed,
                         message: Some(crate::agents::agent_text(reason)),
                     };
-                    if let Err(error) = engine.write(&tenant, &mut task, &mut seq, failed).await {
-                        warn!(%error, "task failure could not be stored");
+                    match engine
+                        .write(&tenant, &mut task, &mut seq, vec![failed])
+                        .await
+                    {
+                        Ok(true) => committed(&task, seq),
+                        Ok(false) => {}
+                        Err(error) => warn!(%error, "task failure could not be stored"),
                     }
                 }
                 cancel.cancel();
@@ -646,34 +729,40 @@ impl TaskEngine {
             }
             .instrument(span),
         );
+        Progress(watcher)
     }
 
-    /// Applies and stores one event, retrying on a concurrent write. `Ok(false)` when the task
-    /// reached a terminal state elsewhere (canceled) or vanished, so the execution must stop.
+    /// Applies and stores events (in one write), retrying on a concurrent write. `Ok(false)`
+    /// when the task reached a terminal state elsewhere (canceled) or vanished, so the
+    /// execution must stop. Events after one that ends the task are dropped.
     async fn write(
         &self,
         tenant: &str,
         task: &mut pb::Task,
         seq: &mut i64,
-        event: AgentEvent,
+        events: Vec<AgentEvent>,
     ) -> Result<bool, A2aError> {
         loop {
             let mut next = task.clone();
-            let stream_event = apply_event(&mut next, event.clone(), Timestamp::now());
+            let stream_events = apply_all(&mut next, events.clone());
             let state = next.status.as_ref().map(|s| s.state).unwrap_or_default();
             let expires = is_terminal(state).then(|| Utc::now() + self.ttl());
             match self
                 .inner
                 .store
-                .append(tenant, &next.id, *seq, &next, Some(&stream_event), expires)
+                .append_events(tenant, &next.id, *seq, &next, &stream_events, expires)
                 .await
                 .map_err(internal)?
             {
                 Appended::At(n) => {
+                    let mut k = *seq;
                     *seq = n;
                     *task = next;
-                    self.publish(&task.id, n, &stream_event).await;
-                    self.notify_observers(tenant, task, n, &stream_event);
+                    for event in &stream_events {
+                        k += 1;
+                        self.publish(&task.id, k, event).await;
+                        self.notify_observers(tenant, task, k, event);
+                    }
                     return Ok(true);
                 }
                 Appended::Conflict => match self
@@ -862,6 +951,50 @@ impl TaskEngine {
             .instrument(info_span!("a2a_subscriber")),
         );
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// [`TaskEngine::wait_final`] for a task this call started: when this replica drives it,
+    /// the driver's committed snapshots answer without reading the store or subscribing to the
+    /// bus. The store is still read every poll interval (a cancel recorded by another replica
+    /// whose signal was lost ends the wait as it ends a stream), and once the driver stopped
+    /// short of a final state (the task was canceled elsewhere, or a write failed) the wait
+    /// goes on from the store like any other.
+    pub async fn wait_final_started(
+        &self,
+        tenant: &str,
+        agent: &str,
+        id: &str,
+        progress: Option<Progress>,
+    ) -> Result<pb::Task, A2aError> {
+        let final_state =
+            |task: &pb::Task| is_final(task.status.as_ref().map(|s| s.state).unwrap_or_default());
+        if let Some(Progress(mut progress)) = progress {
+            loop {
+                {
+                    let current = progress.borrow_and_update();
+                    if final_state(&current.1) {
+                        return Ok(current.1.clone());
+                    }
+                }
+                tokio::select! {
+                    changed = progress.changed() => if changed.is_err() {
+                        // The driver stopped; the loop's check above saw its last commit.
+                        let last = progress.borrow().1.clone();
+                        if final_state(&last) {
+                            return Ok(last);
+                        }
+                        break;
+                    },
+                    () = tokio::time::sleep(self.inner.config.poll_interval) => {
+                        let stored = self.load(tenant, agent, id).await?;
+                        if final_state(&stored.task) {
+                            return Ok(stored.task);
+                        }
+                    }
+                }
+            }
+        }
+        self.wait_final(tenant, agent, id).await
     }
 
     /// Waits until the task reaches a final (terminal or interrupted) state and returns it.

@@ -117,19 +117,19 @@ impl A2aHandler for AgentHost {
             .engine
             .start(&tenant, &self.name, self.executor.clone(), message, push)
             .await?;
-        let task = match started {
+        let (task, progress) = match started {
             Started::Message(m) => {
                 return Ok(pb::SendMessageResponse {
                     payload: Some(send_message_response::Payload::Message(m)),
                 });
             }
-            Started::Task { task, .. } => task,
+            Started::Task { task, progress, .. } => (task, progress),
         };
         let task = if config.return_immediately {
             self.engine.load(&tenant, &self.name, &task.id).await?.task
         } else {
             self.engine
-                .wait_final(&tenant, &self.name, &task.id)
+                .wait_final_started(&tenant, &self.name, &task.id, progress)
                 .await?
         };
         Ok(pb::SendMessageResponse {
@@ -159,7 +159,7 @@ impl A2aHandler for AgentHost {
                     payload: Some(Payload::Message(m)),
                 },
             )]))),
-            Started::Task { task, seq } => {
+            Started::Task { task, seq, .. } => {
                 let id = task.id.clone();
                 self.engine
                     .follow_from(&tenant, &self.name, &id, true, Some((task, seq)))

@@ -160,6 +160,9 @@ impl PushPolicy {
     }
 }
 
+/// Most deliveries whose tasks are checked for push configs in one query.
+const CHECK_BATCH: usize = 256;
+
 struct Delivery {
     tenant: String,
     task_id: String,
@@ -205,34 +208,80 @@ impl PushDelivery {
             async move {
                 let mut workers: HashMap<String, mpsc::UnboundedSender<Delivery>> = HashMap::new();
                 loop {
-                    let delivery = tokio::select! {
+                    let first = tokio::select! {
                         d = rx.recv() => match d { Some(d) => d, None => return },
                         () = shutdown.cancelled() => return,
                     };
-                    let key = format!("{}/{}", delivery.tenant, delivery.task_id);
-                    // A worker that went idle closed its queue: the send fails and a new one
-                    // starts, so nothing is lost between the two.
-                    let delivery = match workers.get(&key) {
-                        Some(worker) => match worker.send(delivery) {
-                            Ok(()) => continue,
-                            Err(mpsc::error::SendError(d)) => d,
-                        },
-                        None => delivery,
+                    let mut batch = vec![first];
+                    while batch.len() < CHECK_BATCH {
+                        match rx.try_recv() {
+                            Ok(d) => batch.push(d),
+                            Err(_) => break,
+                        }
+                    }
+                    // A task with a running worker gets its deliveries in order from it (which
+                    // reads the task's configs for each). A worker that went idle closed its
+                    // queue: the send fails and the delivery waits for a new one, so nothing
+                    // is lost between the two.
+                    let mut pending = Vec::new();
+                    for delivery in batch {
+                        let key = format!("{}/{}", delivery.tenant, delivery.task_id);
+                        let delivery = match workers.get(&key) {
+                            Some(worker) => match worker.send(delivery) {
+                                Ok(()) => continue,
+                                Err(mpsc::error::SendError(d)) => d,
+                            },
+                            None => delivery,
+                        };
+                        pending.push((key, delivery));
+                    }
+                    if pending.is_empty() {
+                        continue;
+                    }
+                    // Most tasks have no push config: one query for all of them instead of
+                    // one config read per event (a task without configs has nothing to send).
+                    let mut tasks: Vec<(String, String)> = pending
+                        .iter()
+                        .map(|(_, d)| (d.tenant.clone(), d.task_id.clone()))
+                        .collect();
+                    tasks.sort_unstable();
+                    tasks.dedup();
+                    let with_configs = match store.tasks_with_push_configs(&tasks).await {
+                        Ok(found) => Some(found),
+                        Err(error) => {
+                            // The workers read (and report) for themselves.
+                            warn!(%error, "push configs could not be checked");
+                            None
+                        }
                     };
-                    workers.retain(|_, w| !w.is_closed());
-                    let (worker_tx, worker_rx) = mpsc::unbounded_channel();
-                    let _ = worker_tx.send(delivery);
-                    workers.insert(key, worker_tx);
-                    worker_tracker.spawn(
-                        task_worker(
-                            store.clone(),
-                            policy,
-                            config.clone(),
-                            worker_rx,
-                            shutdown.clone(),
-                        )
-                        .instrument(info_span!("a2a_push_task_worker")),
-                    );
+                    for (key, delivery) in pending {
+                        if with_configs.as_ref().is_some_and(|found| {
+                            !found.contains(&(delivery.tenant.clone(), delivery.task_id.clone()))
+                        }) {
+                            continue;
+                        }
+                        let delivery = match workers.get(&key) {
+                            Some(worker) => match worker.send(delivery) {
+                                Ok(()) => continue,
+                                Err(mpsc::error::SendError(d)) => d,
+                            },
+                            None => delivery,
+                        };
+                        workers.retain(|_, w| !w.is_closed());
+                        let (worker_tx, worker_rx) = mpsc::unbounded_channel();
+                        let _ = worker_tx.send(delivery);
+                        workers.insert(key, worker_tx);
+                        worker_tracker.spawn(
+                            task_worker(
+                                store.clone(),
+                                policy,
+                                config.clone(),
+                                worker_rx,
+                                shutdown.clone(),
+                            )
+                            .instrument(info_span!("a2a_push_task_worker")),
+                        );
+                    }
                 }
             }
             .instrument(info_span!("a2a_push_delivery")),

@@ -584,6 +584,106 @@ async fn leases_follow_the_driven_states(backend: &Backend) {
     );
 }
 
+async fn several_events_are_written_at_once(b: &Backend) {
+    let s = b.store.as_ref();
+    // A task created with the events that followed its creation event.
+    let submitted = task("t", "c", pb::TaskState::Submitted, "2026-05-01T10:00:00Z");
+    let mut t = submitted.clone();
+    t.status.as_mut().unwrap().state = pb::TaskState::Working as i32;
+    let working = status_event(&t);
+    assert_eq!(
+        s.create_with_events(
+            "ten",
+            "agent",
+            "m",
+            &t,
+            &[snapshot(&submitted), working.clone()]
+        )
+        .await
+        .unwrap(),
+        Created::New
+    );
+    let stored = s.load("ten", "t").await.unwrap().unwrap();
+    assert_eq!((stored.seq, stored.task), (2, t.clone()));
+    // The same message id again: nothing is written, the first task is named.
+    let other = task("u", "c", pb::TaskState::Submitted, "2026-05-01T10:00:00Z");
+    assert_eq!(
+        s.create_with_events(
+            "ten",
+            "agent",
+            "m",
+            &other,
+            &[snapshot(&other), working.clone()]
+        )
+        .await
+        .unwrap(),
+        Created::Existing("t".into())
+    );
+    assert!(s.load("ten", "u").await.unwrap().is_none());
+    assert_eq!(s.events_after("ten", "u", 0).await.unwrap(), vec![]);
+    // Two appended together take the next two sequence numbers.
+    let mut done = t.clone();
+    done.status.as_mut().unwrap().state = pb::TaskState::InputRequired as i32;
+    let input = status_event(&done);
+    done.status.as_mut().unwrap().state = pb::TaskState::Completed as i32;
+    let completed = status_event(&done);
+    let both = [input.clone(), completed.clone()];
+    assert_eq!(
+        s.append_events("ten", "t", 2, &done, &both, None)
+            .await
+            .unwrap(),
+        Appended::At(4)
+    );
+    // All or nothing: a writer that read sequence 2 or 3 stores none of its events.
+    for seq in [2, 3] {
+        assert_eq!(
+            s.append_events("ten", "t", seq, &t, &both, None)
+                .await
+                .unwrap(),
+            Appended::Conflict
+        );
+    }
+    let events = s.events_after("ten", "t", 0).await.unwrap();
+    assert_eq!(
+        events,
+        vec![
+            (1, snapshot(&submitted)),
+            (2, working),
+            (3, input),
+            (4, completed)
+        ]
+    );
+    let stored = s.load("ten", "t").await.unwrap().unwrap();
+    assert_eq!((stored.seq, stored.task), (4, done));
+}
+
+async fn tasks_with_push_configs_are_found_in_one_query(b: &Backend) {
+    let s = b.store.as_ref();
+    for (tenant, id) in [("ten", "a"), ("ten", "b"), ("other", "a")] {
+        let t = task(id, "c", pb::TaskState::Working, "2026-05-01T10:00:00Z");
+        s.create(tenant, "agent", id, &t, &snapshot(&t))
+            .await
+            .unwrap();
+    }
+    let config = pb::TaskPushNotificationConfig {
+        task_id: "a".into(),
+        id: "cfg".into(),
+        url: "https://client.example/hook".into(),
+        ..Default::default()
+    };
+    assert!(s.put_push_config("ten", &config, 10).await.unwrap());
+    let ask: Vec<(String, String)> = [("ten", "a"), ("ten", "b"), ("other", "a"), ("ten", "x")]
+        .iter()
+        .map(|(t, i)| ((*t).to_owned(), (*i).to_owned()))
+        .collect();
+    let found = s.tasks_with_push_configs(&ask).await.unwrap();
+    assert_eq!(
+        found,
+        std::collections::HashSet::from([("ten".to_owned(), "a".to_owned())])
+    );
+    assert!(s.tasks_with_push_configs(&[]).await.unwrap().is_empty());
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_postgres {
@@ -604,4 +704,6 @@ suite!(
     push_configs_page_by_cursor,
     concurrent_writes_keep_every_log_in_order,
     leases_follow_the_driven_states,
+    several_events_are_written_at_once,
+    tasks_with_push_configs_are_found_in_one_query,
 );

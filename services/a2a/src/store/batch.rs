@@ -35,7 +35,8 @@ use crate::domain::cursor::Cursor;
 /// Most writes in one transaction.
 pub const MAX_BATCH: usize = 256;
 
-/// A new task, its creation event (sequence 1) and its message id record, encoded.
+/// A new task, its creation event (sequence 1) and any events that followed it (2, 3, ...),
+/// and its message id record, encoded.
 #[derive(Debug, Clone)]
 pub struct NewTask {
     /// The caller's tenant.
@@ -52,15 +53,24 @@ pub struct NewTask {
     pub state: i32,
     /// The status time the task sorts by.
     pub status_at: DateTime<Utc>,
-    /// The snapshot, ProtoJSON.
+    /// The snapshot after the last event, ProtoJSON.
     pub task: String,
-    /// The creation event, ProtoJSON.
-    pub event: String,
+    /// The creation event and the events after it, ProtoJSON; the task is stored at the
+    /// sequence number of the last.
+    pub events: Vec<String>,
     /// The write time.
     pub now: DateTime<Utc>,
 }
 
-/// A snapshot replacing the one at `expected_seq`, with an optional event, encoded.
+impl NewTask {
+    /// The sequence number the task is stored at.
+    pub fn seq(&self) -> i64 {
+        i64::try_from(self.events.len()).unwrap_or(i64::MAX).max(1)
+    }
+}
+
+/// A snapshot replacing the one at `expected_seq`, with the events that led to it (none, one or
+/// several, stored as `expected_seq + 1, + 2, ...`), encoded.
 #[derive(Debug, Clone)]
 pub struct TaskUpdate {
     /// The caller's tenant.
@@ -75,8 +85,8 @@ pub struct TaskUpdate {
     pub status_at: DateTime<Utc>,
     /// The new snapshot, ProtoJSON.
     pub task: String,
-    /// The event, ProtoJSON.
-    pub event: Option<String>,
+    /// The events, ProtoJSON, in order.
+    pub events: Vec<String>,
     /// Set when the task reached a terminal state.
     pub expires_at: Option<DateTime<Utc>>,
     /// The write time.
@@ -86,11 +96,7 @@ pub struct TaskUpdate {
 impl TaskUpdate {
     /// The sequence number the update stores.
     pub fn next_seq(&self) -> i64 {
-        if self.event.is_some() {
-            self.expected_seq + 1
-        } else {
-            self.expected_seq
-        }
+        self.expected_seq + i64::try_from(self.events.len()).unwrap_or(i64::MAX)
     }
 }
 
@@ -118,7 +124,7 @@ impl Write {
         agent: &str,
         message_id: &str,
         task: &pb::Task,
-        event: &pb::StreamResponse,
+        events: &[pb::StreamResponse],
     ) -> Result<Write, StoreError> {
         let now = Utc::now();
         Ok(Write::Create(NewTask {
@@ -130,7 +136,7 @@ impl Write {
             state: state_of(task),
             status_at: status_time(task, now),
             task: to_json(task)?,
-            event: to_json(event)?,
+            events: events.iter().map(to_json).collect::<Result<_, _>>()?,
             now,
         }))
     }
@@ -140,7 +146,7 @@ impl Write {
         id: &str,
         expected_seq: i64,
         task: &pb::Task,
-        event: Option<&pb::StreamResponse>,
+        events: &[pb::StreamResponse],
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<Write, StoreError> {
         let now = Utc::now();
@@ -151,7 +157,7 @@ impl Write {
             state: state_of(task),
             status_at: status_time(task, now),
             task: to_json(task)?,
-            event: event.map(to_json).transpose()?,
+            events: events.iter().map(to_json).collect::<Result<_, _>>()?,
             expires_at,
             now,
         }))
@@ -290,7 +296,19 @@ impl<S: BatchWriter + 'static> TaskStore for GroupCommit<S> {
         task: &pb::Task,
         event: &pb::StreamResponse,
     ) -> Result<Created, StoreError> {
-        let write = Write::create(tenant, agent, message_id, task, event)?;
+        let write = Write::create(tenant, agent, message_id, task, std::slice::from_ref(event))?;
+        created(vec![self.submit(write).await?])
+    }
+
+    async fn create_with_events(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+        task: &pb::Task,
+        events: &[pb::StreamResponse],
+    ) -> Result<Created, StoreError> {
+        let write = Write::create(tenant, agent, message_id, task, events)?;
         created(vec![self.submit(write).await?])
     }
 
@@ -328,7 +346,21 @@ impl<S: BatchWriter + 'static> TaskStore for GroupCommit<S> {
         event: Option<&pb::StreamResponse>,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<Appended, StoreError> {
-        let write = Write::append(tenant, id, expected_seq, task, event, expires_at)?;
+        let events = event.map(std::slice::from_ref).unwrap_or_default();
+        let write = Write::append(tenant, id, expected_seq, task, events, expires_at)?;
+        appended(vec![self.submit(write).await?])
+    }
+
+    async fn append_events(
+        &self,
+        tenant: &str,
+        id: &str,
+        expected_seq: i64,
+        task: &pb::Task,
+        events: &[pb::StreamResponse],
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Appended, StoreError> {
+        let write = Write::append(tenant, id, expected_seq, task, events, expires_at)?;
         appended(vec![self.submit(write).await?])
     }
 
@@ -385,6 +417,13 @@ impl<S: BatchWriter + 'static> TaskStore for GroupCommit<S> {
         task_id: &str,
     ) -> Result<Vec<pb::TaskPushNotificationConfig>, StoreError> {
         self.inner.list_push_configs(tenant, task_id).await
+    }
+
+    async fn tasks_with_push_configs(
+        &self,
+        tasks: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+        self.inner.tasks_with_push_configs(tasks).await
     }
 
     async fn list_push_configs_page(

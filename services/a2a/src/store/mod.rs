@@ -118,6 +118,18 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         event: &pb::StreamResponse,
     ) -> Result<Created, StoreError>;
 
+    /// [`TaskStore::create`] with the events that followed the creation event (`events[0]`)
+    /// already applied to `task`: they are stored as sequence 1, 2, ... and the task at the
+    /// last one, in the same transaction.
+    async fn create_with_events(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+        task: &pb::Task,
+        events: &[pb::StreamResponse],
+    ) -> Result<Created, StoreError>;
+
     /// Records that `message_id` continued `task_id` (so a retry finds the task).
     async fn record_message(
         &self,
@@ -147,6 +159,18 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         expected_seq: i64,
         task: &pb::Task,
         event: Option<&pb::StreamResponse>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Appended, StoreError>;
+
+    /// [`TaskStore::append`] of several events at once: stored as `expected_seq + 1, + 2, ...`
+    /// with `task` (the snapshot after the last) in one transaction, all or none.
+    async fn append_events(
+        &self,
+        tenant: &str,
+        id: &str,
+        expected_seq: i64,
+        task: &pb::Task,
+        events: &[pb::StreamResponse],
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<Appended, StoreError>;
 
@@ -201,6 +225,13 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         tenant: &str,
         task_id: &str,
     ) -> Result<Vec<pb::TaskPushNotificationConfig>, StoreError>;
+
+    /// Which of `tasks` (tenant, task id) have at least one push config, in one query: push
+    /// delivery skips the others without reading each one's configs.
+    async fn tasks_with_push_configs(
+        &self,
+        tasks: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError>;
 
     /// A page of a task's push configs, oldest first, starting strictly after `after` (its
     /// `status_at_us` is the config's creation time), at most `limit`, each with its position.

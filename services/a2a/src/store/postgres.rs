@@ -62,18 +62,26 @@ async fn message_task(
     .await?)
 }
 
+/// One write is one statement (data-modifying CTEs, the events as a text array), so one round
+/// trip to the server instead of one per row.
 async fn create_in(
     conn: &mut sqlx::PgConnection,
     new: &NewTask,
     lease: Option<&Lease>,
 ) -> Result<Created, StoreError> {
-    if let Some(id) = message_task(&mut *conn, new).await? {
-        return Ok(Created::Existing(id));
-    }
     let (owner, secs) = lease_of(lease, new.state);
-    sqlx::query(
-        "INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at, owner, lease_until) \
-         VALUES ($1, $2, $3, $4, $5, 1, $6::jsonb, $7, $8, $9, now() + make_interval(secs => $10::float8))",
+    // A create whose message id is already recorded (a retry, or a concurrent create with the
+    // same id) inserts no message row and takes its task back out (its events go with it,
+    // ON DELETE CASCADE).
+    let inserted = sqlx::query(
+        "WITH task AS (\
+             INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at, owner, lease_until) \
+             VALUES ($1, $2, $3, $4, $5, $9, $6::jsonb, $7, $8, $12, now() + make_interval(secs => $13::float8))), \
+         events AS (\
+             INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) \
+             SELECT $1, $2, n, e::jsonb, $8 FROM UNNEST($10::text[]) WITH ORDINALITY AS u (e, n)) \
+         INSERT INTO a2a_task_messages (tenant, agent, message_id, task_id) VALUES ($1, $3, $11, $2) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(&new.tenant)
     .bind(&new.id)
@@ -83,29 +91,11 @@ async fn create_in(
     .bind(&new.task)
     .bind(new.status_at)
     .bind(new.now)
+    .bind(new.seq())
+    .bind(&new.events)
+    .bind(&new.message_id)
     .bind(owner)
     .bind(secs)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES ($1, $2, 1, $3::jsonb, $4)",
-    )
-    .bind(&new.tenant)
-    .bind(&new.id)
-    .bind(&new.event)
-    .bind(new.now)
-    .execute(&mut *conn)
-    .await?;
-    // A concurrent create with the same message id loses here and takes its task back out
-    // (its event goes with it, ON DELETE CASCADE).
-    let inserted = sqlx::query(
-        "INSERT INTO a2a_task_messages (tenant, agent, message_id, task_id) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&new.tenant)
-    .bind(&new.agent)
-    .bind(&new.message_id)
-    .bind(&new.id)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -128,10 +118,17 @@ async fn append_in(
 ) -> Result<Appended, StoreError> {
     let next = update.next_seq();
     let (owner, secs) = lease_of(lease, update.state);
-    let updated = sqlx::query(
-        "UPDATE a2a_tasks SET seq = $4, state = $5, task = $6::jsonb, status_at = $7, expires_at = $8, \
-         owner = $9, lease_until = now() + make_interval(secs => $10::float8) \
-         WHERE tenant = $1 AND id = $2 AND seq = $3",
+    // The events are inserted only when the update found the task at `expected_seq`.
+    let updated: i64 = sqlx::query_scalar(
+        "WITH updated AS (\
+             UPDATE a2a_tasks SET seq = $4, state = $5, task = $6::jsonb, status_at = $7, expires_at = $8, \
+             owner = $11, lease_until = now() + make_interval(secs => $12::float8) \
+             WHERE tenant = $1 AND id = $2 AND seq = $3 RETURNING 1), \
+         events AS (\
+             INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) \
+             SELECT $1, $2, $3 + n, e::jsonb, $9 FROM UNNEST($10::text[]) WITH ORDINALITY AS u (e, n) \
+             WHERE EXISTS (SELECT 1 FROM updated)) \
+         SELECT count(*) FROM updated",
     )
     .bind(&update.tenant)
     .bind(&update.id)
@@ -141,25 +138,14 @@ async fn append_in(
     .bind(&update.task)
     .bind(update.status_at)
     .bind(update.expires_at)
+    .bind(update.now)
+    .bind(&update.events)
     .bind(owner)
     .bind(secs)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    .fetch_one(&mut *conn)
+    .await?;
     if updated == 0 {
         return Ok(Appended::Conflict);
-    }
-    if let Some(event) = &update.event {
-        sqlx::query(
-            "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES ($1, $2, $3, $4::jsonb, $5)",
-        )
-        .bind(&update.tenant)
-        .bind(&update.id)
-        .bind(next)
-        .bind(event)
-        .bind(update.now)
-        .execute(&mut *conn)
-        .await?;
     }
     Ok(Appended::At(next))
 }
@@ -195,7 +181,27 @@ impl TaskStore for PostgresTaskStore {
         event: &pb::StreamResponse,
     ) -> Result<Created, StoreError> {
         created(
-            self.write_batch(&[Write::create(tenant, agent, message_id, task, event)?])
+            self.write_batch(&[Write::create(
+                tenant,
+                agent,
+                message_id,
+                task,
+                std::slice::from_ref(event),
+            )?])
+            .await?,
+        )
+    }
+
+    async fn create_with_events(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+        task: &pb::Task,
+        events: &[pb::StreamResponse],
+    ) -> Result<Created, StoreError> {
+        created(
+            self.write_batch(&[Write::create(tenant, agent, message_id, task, events)?])
                 .await?,
         )
     }
@@ -274,7 +280,29 @@ impl TaskStore for PostgresTaskStore {
                 id,
                 expected_seq,
                 task,
-                event,
+                event.map(std::slice::from_ref).unwrap_or_default(),
+                expires_at,
+            )?])
+            .await?,
+        )
+    }
+
+    async fn append_events(
+        &self,
+        tenant: &str,
+        id: &str,
+        expected_seq: i64,
+        task: &pb::Task,
+        events: &[pb::StreamResponse],
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Appended, StoreError> {
+        appended(
+            self.write_batch(&[Write::append(
+                tenant,
+                id,
+                expected_seq,
+                task,
+                events,
                 expires_at,
             )?])
             .await?,
@@ -508,6 +536,26 @@ impl TaskStore for PostgresTaskStore {
         .fetch_all(&self.pool)
         .await?;
         texts.iter().map(|t| from_json(t)).collect()
+    }
+
+    async fn tasks_with_push_configs(
+        &self,
+        tasks: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+        let (tenants, ids): (Vec<&str>, Vec<&str>) = tasks
+            .iter()
+            .map(|(tenant, id)| (tenant.as_str(), id.as_str()))
+            .unzip();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT c.tenant, c.task_id FROM a2a_push_configs c \
+             JOIN UNNEST($1::text[], $2::text[]) AS q (tenant, task_id) \
+             ON c.tenant = q.tenant AND c.task_id = q.task_id",
+        )
+        .bind(tenants)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn list_push_configs_page(

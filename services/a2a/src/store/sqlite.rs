@@ -69,54 +69,49 @@ async fn message_task(
     .await?)
 }
 
+/// One write is one command to the connection's worker thread (the statements of a query
+/// string run there one after another with the same numbered parameters): a round trip to that
+/// thread per statement was most of a write's cost. The events go in as one JSON array of
+/// strings, `json_each` turns them into rows.
 async fn create_in(
     conn: &mut sqlx::SqliteConnection,
     new: &NewTask,
     lease: Option<&Lease>,
 ) -> Result<Created, StoreError> {
-    if let Some(id) = message_task(&mut *conn, new).await? {
-        return Ok(Created::Existing(id));
-    }
     let (owner, until) = lease_of(lease, new.state);
-    sqlx::query(
+    // A create whose message id is already recorded (a retry, or a concurrent create with the
+    // same id) loses at the last insert and takes its task back out (its events go with it,
+    // ON DELETE CASCADE).
+    // sqlx binds the numbered parameters of every statement of the string from one list, but
+    // an unused number inside a statement's range takes the next unnamed argument, and past the
+    // end of the list binding stops: the numbering keeps those gaps few (the store suite runs
+    // this on SQLite).
+    let changed = sqlx::query(
         "INSERT INTO a2a_tasks (tenant, id, agent, context_id, state, seq, task, status_at, created_at, owner, lease_until) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10)",
+         VALUES (?1, ?2, ?5, ?7, ?8, ?11, ?9, ?10, ?3, ?12, ?13); \
+         INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) \
+         SELECT ?1, ?2, key + 1, value, ?3 FROM json_each(?4); \
+         INSERT INTO a2a_task_messages (tenant, agent, message_id, task_id) VALUES (?1, ?5, ?6, ?2) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(&new.tenant)
     .bind(&new.id)
+    .bind(micros(new.now))
+    .bind(to_json(&new.events)?)
     .bind(&new.agent)
+    .bind(&new.message_id)
     .bind(&new.context_id)
     .bind(new.state)
     .bind(&new.task)
     .bind(micros(new.status_at))
-    .bind(micros(new.now))
+    .bind(new.seq())
     .bind(owner)
     .bind(until)
     .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES (?1, ?2, 1, ?3, ?4)",
-    )
-    .bind(&new.tenant)
-    .bind(&new.id)
-    .bind(&new.event)
-    .bind(micros(new.now))
-    .execute(&mut *conn)
-    .await?;
-    // A concurrent create with the same message id loses here and takes its task back out
-    // (its event goes with it, ON DELETE CASCADE).
-    let inserted = sqlx::query(
-        "INSERT INTO a2a_task_messages (tenant, agent, message_id, task_id) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&new.tenant)
-    .bind(&new.agent)
-    .bind(&new.message_id)
-    .bind(&new.id)
-    .execute(&mut *conn)
     .await?
     .rows_affected();
-    if inserted == 0 {
+    let events = u64::try_from(new.events.len()).unwrap_or(u64::MAX);
+    if changed <= 1 + events {
         sqlx::query("DELETE FROM a2a_tasks WHERE tenant = ?1 AND id = ?2")
             .bind(&new.tenant)
             .bind(&new.id)
@@ -135,10 +130,14 @@ async fn append_in(
 ) -> Result<Appended, StoreError> {
     let next = update.next_seq();
     let (owner, until) = lease_of(lease, update.state);
-    let updated = sqlx::query(
+    // The events are inserted only when the update found the task at `expected_seq`
+    // (`changes()` is the update's count while the insert runs). Parameters as in `create_in`.
+    let changed = sqlx::query(
         "UPDATE a2a_tasks SET seq = ?4, state = ?5, task = ?6, status_at = ?7, expires_at = ?8, \
-         owner = ?9, lease_until = ?10 \
-         WHERE tenant = ?1 AND id = ?2 AND seq = ?3",
+         owner = ?11, lease_until = ?12 \
+         WHERE tenant = ?1 AND id = ?2 AND seq = ?3; \
+         INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) \
+         SELECT ?1, ?2, ?3 + 1 + key, value, ?9 FROM json_each(?10) WHERE changes() = 1",
     )
     .bind(&update.tenant)
     .bind(&update.id)
@@ -148,25 +147,15 @@ async fn append_in(
     .bind(&update.task)
     .bind(micros(update.status_at))
     .bind(update.expires_at.map(micros))
+    .bind(micros(update.now))
+    .bind(to_json(&update.events)?)
     .bind(owner)
     .bind(until)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if updated == 0 {
+    if changed == 0 {
         return Ok(Appended::Conflict);
-    }
-    if let Some(event) = &update.event {
-        sqlx::query(
-            "INSERT INTO a2a_task_events (tenant, task_id, seq, event, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(&update.tenant)
-        .bind(&update.id)
-        .bind(next)
-        .bind(event)
-        .bind(micros(update.now))
-        .execute(&mut *conn)
-        .await?;
     }
     Ok(Appended::At(next))
 }
@@ -202,7 +191,27 @@ impl TaskStore for SqliteTaskStore {
         event: &pb::StreamResponse,
     ) -> Result<Created, StoreError> {
         created(
-            self.write_batch(&[Write::create(tenant, agent, message_id, task, event)?])
+            self.write_batch(&[Write::create(
+                tenant,
+                agent,
+                message_id,
+                task,
+                std::slice::from_ref(event),
+            )?])
+            .await?,
+        )
+    }
+
+    async fn create_with_events(
+        &self,
+        tenant: &str,
+        agent: &str,
+        message_id: &str,
+        task: &pb::Task,
+        events: &[pb::StreamResponse],
+    ) -> Result<Created, StoreError> {
+        created(
+            self.write_batch(&[Write::create(tenant, agent, message_id, task, events)?])
                 .await?,
         )
     }
@@ -280,7 +289,29 @@ impl TaskStore for SqliteTaskStore {
                 id,
                 expected_seq,
                 task,
-                event,
+                event.map(std::slice::from_ref).unwrap_or_default(),
+                expires_at,
+            )?])
+            .await?,
+        )
+    }
+
+    async fn append_events(
+        &self,
+        tenant: &str,
+        id: &str,
+        expected_seq: i64,
+        task: &pb::Task,
+        events: &[pb::StreamResponse],
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Appended, StoreError> {
+        appended(
+            self.write_batch(&[Write::append(
+                tenant,
+                id,
+                expected_seq,
+                task,
+                events,
                 expires_at,
             )?])
             .await?,
@@ -511,6 +542,22 @@ impl TaskStore for SqliteTaskStore {
         .fetch_all(&self.pool)
         .await?;
         texts.iter().map(|t| from_json(t)).collect()
+    }
+
+    async fn tasks_with_push_configs(
+        &self,
+        tasks: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+        // The pairs go in as one JSON array, `[[tenant, task_id], ...]`.
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT tenant, task_id FROM a2a_push_configs \
+             WHERE (tenant, task_id) IN \
+             (SELECT value ->> 0, value ->> 1 FROM json_each(?1))",
+        )
+        .bind(to_json(&tasks)?)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn list_push_configs_page(
