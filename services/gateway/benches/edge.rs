@@ -1,9 +1,15 @@
 //! The gateway's hot paths, each against its baseline in the same run:
 //!
-//! 1. HTTP: wrk against a plain axum route, the gateway route with JWT verification only,
-//!    and the gateway route with JWT verification and a Redis GCRA check; at full load and at
-//!    about half of the gateway's full-load rate (wrk's per-connection delay), for the added
-//!    latency.
+//! 1. HTTP: a plain axum route, the gateway route with JWT verification only, and the gateway
+//!    route with JWT verification and a Redis GCRA check. First the closed-loop maximum (wrk,
+//!    every connection sends its next request when the last one is answered); then, in the same
+//!    run, an open-loop load at half of the gateway+Redis maximum: this file's own fixed-rate
+//!    generator (below, `open_loop`) schedules requests at a constant arrival rate over a pool
+//!    of keep-alive HTTP/1.1 connections (hyper) and measures each latency from the request's
+//!    *scheduled* send time, so a stalled server is charged for the requests it delayed
+//!    (coordinated omission corrected, as wrk2 does), into an HDR histogram. The same generator
+//!    also drives the rate limiter's Redis check alone (`RateLimiter::check`, no HTTP), for the
+//!    share of the Redis round trip.
 //! 2. Idle WebSocket connections: the gateway binary in its own process, N authenticated idle
 //!    connections from this process, resident memory before and after.
 //! 3. Cross-replica broadcast: two gateway replicas on one NATS server; messages published
@@ -12,21 +18,31 @@
 //! `cargo bench -p liquid-gateway --bench edge` (needs wrk, redis-server on
 //! `LIQUID_TEST_REDIS_URL` or 127.0.0.1:6379, nats-server; `make deps` and `make dev-up`).
 //! `EDGE_WS_CONNECTIONS` sets N (default 15000; the process file limit is 20000),
-//! `EDGE_WRK_CONNECTIONS` wrk's connections (default 64), `EDGE_ONLY` one section
+//! `EDGE_WRK_CONNECTIONS` the connections of wrk and of the open-loop generator (default 64),
+//! `EDGE_OPEN_SECS` each open-loop run's measured seconds (default 10, after 2 s of warm-up),
+//! `EDGE_PIN=1` pins the servers' threads to CPU 0 and wrk and the generator to CPU 1
+//! (`taskset`; redis-server stays where the scheduler puts it), `EDGE_ONLY` one section
 //! (`http`, `broadcast`, `ws`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::routing::get;
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
 use liquid_auth::{AuthConfig, SigningKey, TokenRequest};
 use liquid_gateway::Settings;
 use liquid_gateway::config::ClassLimits;
+use liquid_gateway::domain::session_token::SessionSigner;
+use liquid_gateway::domain::tier::{Charge, Tier};
+use liquid_gateway::ratelimit::{Backend, RateLimiter};
 use liquid_runtime::ServiceConfig;
 use liquid_testkit::nats::NatsServer;
 use liquid_testkit::redis::TestRedis;
@@ -84,37 +100,54 @@ fn gateway_config(keys: &Keys, db: &str, bus: &str, cache: &str) -> ServiceConfi
     c
 }
 
+/// Pins the calling thread to `cpu` with `taskset` (the workspace forbids the `unsafe` a
+/// direct `sched_setaffinity` would need).
+fn pin_thread(cpu: usize) {
+    let me = std::fs::read_link("/proc/thread-self").unwrap();
+    let tid = me.file_name().unwrap().to_string_lossy().into_owned();
+    let status = Command::new("taskset")
+        .args(["-pc", &cpu.to_string(), &tid])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset is not installed");
+    assert!(status.success(), "taskset -pc {cpu} {tid} failed");
+}
+
+/// `EDGE_PIN=1`: the servers on CPU 0, wrk and the load generator on CPU 1.
+fn pinned() -> bool {
+    std::env::var("EDGE_PIN").is_ok_and(|v| v == "1")
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 struct Wrk {
     rps: f64,
     p50: String,
     p99: String,
+    load: String,
 }
 
-fn wrk(
-    url: &str,
-    token: Option<&str>,
-    threads: u32,
-    conns: u32,
-    secs: u32,
-    delay_ms: Option<f64>,
-) -> Wrk {
-    let mut cmd = Command::new("wrk");
+fn wrk(url: &str, token: Option<&str>, threads: u32, conns: u32, secs: u32) -> Wrk {
+    let mut cmd = if pinned() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", "wrk"]);
+        c
+    } else {
+        Command::new("wrk")
+    };
     cmd.arg(format!("-t{threads}"))
         .arg(format!("-c{conns}"))
         .arg(format!("-d{secs}s"))
         .arg("--latency");
     if let Some(t) = token {
         cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
-    }
-    let script;
-    if let Some(ms) = delay_ms {
-        script = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            script.path(),
-            format!("function delay() return {ms:.3} end\n"),
-        )
-        .unwrap();
-        cmd.arg("-s").arg(script.path());
     }
     let out = cmd
         .arg(url)
@@ -141,7 +174,264 @@ fn wrk(
         rps,
         p50: pct("50%"),
         p99: pct("99%"),
+        load: load_average(),
     }
+}
+
+/// CPU time and time spent runnable but waiting for a CPU, in nanoseconds, of this process's
+/// threads named `tokio-rt-worker`: the servers' runtime (its worker and its blocking
+/// threads); the load generator's threads have other names and wrk is a process of its own.
+fn server_cpu_ns() -> (u64, u64) {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "tokio-rt-worker" {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let mut fields = stat
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            total.0 += fields.next().unwrap_or(0);
+            total.1 += fields.next().unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// What one open-loop run calls.
+#[derive(Clone)]
+enum Target {
+    /// `GET path` on `addr`, with this bearer token if any; 200 expected.
+    Http {
+        addr: SocketAddr,
+        path: &'static str,
+        token: Option<String>,
+    },
+    /// The gateway's rate limiter alone: one `RateLimiter::check` decided in Redis.
+    Limiter(RateLimiter),
+}
+
+/// One connection of the generator's pool.
+enum Caller {
+    Http {
+        send: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        uri: http::Uri,
+        auth: Option<http::HeaderValue>,
+    },
+    Limiter(RateLimiter),
+}
+
+impl Target {
+    async fn connect(&self) -> Caller {
+        match self {
+            Target::Http { addr, path, token } => {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                Caller::Http {
+                    send,
+                    uri: format!("http://{addr}{path}").parse().unwrap(),
+                    auth: token
+                        .as_ref()
+                        .map(|t| format!("Bearer {t}").parse().unwrap()),
+                }
+            }
+            Target::Limiter(limiter) => Caller::Limiter(limiter.clone()),
+        }
+    }
+}
+
+impl Caller {
+    /// One request; true when it was answered as expected.
+    async fn call(&mut self) -> bool {
+        match self {
+            Caller::Http { send, uri, auth } => {
+                if send.ready().await.is_err() {
+                    return false;
+                }
+                let mut request = http::Request::get(uri.clone())
+                    .header(http::header::HOST, "127.0.0.1")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                if let Some(auth) = auth {
+                    request
+                        .headers_mut()
+                        .insert(http::header::AUTHORIZATION, auth.clone());
+                }
+                match send.send_request(request).await {
+                    Ok(response) => {
+                        let ok = response.status() == 200;
+                        response.into_body().collect().await.is_ok() && ok
+                    }
+                    Err(_) => false,
+                }
+            }
+            Caller::Limiter(limiter) => {
+                let charge = Charge {
+                    tier: Tier::User,
+                    key: "bench/bench".into(),
+                };
+                limiter
+                    .check("default", charge)
+                    .await
+                    .is_some_and(|o| o.backend == Backend::Redis && o.decision.allowed)
+            }
+        }
+    }
+}
+
+/// One open-loop run's latencies, in microseconds from each request's scheduled send time.
+struct OpenLoop {
+    histogram: Histogram<u64>,
+    errors: u64,
+    /// Requests answered per second of the measured part.
+    rps: f64,
+    /// The servers' CPU time per request over the whole run (warm-up included), microseconds.
+    server_cpu_us: f64,
+    /// The servers' CPU time over the run's wall time.
+    server_busy: f64,
+    /// Time the servers' threads were runnable but not running (another process had the CPU),
+    /// per request, microseconds.
+    server_wait_us: f64,
+    load: String,
+}
+
+impl OpenLoop {
+    fn ms(&self, quantile: f64) -> f64 {
+        self.histogram.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// Sends requests to `target` at a fixed `rate` per second over `conns` keep-alive
+/// connections, for `warmup` (not recorded) then `measure`. Request `i` is due at
+/// `t0 + i / rate`; a pacer thread releases each due request as a semaphore permit, and the
+/// first idle connection takes the oldest due request, so a request that finds every
+/// connection busy waits, and that wait is part of its latency. The client runs on one tokio
+/// thread of its own (plus the pacer thread), apart from the servers' runtime.
+fn open_loop(
+    target: Target,
+    rate: f64,
+    conns: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> OpenLoop {
+    std::thread::Builder::new()
+        .name("edge-client".into())
+        .spawn(move || {
+            if pinned() {
+                pin_thread(1);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut callers = Vec::with_capacity(conns);
+                for _ in 0..conns {
+                    callers.push(target.connect().await);
+                }
+                let interval = 1e9 / rate;
+                let skipped = (warmup.as_secs_f64() * rate) as u64;
+                let total = skipped + (measure.as_secs_f64() * rate) as u64;
+                let due_at = move |t0: Instant, i: u64| {
+                    t0 + Duration::from_nanos((i as f64 * interval) as u64)
+                };
+                let permits = Arc::new(tokio::sync::Semaphore::new(0));
+                let claimed = Arc::new(AtomicU64::new(0));
+                let t0 = Instant::now() + Duration::from_millis(20);
+                let pacer = {
+                    let permits = permits.clone();
+                    std::thread::Builder::new()
+                        .name("edge-pacer".into())
+                        .spawn(move || {
+                            if pinned() {
+                                pin_thread(1);
+                            }
+                            let mut released = 0u64;
+                            while released < total {
+                                let now = Instant::now();
+                                if now >= t0 {
+                                    let due = ((now - t0).as_nanos() as f64 / interval) as u64 + 1;
+                                    let due = due.min(total);
+                                    if due > released {
+                                        permits.add_permits((due - released) as usize);
+                                        released = due;
+                                    }
+                                }
+                                let next = due_at(t0, released);
+                                let now = Instant::now();
+                                if next > now {
+                                    std::thread::sleep(next - now);
+                                }
+                            }
+                            // One more permit per connection: each then claims an index past the end
+                            // and stops.
+                            permits.add_permits(conns);
+                        })
+                        .unwrap()
+                };
+                let cpu_before = server_cpu_ns();
+                let mut workers = Vec::with_capacity(conns);
+                for mut caller in callers {
+                    let (permits, claimed) = (permits.clone(), claimed.clone());
+                    workers.push(tokio::spawn(async move {
+                        let mut histogram =
+                            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                        let mut errors = 0u64;
+                        let mut last = t0;
+                        loop {
+                            permits.acquire().await.unwrap().forget();
+                            let i = claimed.fetch_add(1, Ordering::Relaxed);
+                            if i >= total {
+                                break;
+                            }
+                            let scheduled = due_at(t0, i);
+                            let ok = caller.call().await;
+                            let done = Instant::now();
+                            if i >= skipped {
+                                last = last.max(done);
+                                if ok {
+                                    let us = (done - scheduled).as_micros().max(1);
+                                    histogram
+                                        .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
+                                } else {
+                                    errors += 1;
+                                }
+                            }
+                        }
+                        (histogram, errors, last)
+                    }));
+                }
+                let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let mut errors = 0;
+                let mut last = t0;
+                for w in workers {
+                    let (h, e, l) = w.await.unwrap();
+                    histogram.add(h).unwrap();
+                    errors += e;
+                    last = last.max(l);
+                }
+                pacer.join().unwrap();
+                let (cpu, wait) = server_cpu_ns();
+                let (cpu, wait) = (cpu - cpu_before.0, wait - cpu_before.1);
+                let measured = (last - due_at(t0, skipped)).as_secs_f64();
+                OpenLoop {
+                    rps: (histogram.len() + errors) as f64 / measured,
+                    server_cpu_us: cpu as f64 / 1000.0 / total as f64,
+                    server_busy: cpu as f64 / (last - t0).as_nanos() as f64,
+                    server_wait_us: wait as f64 / 1000.0 / total as f64,
+                    histogram,
+                    errors,
+                    load: load_average(),
+                }
+            })
+        })
+        .unwrap()
+        .join()
+        .unwrap()
 }
 
 async fn http_section(keys: &Keys, redis: &TestRedis) {
@@ -175,10 +465,45 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
     let full = liquid_runtime::start::<liquid_gateway::Gateway>(&limited, CancellationToken::new())
         .await
         .unwrap();
+    // The limiter alone, for the open-loop Redis row: the same settings, its own connection.
+    let new_limiter = |namespace: &str| {
+        RateLimiter::new(
+            &limited.settings.rate_limit,
+            namespace,
+            Arc::new(SessionSigner::new(&[7; 32])),
+        )
+        .unwrap()
+    };
+    let limiter = new_limiter("alone:");
+    // The plain route with the limiter's check in its handler, on the servers' runtime: the
+    // Redis step without the gateway's middleware and JWT.
+    let checked = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limiter = new_limiter("checked:");
+        let app = Router::new().route(
+            "/api/v1/gateway/whoami",
+            get(move || {
+                let limiter = limiter.clone();
+                async move {
+                    let charge = Charge {
+                        tier: Tier::User,
+                        key: "bench/bench".into(),
+                    };
+                    let o = limiter.check("default", charge).await.unwrap();
+                    assert_eq!(o.backend, Backend::Redis);
+                    axum::Json(json!({"subject": "bench"}))
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
     let token = token(keys, &["read:prices"]);
-    let plain_url = format!("http://{plain}/api/v1/gateway/whoami");
-    let jwt_url = format!("http://{}/api/v1/gateway/whoami", jwt.http_addr());
-    let full_url = format!("http://{}/api/v1/gateway/whoami", full.http_addr());
+    let path = "/api/v1/gateway/whoami";
+    let plain_url = format!("http://{plain}{path}");
+    let jwt_url = format!("http://{}{path}", jwt.http_addr());
+    let full_url = format!("http://{}{path}", full.http_addr());
     // Check the gateway really answers 200 through the limiter before measuring.
     let r = reqwest::Client::new()
         .get(&full_url)
@@ -189,57 +514,136 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-ratelimit-tier"], "user");
 
-    let (plain_url2, jwt_url2, full_url2, token2) = (
-        plain_url.clone(),
-        jwt_url.clone(),
-        full_url.clone(),
-        token.clone(),
-    );
+    let targets = [
+        (
+            "plain axum route",
+            Target::Http {
+                addr: plain,
+                path,
+                token: None,
+            },
+        ),
+        (
+            "gateway: JWT (EdDSA, cached verification) + scope check",
+            Target::Http {
+                addr: jwt.http_addr(),
+                path,
+                token: Some(token.clone()),
+            },
+        ),
+        (
+            "gateway: JWT + Redis GCRA",
+            Target::Http {
+                addr: full.http_addr(),
+                path,
+                token: Some(token.clone()),
+            },
+        ),
+        (
+            "plain axum route + `RateLimiter::check` in the handler (no JWT, no gateway middleware)",
+            Target::Http {
+                addr: checked,
+                path,
+                token: None,
+            },
+        ),
+        (
+            "Redis GCRA check alone (`RateLimiter::check`, no HTTP)",
+            Target::Limiter(limiter),
+        ),
+        (
+            "plain axum route (again)",
+            Target::Http {
+                addr: plain,
+                path,
+                token: None,
+            },
+        ),
+    ];
     let conns: u32 = std::env::var("EDGE_WRK_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
-    let rows = tokio::task::spawn_blocking(move || {
-        let mut rows = Vec::new();
-        let a = wrk(&plain_url2, None, 1, conns, 8, None);
-        let b = wrk(&jwt_url2, Some(&token2), 1, conns, 8, None);
-        let c = wrk(&full_url2, Some(&token2), 1, conns, 8, None);
-        // Half of the gateway's full-load rate, the same for all three: every connection
-        // waits `delay` between requests.
-        let target = c.rps / 2.0;
-        let delay = f64::from(conns) * 1000.0 / target;
-        let d = wrk(&plain_url2, None, 1, conns, 8, Some(delay));
-        let e = wrk(&jwt_url2, Some(&token2), 1, conns, 8, Some(delay));
-        let f = wrk(&full_url2, Some(&token2), 1, conns, 8, Some(delay));
-        let a2 = wrk(&plain_url2, None, 1, conns, 8, None);
-        rows.push(("plain axum route", "full", a));
-        rows.push(("gateway: JWT (EdDSA) + scope check", "full", b));
-        rows.push((
-            "gateway: JWT + Redis GCRA (one EVALSHA, multiplexed)",
-            "full",
-            c,
-        ));
-        rows.push(("plain axum route", "half", d));
-        rows.push(("gateway: JWT (EdDSA) + scope check", "half", e));
-        rows.push(("gateway: JWT + Redis GCRA", "half", f));
-        rows.push(("plain axum route (again)", "full", a2));
-        (rows, target, conns)
+    let open_secs: u64 = std::env::var("EDGE_OPEN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let started = load_average();
+    let (closed, rate, open) = tokio::task::spawn_blocking(move || {
+        let closed = vec![
+            ("plain axum route", wrk(&plain_url, None, 1, conns, 8)),
+            (
+                "gateway: JWT (EdDSA, cached verification) + scope check",
+                wrk(&jwt_url, Some(&token), 1, conns, 8),
+            ),
+            (
+                "gateway: JWT + Redis GCRA",
+                wrk(&full_url, Some(&token), 1, conns, 8),
+            ),
+        ];
+        let rate = (closed[2].1.rps / 2.0).round();
+        let mut open = Vec::new();
+        for (label, target) in targets {
+            let run = open_loop(
+                target,
+                rate,
+                conns as usize,
+                Duration::from_secs(2),
+                Duration::from_secs(open_secs),
+            );
+            open.push((label, run));
+        }
+        (closed, rate, open)
     })
     .await
     .unwrap();
-    let (rows, target, conns) = rows;
-    println!("\n### HTTP (server on one worker thread; wrk -t1 -c{conns} -d8s)\n");
-    println!("| route | load | requests/s | p50 | p99 |");
-    println!("|---|---|---:|---:|---:|");
-    for (label, load, w) in rows {
-        let load = if load == "full" {
-            "as fast as possible".to_owned()
-        } else {
-            format!("~{target:.0} rps (half)")
-        };
+    let placement = if pinned() {
+        "servers pinned to CPU 0, wrk and the generator to CPU 1"
+    } else {
+        "no pinning"
+    };
+    println!(
+        "\n### HTTP, closed loop (server on one worker thread; wrk -t1 -c{conns} -d8s; {placement}; load average at start {started})\n"
+    );
+    println!("| route | requests/s | p50 | p99 | load average after |");
+    println!("|---|---:|---:|---:|---|");
+    for (label, w) in &closed {
         println!(
-            "| {label} | {load} | {:.0} | {} | {} |",
-            w.rps, w.p50, w.p99
+            "| {label} | {:.0} | {} | {} | {} |",
+            w.rps, w.p50, w.p99, w.load
+        );
+    }
+    println!(
+        "\n### HTTP, open loop at {rate:.0} requests/s (half the gateway+Redis maximum; {conns} connections; {open_secs} s measured after 2 s; latency from the scheduled send time)\n"
+    );
+    println!(
+        "| route | answered/s | errors | p50 | p90 | p99 | p99.9 | max | server CPU per request | server thread busy | server waited for a CPU, per request | load average after |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (label, r) in &open {
+        println!(
+            "| {label} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.0}% | {:.1} µs | {} |",
+            r.rps,
+            r.errors,
+            r.ms(0.5),
+            r.ms(0.9),
+            r.ms(0.99),
+            r.ms(0.999),
+            r.histogram.max() as f64 / 1000.0,
+            r.server_cpu_us,
+            r.server_busy * 100.0,
+            r.server_wait_us,
+            r.load
+        );
+    }
+    let base = &open[0].1;
+    for (label, r) in &open[1..4] {
+        println!(
+            "\nadded over the plain route, {label}: p50 {:+.3} ms, p99 {:+.3} ms (over the second plain run: p50 {:+.3} ms, p99 {:+.3} ms)",
+            r.ms(0.5) - base.ms(0.5),
+            r.ms(0.99) - base.ms(0.99),
+            r.ms(0.5) - open[5].1.ms(0.5),
+            r.ms(0.99) - open[5].1.ms(0.99),
         );
     }
     std::mem::forget(jwt);
@@ -467,8 +871,17 @@ fn main() {
         .unwrap_or(15_000);
     let keys = keys();
     // The servers of sections 1 and 3 get one worker thread; wrk or the clients get the other core.
+    // With `EDGE_PIN=1` every thread of the servers' runtime, and this one, runs on CPU 0.
+    if pinned() {
+        pin_thread(0);
+    }
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .on_thread_start(|| {
+            if pinned() {
+                pin_thread(0);
+            }
+        })
         .enable_all()
         .build()
         .unwrap();
