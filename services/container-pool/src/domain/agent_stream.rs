@@ -96,6 +96,8 @@ pub struct AgentStreamParser {
     runner: RunnerKind,
     buffer: String,
     finished: bool,
+    /// Codex's last `agent_message`: its closing words, which `turn.completed` does not repeat.
+    last_message: String,
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -109,6 +111,7 @@ impl AgentStreamParser {
             runner,
             buffer: String::new(),
             finished: false,
+            last_message: String::new(),
         }
     }
 
@@ -240,6 +243,7 @@ impl AgentStreamParser {
                 let item = v.get("item").cloned().unwrap_or(Value::Null);
                 match (str_of(&item, "type"), completed) {
                     ("agent_message", true) => {
+                        self.last_message = str_of(&item, "text").to_owned();
                         vec![
                             AgentEvent::new(AgentEventKind::Text, r, str_of(&item, "text"))
                                 .json(item),
@@ -283,7 +287,11 @@ impl AgentStreamParser {
                 let msg = str_of(&v, "message").to_owned();
                 vec![self.terminal(AgentEventKind::Error, msg, v)]
             }
-            "turn.completed" => vec![self.terminal(AgentEventKind::Completed, "", v)],
+            // The turn's answer is its last agent message (the summary a caller keeps).
+            "turn.completed" => {
+                let text = std::mem::take(&mut self.last_message);
+                vec![self.terminal(AgentEventKind::Completed, text, v)]
+            }
             _ => Vec::new(),
         }
     }
@@ -385,6 +393,10 @@ mod tests {
         assert_eq!(ev[2].text, "a.txt\n");
         assert_eq!(ev[3].text, "All set.");
         assert_eq!(ev[4].json["usage"]["output_tokens"], 5);
+        assert_eq!(
+            ev[4].text, "All set.",
+            "the final answer is the completion's text"
+        );
     }
 
     #[test]
