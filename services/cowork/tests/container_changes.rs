@@ -14,9 +14,8 @@ use std::path::Path;
 
 use liquid_cowork::AgentContext;
 use liquid_cowork::domain::permission::Capability;
-use liquid_cowork::sandbox::CreateSandbox;
 use liquid_cowork::store::AuditFilter;
-use support::{Dirs, caller, sandboxes, sqlite};
+use support::{Dirs, caller, sandbox_of, sandboxes, sqlite};
 
 fn set_mtime(path: &Path, mtime: std::time::SystemTime) {
     std::fs::File::options()
@@ -51,16 +50,7 @@ async fn container_changes_are_judged_and_denied_ones_reverted() {
     let db = sqlite(&dirs.base()).await;
     let (sb, store) = sandboxes(&db, &settings).await;
     let acme = caller("acme");
-    let view = sb
-        .create(
-            &acme,
-            CreateSandbox {
-                source: src.display().to_string(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let view = sandbox_of(&sb, &acme, &src).await;
     let id = view.row.sandbox_id;
     sb.prepare_for_containers(&acme, id).await.unwrap();
     let work = Path::new(&view.row.work_path).to_path_buf();
@@ -253,16 +243,7 @@ async fn a_window_on_a_closed_sandbox_is_refused() {
     let db = sqlite(&dirs.base()).await;
     let (sb, _store) = sandboxes(&db, &settings).await;
     let acme = caller("acme");
-    let view = sb
-        .create(
-            &acme,
-            CreateSandbox {
-                source: src.display().to_string(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let view = sandbox_of(&sb, &acme, &src).await;
     sb.discard(&acme, view.row.sandbox_id).await.unwrap();
     let agent = AgentContext {
         tenant: "acme".into(),

@@ -83,3 +83,20 @@ pub fn caller(tenant: &str) -> Caller {
         actor: format!("{tenant}-user"),
     }
 }
+
+/// A sandbox of `source` for `caller`.
+pub async fn sandbox_of(
+    sb: &StagingSandboxes,
+    caller: &Caller,
+    source: &Path,
+) -> liquid_cowork::sandbox::SandboxView {
+    sb.create(
+        caller,
+        liquid_cowork::sandbox::CreateSandbox {
+            source: source.display().to_string(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
