@@ -288,18 +288,6 @@ async fn writer<S: BatchWriter>(store: Arc<S>, rx: Arc<Mutex<mpsc::Receiver<Job>
 
 #[async_trait]
 impl<S: BatchWriter + 'static> TaskStore for GroupCommit<S> {
-    async fn create(
-        &self,
-        tenant: &str,
-        agent: &str,
-        message_id: &str,
-        task: &pb::Task,
-        event: &pb::StreamResponse,
-    ) -> Result<Created, StoreError> {
-        let write = Write::create(tenant, agent, message_id, task, std::slice::from_ref(event))?;
-        created(vec![self.submit(write).await?])
-    }
-
     async fn create_with_events(
         &self,
         tenant: &str,
@@ -335,20 +323,6 @@ impl<S: BatchWriter + 'static> TaskStore for GroupCommit<S> {
 
     async fn load(&self, tenant: &str, id: &str) -> Result<Option<StoredTask>, StoreError> {
         self.inner.load(tenant, id).await
-    }
-
-    async fn append(
-        &self,
-        tenant: &str,
-        id: &str,
-        expected_seq: i64,
-        task: &pb::Task,
-        event: Option<&pb::StreamResponse>,
-        expires_at: Option<DateTime<Utc>>,
-    ) -> Result<Appended, StoreError> {
-        let events = event.map(std::slice::from_ref).unwrap_or_default();
-        let write = Write::append(tenant, id, expected_seq, task, events, expires_at)?;
-        appended(vec![self.submit(write).await?])
     }
 
     async fn append_events(

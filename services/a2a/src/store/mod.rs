@@ -116,7 +116,10 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         message_id: &str,
         task: &pb::Task,
         event: &pb::StreamResponse,
-    ) -> Result<Created, StoreError>;
+    ) -> Result<Created, StoreError> {
+        self.create_with_events(tenant, agent, message_id, task, std::slice::from_ref(event))
+            .await
+    }
 
     /// [`TaskStore::create`] with the events that followed the creation event (`events[0]`)
     /// already applied to `task`: they are stored as sequence 1, 2, ... and the task at the
@@ -160,7 +163,11 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         task: &pb::Task,
         event: Option<&pb::StreamResponse>,
         expires_at: Option<DateTime<Utc>>,
-    ) -> Result<Appended, StoreError>;
+    ) -> Result<Appended, StoreError> {
+        let events = event.map(std::slice::from_ref).unwrap_or_default();
+        self.append_events(tenant, id, expected_seq, task, events, expires_at)
+            .await
+    }
 
     /// [`TaskStore::append`] of several events at once: stored as `expected_seq + 1, + 2, ...`
     /// with `task` (the snapshot after the last) in one transaction, all or none.

@@ -182,26 +182,6 @@ impl BatchWriter for SqliteTaskStore {
 
 #[async_trait]
 impl TaskStore for SqliteTaskStore {
-    async fn create(
-        &self,
-        tenant: &str,
-        agent: &str,
-        message_id: &str,
-        task: &pb::Task,
-        event: &pb::StreamResponse,
-    ) -> Result<Created, StoreError> {
-        created(
-            self.write_batch(&[Write::create(
-                tenant,
-                agent,
-                message_id,
-                task,
-                std::slice::from_ref(event),
-            )?])
-            .await?,
-        )
-    }
-
     async fn create_with_events(
         &self,
         tenant: &str,
@@ -272,28 +252,6 @@ impl TaskStore for SqliteTaskStore {
             })
         })
         .transpose()
-    }
-
-    async fn append(
-        &self,
-        tenant: &str,
-        id: &str,
-        expected_seq: i64,
-        task: &pb::Task,
-        event: Option<&pb::StreamResponse>,
-        expires_at: Option<DateTime<Utc>>,
-    ) -> Result<Appended, StoreError> {
-        appended(
-            self.write_batch(&[Write::append(
-                tenant,
-                id,
-                expected_seq,
-                task,
-                event.map(std::slice::from_ref).unwrap_or_default(),
-                expires_at,
-            )?])
-            .await?,
-        )
     }
 
     async fn append_events(
