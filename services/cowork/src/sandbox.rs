@@ -1056,18 +1056,24 @@ impl StagingSandboxes {
             return Ok(());
         };
         let work = PathBuf::from(&row.work_path);
+        let w = work.clone();
+        let changed = tokio::task::spawn_blocking(move || tree::hand_over(&w, uid, gid))
+            .await
+            .map_err(blocking_failed)?
+            .map_err(|e| CoworkError::io("hand the sandbox to the container user", e))?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        // The chown moved the ctimes of the files it touched: record them where the file is
+        // still the baseline's own (same inode, size and mtime), so the stat pre-check keeps
+        // sparing them a hash.
         let mut baseline = self.baseline(row.sandbox_id).await?;
         let (changed, refreshed, baseline) = tokio::task::spawn_blocking(move || {
-            let changed = tree::hand_over(&work, uid, gid)?;
-            // The chown moved the ctimes of the files it touched: record them where the file
-            // is still the baseline's own (same inode, size and mtime), so the stat pre-check
-            // keeps sparing them a hash.
             let refreshed = refresh_ctimes(&work, &changed, &mut baseline);
-            Ok::<_, io::Error>((changed.len(), refreshed, baseline))
+            (changed.len(), refreshed, baseline)
         })
         .await
-        .map_err(blocking_failed)?
-        .map_err(|e| CoworkError::io("hand the sandbox to the container user", e))?;
+        .map_err(blocking_failed)?;
         if refreshed > 0 {
             let body = serde_json::to_string(&baseline)
                 .map_err(|e| CoworkError::Corrupt(e.to_string()))?;
@@ -1076,9 +1082,7 @@ impl StagingSandboxes {
                 .put_manifest(row.sandbox_id, "baseline", &body)
                 .await?;
         }
-        if changed > 0 {
-            tracing::debug!(sandbox = %row.sandbox_id, changed, refreshed, uid, gid, "work tree handed to the container user");
-        }
+        tracing::debug!(sandbox = %row.sandbox_id, changed, refreshed, uid, gid, "work tree handed to the container user");
         Ok(())
     }
 

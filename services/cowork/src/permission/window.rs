@@ -350,12 +350,7 @@ impl PermissionGate {
         sandbox_id: Uuid,
     ) -> Result<CommandWindow, CoworkError> {
         let sandboxes = &self.sandboxes;
-        let row = sandboxes
-            .inner()
-            .store
-            .get(&agent.tenant, sandbox_id)
-            .await?
-            .ok_or_else(|| CoworkError::SandboxNotFound(sandbox_id.to_string()))?;
+        let row = self.row(agent, sandbox_id).await?;
         if row.state != SandboxState::Active {
             return Err(CoworkError::FailedPrecondition(format!(
                 "sandbox {sandbox_id} is {}: no command may change it",
