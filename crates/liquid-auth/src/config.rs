@@ -42,6 +42,9 @@ pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// Largest clock-skew allowance accepted for `exp` and `nbf`.
 pub const MAX_LEEWAY_SECS: u64 = 300;
 
+/// Longest time a verified token may be remembered (`auth.cache_ttl_secs`).
+pub const MAX_CACHE_TTL_SECS: u64 = 3_600;
+
 /// Token verification settings (`[auth]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -75,6 +78,13 @@ pub struct AuthConfig {
     pub allow_hs256_dev: bool,
     /// HS256 shared secret; honoured only with `allow_hs256_dev = true`.
     pub hs256_secret: Secret<String>,
+    /// Seconds a verified token is remembered (keyed by the SHA-256 of its exact bytes, never
+    /// past its `exp`, forgotten whenever the keys are reloaded), so a caller's next requests
+    /// skip the signature check; 0 verifies every request in full. At most
+    /// [`MAX_CACHE_TTL_SECS`].
+    pub cache_ttl_secs: u64,
+    /// Most verified tokens remembered.
+    pub cache_max_entries: u64,
 }
 
 impl Default for AuthConfig {
@@ -93,6 +103,8 @@ impl Default for AuthConfig {
             public_key_algorithm: PublicKeyAlgorithm::EdDSA,
             allow_hs256_dev: false,
             hs256_secret: Secret::default(),
+            cache_ttl_secs: 60,
+            cache_max_entries: 100_000,
         }
     }
 }
@@ -159,6 +171,18 @@ impl Validate for AuthConfig {
             return Err(ConfigError::invalid(
                 "auth.leeway_secs",
                 format!("must be at most {MAX_LEEWAY_SECS} seconds"),
+            ));
+        }
+        if self.cache_ttl_secs > MAX_CACHE_TTL_SECS {
+            return Err(ConfigError::invalid(
+                "auth.cache_ttl_secs",
+                format!("must be at most {MAX_CACHE_TTL_SECS} seconds (0 turns the cache off)"),
+            ));
+        }
+        if self.cache_ttl_secs > 0 && self.cache_max_entries == 0 {
+            return Err(ConfigError::invalid(
+                "auth.cache_max_entries",
+                "must be at least 1 while auth.cache_ttl_secs is set",
             ));
         }
         if empty_path(self.jwks_file.as_ref()) {
@@ -257,6 +281,20 @@ mod tests {
                 "auth.leeway_secs",
                 AuthConfig {
                     leeway_secs: 3600,
+                    ..base.clone()
+                },
+            ),
+            (
+                "auth.cache_ttl_secs",
+                AuthConfig {
+                    cache_ttl_secs: 3601,
+                    ..base.clone()
+                },
+            ),
+            (
+                "auth.cache_max_entries",
+                AuthConfig {
+                    cache_max_entries: 0,
                     ..base.clone()
                 },
             ),

@@ -3,9 +3,11 @@
 //!
 //! The gateway verifies the caller's token and forwards it; every service verifies it again with
 //! the same keys ([`Verifier`], from `[auth]` = [`AuthConfig`]) and authorises by scope
-//! ([`Claims::require`], [`RequireScope`]). Keys come from a JWKS file or URL (RS256, ES256,
-//! EdDSA; reloaded periodically and on an unknown `kid`), a PEM public key, or — for development
-//! only — an HS256 secret. Verification is jsonwebtoken with the aws-lc-rs backend.
+//! ([`Claims::require`], [`RequireScope`]). A token verified once is remembered for a short
+//! while (`auth.cache_ttl_secs`, never past `exp`, forgotten when the keys change). Keys come
+//! from a JWKS file or URL (RS256, ES256, EdDSA; reloaded periodically and on an unknown
+//! `kid`), a PEM public key, or — for development only — an HS256 secret. Verification is
+//! jsonwebtoken with the aws-lc-rs backend.
 //! [`AuthLayer`] is one tower layer for both axum routers and tonic servers; it answers refusals
 //! in the platform's error shape. [`Claims::tenant_id`] is the tenant that scopes data.
 //!
@@ -25,7 +27,9 @@ mod signing;
 mod verifier;
 
 pub use claims::{Claims, PrincipalKind};
-pub use config::{AuthConfig, MAX_LEEWAY_SECS, MIN_HS256_SECRET_BYTES, PublicKeyAlgorithm};
+pub use config::{
+    AuthConfig, MAX_CACHE_TTL_SECS, MAX_LEEWAY_SECS, MIN_HS256_SECRET_BYTES, PublicKeyAlgorithm,
+};
 pub use error::AuthError;
 pub use extract::Authenticated;
 pub use grpc::{AuthInterceptor, bearer_from_request, claims_from_request, require_scope};

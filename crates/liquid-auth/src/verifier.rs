@@ -7,10 +7,18 @@
 //! failed reload keeps the keys in hand. Signature checks and claim validation are
 //! jsonwebtoken's (aws-lc-rs backend); this module decides which key and which rules apply and
 //! turns every refusal into its own [`AuthError`].
+//!
+//! Verified tokens are remembered for `cache_ttl_secs` (like Envoy's `jwt_authn` cache), keyed
+//! by the SHA-256 of the exact token bytes, so a caller's next requests skip the signature
+//! check, which otherwise costs more than the rest of a small request. A remembered token is
+//! never honoured past its `exp`, and the cache is emptied whenever the keys are (re)installed,
+//! so a key removed from the JWKS stops being honoured at the same moment as without the cache:
+//! the answer is always the one a full verification would give.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -92,6 +100,13 @@ struct RefreshState {
     last_attempt: Option<Instant>,
 }
 
+/// Verified tokens by the SHA-256 of their bytes, with the counts of answers from it.
+struct Verified {
+    tokens: moka::sync::Cache<[u8; 32], Arc<Claims>>,
+    hits: metrics::Counter,
+    misses: metrics::Counter,
+}
+
 struct Shared {
     validation: Validation,
     audiences: Vec<String>,
@@ -102,6 +117,10 @@ struct Shared {
     current: RwLock<Arc<Vec<VerificationKey>>>,
     refresh: tokio::sync::Mutex<RefreshState>,
     min_refetch: Duration,
+    verified: Option<Verified>,
+    /// Bumped by every key installation; a verification that saw another generation does not
+    /// stay in `verified`.
+    generation: AtomicU64,
 }
 
 impl Shared {
@@ -123,6 +142,10 @@ impl Shared {
         match self.current.write() {
             Ok(mut guard) => *guard = merged,
             Err(poisoned) => *poisoned.into_inner() = merged,
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(verified) = &self.verified {
+            verified.tokens.invalidate_all();
         }
     }
 
@@ -326,6 +349,21 @@ impl Verifier {
                 last_attempt: Some(Instant::now()),
             }),
             min_refetch: Duration::from_secs(config.jwks_min_refetch_secs),
+            verified: (config.cache_ttl_secs > 0).then(|| {
+                // The process-wide recorder first, so the counters are not registered with the
+                // no-op one.
+                liquid_kit::metrics::handle();
+                let name = "liquid_auth_verified_token_cache_total";
+                Verified {
+                    tokens: moka::sync::Cache::builder()
+                        .max_capacity(config.cache_max_entries)
+                        .time_to_live(Duration::from_secs(config.cache_ttl_secs))
+                        .build(),
+                    hits: metrics::counter!(name, "result" => "hit"),
+                    misses: metrics::counter!(name, "result" => "miss"),
+                }
+            }),
+            generation: AtomicU64::new(0),
         });
         shared.install(&per_source);
         shared.refresh.lock().await.per_source = per_source;
@@ -346,8 +384,38 @@ impl Verifier {
         })
     }
 
-    /// Verifies `token` with the keys in hand and returns its claims.
+    /// Verifies `token` with the keys in hand and returns its claims: from the cache of
+    /// verified tokens when this exact token passed recently and has not expired, else in full.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let Some(verified) = &self.shared.verified else {
+            return self.verify_in_full(token);
+        };
+        if token.len() > MAX_TOKEN_BYTES {
+            return self.verify_in_full(token);
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        if let Some(claims) = verified.tokens.get(&key) {
+            if claims.exp > unix_now() {
+                verified.hits.increment(1);
+                return Ok(Claims::clone(&claims));
+            }
+            verified.tokens.invalidate(&key);
+        }
+        verified.misses.increment(1);
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        let claims = self.verify_in_full(token)?;
+        verified.tokens.insert(key, Arc::new(claims.clone()));
+        // Keys installed meanwhile: the answer stands (it was right for the keys it saw), but
+        // it must not outlive them in the cache.
+        if self.shared.generation.load(Ordering::Acquire) != generation {
+            verified.tokens.invalidate(&key);
+        }
+        Ok(claims)
+    }
+
+    fn verify_in_full(&self, token: &str) -> Result<Claims, AuthError> {
         let header = parse_header(token)?;
         let keys = self.shared.keys();
         let jwks_may_add = !self.shared.sources.is_empty();
@@ -409,6 +477,12 @@ impl Verifier {
             .filter_map(|k| k.kid.clone())
             .collect()
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn spawn_reloader(shared: &Arc<Shared>, period: Duration) -> DropGuard {

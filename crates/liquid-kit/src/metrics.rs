@@ -5,6 +5,10 @@
 //! Services record with the `metrics` macros and never talk to an exporter directly. Metric
 //! names follow `liquid_<service>_<what>` with `_total` for counters and `_seconds` for
 //! histograms of durations.
+//!
+//! Histogram samples queue in the recorder until they are folded into their buckets; a thread
+//! does that every [`UPKEEP_INTERVAL`], so memory stays flat however rarely `/metrics` is
+//! scraped, and a scrape never has a large backlog to fold on a request thread.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -18,6 +22,9 @@ use metrics_exporter_prometheus::{
 };
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
+
+/// How often queued histogram samples are folded into their buckets.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Bucket bounds (seconds) for every `*_seconds` histogram: 0.5 ms to 30 s.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -51,6 +58,18 @@ fn recorder() -> &'static TeeRecorder {
         // Fails only if something else installed a recorder first; metrics then go there and
         // `/metrics` renders what this recorder saw (nothing), which a test would catch.
         let _ = metrics::set_global_recorder(tee);
+        let upkeep = tee.handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the metrics upkeep thread; histogram samples are folded only when /metrics is scraped");
+        }
         tee
     })
 }

@@ -4,16 +4,19 @@
 //!
 //! Services hand it their router and gRPC routes; it must not know what they serve.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -131,8 +134,11 @@ impl ServiceHost {
         let http_listener =
             bind(self.server.http_addr, format!("{prefix}SERVER__HTTP_ADDR")).await?;
         let http_addr = local_addr(&http_listener, self.server.http_addr);
+        // The process-wide recorder before any handle below is taken (handles taken earlier
+        // would stay with the no-op recorder).
+        crate::metrics::handle();
         let metric_prefix = format!("liquid_{}", self.name.replace('-', "_"));
-        let red = Arc::new(RedNames::new(&metric_prefix));
+        let red = Arc::new(Red::new(&metric_prefix));
         // Exported from the start, so dashboards and alerts see a zero rather than no series.
         metrics::counter!(red.errors.clone()).absolute(0);
         let state = OpsState {
@@ -174,8 +180,15 @@ impl ServiceHost {
         let mut tasks = Vec::new();
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
+            // No Nagle: a response that goes out in several writes (every SSE event after the
+            // first) would otherwise wait for the peer's delayed ACK, up to 40 ms each.
+            let listener = http_listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(target: target::HTTP, %error, "cannot set TCP_NODELAY");
+                }
+            });
             axum::serve(
-                http_listener,
+                listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(token.cancelled_owned())
@@ -380,41 +393,103 @@ async fn metrics_text() -> Response {
         .into_response()
 }
 
-/// Pre-built RED metric names for one service, so the hot path does not format strings.
-struct RedNames {
+/// Most (route, method, status) combinations whose metric handles are kept; beyond it (odd
+/// methods from clients) each request looks its metrics up by name.
+const MAX_RED_HANDLES: usize = 1024;
+
+/// The RED metrics of one service. The handles of each (route, method, status) seen are kept,
+/// so a request records with atomic adds instead of formatting labels and looking the
+/// metrics up in the registry.
+struct Red {
     requests: String,
     duration: String,
     errors: String,
+    /// By route: the handles of each method and status seen on it.
+    handles: RwLock<HashMap<String, Vec<RedHandles>>>,
+    kept: AtomicUsize,
 }
 
-impl RedNames {
+struct RedHandles {
+    method: Method,
+    status: StatusCode,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+    errors: Option<metrics::Counter>,
+}
+
+impl Red {
     fn new(prefix: &str) -> Self {
-        RedNames {
+        Red {
             requests: format!("{prefix}_requests_total"),
             duration: format!("{prefix}_request_duration_seconds"),
             errors: format!("{prefix}_errors_total"),
+            handles: RwLock::new(HashMap::new()),
+            kept: AtomicUsize::new(0),
+        }
+    }
+
+    fn handles(&self, route: &str, method: &Method, status: StatusCode) -> RedHandles {
+        let method_label = method.as_str().to_owned();
+        let route_label = route.to_owned();
+        let status_label = status.as_u16().to_string();
+        RedHandles {
+            method: method.clone(),
+            status,
+            requests: metrics::counter!(self.requests.clone(), "method" => method_label.clone(), "route" => route_label.clone(), "status" => status_label.clone()),
+            duration: metrics::histogram!(self.duration.clone(), "method" => method_label.clone(), "route" => route_label.clone()),
+            errors: status.is_server_error().then(|| {
+                metrics::counter!(self.errors.clone(), "method" => method_label, "route" => route_label, "status" => status_label)
+            }),
+        }
+    }
+
+    fn record(&self, route: &str, method: &Method, status: StatusCode, elapsed: f64) {
+        let apply = |h: &RedHandles| {
+            h.duration.record(elapsed);
+            h.requests.increment(1);
+            if let Some(errors) = &h.errors {
+                errors.increment(1);
+            }
+        };
+        let found = |map: &HashMap<String, Vec<RedHandles>>| {
+            map.get(route)
+                .and_then(|all| {
+                    all.iter()
+                        .find(|h| h.status == status && h.method == method)
+                })
+                .map(apply)
+                .is_some()
+        };
+        if self.handles.read().is_ok_and(|map| found(&map)) {
+            return;
+        }
+        let made = self.handles(route, method, status);
+        apply(&made);
+        if self.kept.load(Ordering::Relaxed) < MAX_RED_HANDLES
+            && let Ok(mut map) = self.handles.write()
+        {
+            let all = map.entry(route.to_owned()).or_default();
+            if !all.iter().any(|h| h.status == status && h.method == method) {
+                all.push(made);
+                self.kept.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
 
-async fn record_red(State(names): State<Arc<RedNames>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+async fn record_red(State(red): State<Arc<Red>>, request: Request, next: Next) -> Response {
+    // `MatchedPath` is a shared string: cloning it does not allocate.
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed().as_secs_f64();
-    metrics::histogram!(names.duration.clone(), "method" => method.clone(), "route" => route.clone())
-        .record(elapsed);
-    if response.status().is_server_error() {
-        metrics::counter!(names.errors.clone(), "method" => method.clone(), "route" => route.clone(), "status" => status.clone())
-            .increment(1);
-    }
-    metrics::counter!(names.requests.clone(), "method" => method, "route" => route, "status" => status)
-        .increment(1);
+    red.record(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        &method,
+        response.status(),
+        elapsed,
+    );
     response
 }
 
@@ -431,7 +506,6 @@ impl<B> MakeSpan<B> for ServerSpan {
             .extensions()
             .get::<MatchedPath>()
             .map_or_else(|| request.uri().path(), MatchedPath::as_str);
-        let name = format!("{} {}", request.method(), route);
         let request_id = request
             .headers()
             .get(REQUEST_ID_HEADER)
@@ -440,7 +514,7 @@ impl<B> MakeSpan<B> for ServerSpan {
         let span = tracing::info_span!(
             target: "http",
             "request",
-            otel.name = %name,
+            otel.name = %format_args!("{} {}", request.method(), route),
             otel.kind = "server",
             liquid.service = self.service,
             rpc.system = self.protocol,
@@ -449,7 +523,10 @@ impl<B> MakeSpan<B> for ServerSpan {
             request_id = %request_id,
             http.response.status_code = tracing::field::Empty,
         );
-        set_parent_from(&span, &HeaderExtractor(request.headers()));
+        // Off (no subscriber wants it): nothing to parent, and no header to parse.
+        if !span.is_disabled() {
+            set_parent_from(&span, &HeaderExtractor(request.headers()));
+        }
         span
     }
 }
@@ -467,5 +544,88 @@ impl<B> OnResponse<B> for LogResponse {
         } else {
             tracing::debug!(target: "http", status, latency_ms, "request finished");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// One `GET` over a fresh connection; the status line of the answer.
+    async fn fetch(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|rest| rest.trim().parse().ok())
+    }
+
+    #[tokio::test]
+    async fn every_request_is_counted_by_route_method_and_status() {
+        let app = Router::new()
+            .route("/items/{id}", get(|| async { "ok" }))
+            .route(
+                "/broken",
+                get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+            );
+        let running = ServiceHost::new("red-check", &ServerConfig::on_ports(0, None))
+            .http(app)
+            .start(CancellationToken::new())
+            .await
+            .unwrap();
+        let addr = running.http_addr();
+        for path in ["/items/1", "/items/2", "/items/3", "/broken", "/broken"] {
+            fetch(addr, path).await;
+        }
+        assert_eq!(fetch(addr, "/nowhere").await, "HTTP/1.1 404 Not Found");
+
+        let text = crate::metrics::render();
+        let requests = "liquid_red_check_requests_total";
+        for (series, expected) in [
+            (
+                format!(r#"{requests}{{method="GET",route="/items/{{id}}",status="200"}}"#),
+                3.0,
+            ),
+            (
+                format!(r#"{requests}{{method="GET",route="/broken",status="500"}}"#),
+                2.0,
+            ),
+            (
+                format!(r#"{requests}{{method="GET",route="unmatched",status="404"}}"#),
+                1.0,
+            ),
+            (
+                r#"liquid_red_check_errors_total{method="GET",route="/broken",status="500"}"#
+                    .to_owned(),
+                2.0,
+            ),
+            (
+                r#"liquid_red_check_request_duration_seconds_count{method="GET",route="/items/{id}"}"#
+                    .to_owned(),
+                3.0,
+            ),
+        ] {
+            assert_eq!(value(&text, &series), Some(expected), "{series} in\n{text}");
+        }
+        // Only server errors count as errors.
+        assert_eq!(
+            value(
+                &text,
+                r#"liquid_red_check_errors_total{method="GET",route="/items/{id}",status="200"}"#
+            ),
+            None
+        );
+        running.stop().await.unwrap();
     }
 }

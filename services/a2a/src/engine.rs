@@ -161,6 +161,28 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+/// A task in the running set (whose lease this replica renews) with its execution's token.
+/// Dropping it stops the execution and takes the task out of the set, unless a later
+/// execution of the same task (the next turn) has taken its place.
+struct RunningEntry {
+    engine: TaskEngine,
+    id: String,
+    cancel: CancellationToken,
+}
+
+impl Drop for RunningEntry {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Ok(mut running) = self.engine.inner.running.lock()
+            && running
+                .get(&self.id)
+                .is_some_and(CancellationToken::is_cancelled)
+        {
+            running.remove(&self.id);
+        }
+    }
+}
+
 /// The task engine of one replica. Cheap to clone.
 #[derive(Clone)]
 pub struct TaskEngine {
@@ -473,8 +495,8 @@ impl TaskEngine {
                 previous: Some(previous),
             };
             let (tx, rx) = mpsc::channel(64);
-            let cancel = self.spawn_executor(executor, execution, tx);
-            let progress = self.spawn_driver(tenant, agent, task.clone(), seq, rx, cancel);
+            let running = self.spawn_executor(executor, execution, tx);
+            let progress = self.spawn_driver(tenant, agent, task.clone(), seq, rx, running);
             return Ok(Started::Task {
                 task,
                 seq,
@@ -521,11 +543,13 @@ impl TaskEngine {
             previous: None,
         };
         let (tx, mut rx) = mpsc::channel(64);
-        let cancel = self.spawn_executor(executor, execution, tx);
+        // Dropped on every way out before the driver takes it: the execution stops and the
+        // task leaves the running set.
+        let running = self.spawn_executor(executor, execution, tx);
         let first = rx.recv().await;
         if let Some(AgentEvent::Message(mut reply)) = first {
             // A direct reply: no task is kept (its id is not the client's business).
-            cancel.cancel();
+            drop(running);
             reply.task_id.clear();
             reply.context_id = task.context_id.clone();
             return Ok(Started::Message(reply));
@@ -556,7 +580,7 @@ impl TaskEngine {
         {
             Created::New => {}
             Created::Existing(id) => {
-                cancel.cancel();
+                drop(running);
                 let stored = self.load(tenant, agent, &id).await?;
                 return Ok(Started::Task {
                     task: stored.task,
@@ -576,7 +600,7 @@ impl TaskEngine {
             self.publish(&task.id, seq, event).await;
             self.notify_observers(tenant, &current, seq, event);
         }
-        let progress = self.spawn_driver(tenant, agent, current, seq, rx, cancel);
+        let progress = self.spawn_driver(tenant, agent, current, seq, rx, running);
         // The caller gets the task as created; a stream carries the events after it.
         Ok(Started::Task {
             task,
@@ -617,17 +641,21 @@ impl TaskEngine {
         executor: Arc<dyn AgentExecutor>,
         execution: Execution,
         tx: mpsc::Sender<AgentEvent>,
-    ) -> CancellationToken {
+    ) -> RunningEntry {
         let cancel = self.inner.shutdown.child_token();
         if let Ok(mut running) = self.inner.running.lock() {
             running.insert(execution.task_id.clone(), cancel.clone());
         }
-        let token = cancel.clone();
+        let entry = RunningEntry {
+            engine: self.clone(),
+            id: execution.task_id.clone(),
+            cancel: cancel.clone(),
+        };
         let span = info_span!("a2a_executor", task_id = %execution.task_id);
         self.inner
             .tracker
-            .spawn(async move { executor.execute(execution, tx, token).await }.instrument(span));
-        cancel
+            .spawn(async move { executor.execute(execution, tx, cancel).await }.instrument(span));
+        entry
     }
 
     /// Runs the task's driver: applies and stores the executor's events in order. The returned
@@ -639,7 +667,7 @@ impl TaskEngine {
         task: pb::Task,
         seq: i64,
         mut rx: mpsc::Receiver<AgentEvent>,
-        cancel: CancellationToken,
+        running: RunningEntry,
     ) -> Progress {
         let engine = self.clone();
         let tenant = tenant.to_owned();
@@ -648,7 +676,6 @@ impl TaskEngine {
         let span = info_span!("a2a_task_driver", task_id = %task.id);
         self.inner.tracker.spawn(
             async move {
-                let id = task.id.clone();
                 let mut task = task;
                 let mut seq = seq;
                 // Whether the execution ended without the task reaching a final state.
@@ -681,7 +708,7 @@ impl TaskEngine {
                                 break;
                             }
                         },
-                        () = cancel.cancelled() => {
+                        () = running.cancel.cancelled() => {
                             unfinished = true;
                             break;
                         }
@@ -722,10 +749,7 @@ impl TaskEngine {
                         Err(error) => warn!(%error, "task failure could not be stored"),
                     }
                 }
-                cancel.cancel();
-                if let Ok(mut running) = engine.inner.running.lock() {
-                    running.remove(&id);
-                }
+                drop(running);
             }
             .instrument(span),
         );
@@ -1131,5 +1155,97 @@ impl TaskEngine {
             page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
             total_size: i32::try_from(page.total).unwrap_or(i32::MAX),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use async_trait::async_trait;
+    use liquid_store::Database;
+
+    use super::*;
+    use crate::agents::agent_text;
+
+    /// Answers with a direct message when asked `reply`, otherwise completes a task.
+    struct Agent;
+
+    #[async_trait]
+    impl AgentExecutor for Agent {
+        async fn execute(
+            &self,
+            execution: Execution,
+            events: mpsc::Sender<AgentEvent>,
+            _cancel: CancellationToken,
+        ) {
+            let event = if crate::agents::message_text(&execution.message) == "reply" {
+                AgentEvent::Message(agent_text("hello"))
+            } else {
+                AgentEvent::Status {
+                    state: pb::TaskState::Completed,
+                    message: None,
+                }
+            };
+            let _ = events.send(event).await;
+        }
+    }
+
+    /// Entries of the running set, stopped ones included.
+    fn entries(engine: &TaskEngine) -> usize {
+        engine.inner.running.lock().unwrap().len()
+    }
+
+    async fn engine() -> TaskEngine {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        db.migrate(&crate::MIGRATIONS).await.unwrap();
+        TaskEngine::new(
+            crate::store::open(&db),
+            Arc::new(liquid_bus::MemoryBus::new()),
+            EngineConfig::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+    }
+
+    fn message(id: &str, text: &str) -> pb::Message {
+        pb::Message {
+            message_id: id.into(),
+            role: pb::Role::User as i32,
+            parts: agent_text(text).parts,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn no_execution_stays_in_the_running_set_after_it_ended() {
+        let engine = engine().await;
+        let started = engine
+            .start("t", "a", Arc::new(Agent), message("m1", "reply"), None)
+            .await
+            .unwrap();
+        assert!(matches!(started, Started::Message(_)));
+        assert_eq!(entries(&engine), 0);
+
+        let Started::Task { task, progress, .. } = engine
+            .start("t", "a", Arc::new(Agent), message("m2", "work"), None)
+            .await
+            .unwrap()
+        else {
+            panic!("a task was expected");
+        };
+        let done = engine
+            .wait_final_started("t", "a", &task.id, progress)
+            .await
+            .unwrap();
+        assert_eq!(done.status.unwrap().state, pb::TaskState::Completed as i32);
+        // The driver leaves the set right after its last write.
+        for _ in 0..100 {
+            if entries(&engine) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(entries(&engine), 0);
     }
 }

@@ -1,7 +1,8 @@
 //! The gateway's hot paths, each against its baseline in the same run:
 //!
 //! 1. HTTP: a plain axum route, the gateway route with JWT verification only, and the gateway
-//!    route with JWT verification and a Redis GCRA check. First the closed-loop maximum (wrk,
+//!    route with JWT verification and a Redis GCRA check (plus, to split the cost, the plain
+//!    route behind the service host's layers and the plain route with the Redis check). First the closed-loop maximum (wrk,
 //!    every connection sends its next request when the last one is answered); then, in the same
 //!    run, an open-loop load at half of the gateway+Redis maximum: this file's own fixed-rate
 //!    generator (below, `open_loop`) schedules requests at a constant arrival rate over a pool
@@ -20,6 +21,7 @@
 //! `EDGE_WS_CONNECTIONS` sets N (default 15000; the process file limit is 20000),
 //! `EDGE_WRK_CONNECTIONS` the connections of wrk and of the open-loop generator (default 64),
 //! `EDGE_OPEN_SECS` each open-loop run's measured seconds (default 10, after 2 s of warm-up),
+//! `EDGE_SERVER_THREADS` the servers' tokio worker threads (default one per core, as deployed),
 //! `EDGE_PIN=1` pins the servers' threads to CPU 0 and wrk and the generator to CPU 1
 //! (`taskset`; redis-server stays where the scheduler puts it), `EDGE_ONLY` one section
 //! (`http`, `broadcast`, `ws`).
@@ -499,6 +501,23 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
     };
+    // The plain route behind the service host's own layers (request id, trace span, RED
+    // metrics, body limit), which every service has: the host's share of the gateway's cost.
+    let hosted = {
+        let app = Router::new().route(
+            "/api/v1/gateway/whoami",
+            get(|| async { axum::Json(json!({"subject": "bench"})) }),
+        );
+        let server = liquid_kit::config::ServerConfig::on_ports(0, None);
+        let running = liquid_kit::server::ServiceHost::new("bench", &server)
+            .http(app)
+            .start(CancellationToken::new())
+            .await
+            .unwrap();
+        let addr = running.http_addr();
+        std::mem::forget(running);
+        addr
+    };
     let token = token(keys, &["read:prices"]);
     let path = "/api/v1/gateway/whoami";
     let plain_url = format!("http://{plain}{path}");
@@ -519,6 +538,14 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
             "plain axum route",
             Target::Http {
                 addr: plain,
+                path,
+                token: None,
+            },
+        ),
+        (
+            "plain axum route behind the service host's layers (no JWT)",
+            Target::Http {
+                addr: hosted,
                 path,
                 token: None,
             },
@@ -603,7 +630,8 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
         "no pinning"
     };
     println!(
-        "\n### HTTP, closed loop (server on one worker thread; wrk -t1 -c{conns} -d8s; {placement}; load average at start {started})\n"
+        "\n### HTTP, closed loop (servers on {} worker thread(s); wrk -t1 -c{conns} -d8s; {placement}; load average at start {started})\n",
+        server_threads()
     );
     println!("| route | requests/s | p50 | p99 | load average after |");
     println!("|---|---:|---:|---:|---|");
@@ -637,13 +665,14 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
         );
     }
     let base = &open[0].1;
-    for (label, r) in &open[1..4] {
+    let again = &open[open.len() - 1].1;
+    for (label, r) in &open[1..5] {
         println!(
             "\nadded over the plain route, {label}: p50 {:+.3} ms, p99 {:+.3} ms (over the second plain run: p50 {:+.3} ms, p99 {:+.3} ms)",
             r.ms(0.5) - base.ms(0.5),
             r.ms(0.99) - base.ms(0.99),
-            r.ms(0.5) - open[5].1.ms(0.5),
-            r.ms(0.99) - open[5].1.ms(0.99),
+            r.ms(0.5) - again.ms(0.5),
+            r.ms(0.99) - again.ms(0.99),
         );
     }
     std::mem::forget(jwt);
@@ -864,19 +893,30 @@ async fn broadcast_section(keys: &Keys) {
     std::mem::forget(b);
 }
 
+/// Worker threads of the servers' runtime: `EDGE_SERVER_THREADS`, else one per core, as a
+/// deployed gateway runs (tokio's default).
+fn server_threads() -> usize {
+    std::env::var("EDGE_SERVER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
 fn main() {
     let n: usize = std::env::var("EDGE_WS_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15_000);
     let keys = keys();
-    // The servers of sections 1 and 3 get one worker thread; wrk or the clients get the other core.
+    // The servers of sections 1 and 3 run on one worker thread per core (`EDGE_SERVER_THREADS`
+    // to change it), sharing the cores with wrk, the generator and redis-server.
     // With `EDGE_PIN=1` every thread of the servers' runtime, and this one, runs on CPU 0.
     if pinned() {
         pin_thread(0);
     }
     let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(server_threads())
         .on_thread_start(|| {
             if pinned() {
                 pin_thread(0);

@@ -1,6 +1,6 @@
 //! The gateway's own configuration sections, flattened beside the shared ones:
 //! `[rate_limit]`, `[sessions]`, `[websocket]`, `[prices]`, `[routing]`, `[cors]`,
-//! `[token_cache]`, `[llm]` (liquid-llm's [`LlmConfig`]: providers, keys, routes by model),
+//! `[llm]` (liquid-llm's [`LlmConfig`]: providers, keys, routes by model),
 //! `[chat]`, `[coalescing]` and `[graphql]` (`LIQUID_GATEWAY__RATE_LIMIT__...`). Each refuses
 //! unknown keys and is validated at start-up with the failing key's name.
 
@@ -31,8 +31,6 @@ pub struct Settings {
     pub routing: RoutingSettings,
     /// Cross-origin requests from browsers.
     pub cors: CorsSettings,
-    /// Remembering verified tokens.
-    pub token_cache: TokenCacheSettings,
     /// Model providers, keys and routing (liquid-llm); empty keys are filled from
     /// `GEMINI_API_KEY`, `ANTHROPIC_API_KEY`, `OPENAI_API_KEY` at start-up.
     pub llm: LlmConfig,
@@ -52,7 +50,6 @@ impl Validate for Settings {
         self.prices.validate()?;
         self.routing.validate()?;
         self.cors.validate()?;
-        self.token_cache.validate()?;
         self.llm.validate_at("llm")?;
         self.chat.validate()?;
         self.coalescing.validate()?;
@@ -570,46 +567,6 @@ impl Validate for CorsSettings {
                     ),
                 ));
             }
-        }
-        Ok(())
-    }
-}
-
-/// `[token_cache]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TokenCacheSettings {
-    /// Remember verified tokens (a signature check per request otherwise).
-    pub enabled: bool,
-    /// Seconds a verified token is remembered (never past its `exp`).
-    pub ttl_secs: u64,
-    /// Most tokens remembered.
-    pub max_entries: u64,
-}
-
-impl Default for TokenCacheSettings {
-    fn default() -> Self {
-        TokenCacheSettings {
-            enabled: true,
-            ttl_secs: 60,
-            max_entries: 100_000,
-        }
-    }
-}
-
-impl Validate for TokenCacheSettings {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.ttl_secs == 0 || self.ttl_secs > 3_600 {
-            return Err(ConfigError::invalid(
-                "token_cache.ttl_secs",
-                "must be between 1 and 3600",
-            ));
-        }
-        if self.max_entries == 0 {
-            return Err(ConfigError::invalid(
-                "token_cache.max_entries",
-                "must be at least 1",
-            ));
         }
         Ok(())
     }

@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 
-use crate::auth::TokenCache;
+use crate::auth::EdgeAuth;
 use crate::chat::{ChatBody, ChatService, MessageInput, reply_json};
 use crate::coalesce::Outcome;
 use crate::config::GraphqlSettings;
@@ -1833,7 +1833,7 @@ pub struct GraphqlState {
     /// The schema.
     pub schema: LiquidSchema,
     /// Verifies WebSocket tokens.
-    pub tokens: TokenCache,
+    pub tokens: EdgeAuth,
     /// Charges WebSocket connects.
     pub limiter: RateLimiter,
     /// Cancelled at shutdown.

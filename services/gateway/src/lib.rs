@@ -156,7 +156,7 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
     });
 
     let chat = chat_service(foundation, settings, &hub, &sessions)?;
-    let tokens = auth::TokenCache::new(foundation.verifier.clone(), &settings.token_cache)
+    let tokens = auth::EdgeAuth::new(foundation.verifier.clone())
         .with_public_paths(settings.routing.public_paths.clone());
     let trusted = settings
         .rate_limit

@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenCache;
+use crate::auth::EdgeAuth;
 use crate::config::WebSocketSettings;
 use crate::domain::channel::{Action, Channel, authorize, encode_tenant};
 use crate::hub::{Hub, Registration};
@@ -79,7 +79,7 @@ pub trait ChatHandler: Send + Sync {
 #[derive(Clone)]
 pub struct WsState {
     /// Verifies tokens.
-    pub tokens: TokenCache,
+    pub tokens: EdgeAuth,
     /// The hub.
     pub hub: Hub,
     /// The rate limiter (connects are charged like requests).

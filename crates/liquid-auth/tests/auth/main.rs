@@ -3,6 +3,7 @@
 //! of each algorithm accepted, JWKS served over HTTP and rotated, and the signing key on disk.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cache;
 mod common;
 mod grpc;
 mod http_layer;
