@@ -184,10 +184,15 @@ fn wrk(url: &str, token: Option<&str>, threads: u32, conns: u32, secs: u32) -> W
 /// threads named `tokio-rt-worker`: the servers' runtime (its worker and its blocking
 /// threads); the load generator's threads have other names and wrk is a process of its own.
 fn server_cpu_ns() -> (u64, u64) {
+    threads_cpu_ns(&["tokio-rt-worker"])
+}
+
+/// CPU time and run-queue wait (ns) of this process's threads with one of these names.
+fn threads_cpu_ns(names: &[&str]) -> (u64, u64) {
     let mut total = (0, 0);
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() == "tokio-rt-worker" {
+        if names.contains(&comm.trim_end()) {
             let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
             let mut fields = stat
                 .split_whitespace()
@@ -197,6 +202,25 @@ fn server_cpu_ns() -> (u64, u64) {
         }
     }
     total
+}
+
+/// The open-loop generator's threads (its runtime and its pacer).
+const GENERATOR_THREADS: &[&str] = &["edge-client", "edge-pacer"];
+
+/// The machine's busy and total CPU time so far (clock ticks over all CPUs, `/proc/stat`).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 /// What one open-loop run calls.
@@ -298,6 +322,10 @@ struct OpenLoop {
     /// Time the servers' threads were runnable but not running (another process had the CPU),
     /// per request, microseconds.
     server_wait_us: f64,
+    /// The generator's threads' CPU time over the run's wall time (cores).
+    generator_busy: f64,
+    /// The whole machine's busy share over the run (every process, all CPUs).
+    machine_busy: f64,
     load: String,
 }
 
@@ -376,6 +404,8 @@ fn open_loop(
                         .unwrap()
                 };
                 let cpu_before = server_cpu_ns();
+                let generator_before = threads_cpu_ns(GENERATOR_THREADS).0;
+                let machine_before = machine_ticks();
                 let mut workers = Vec::with_capacity(conns);
                 for mut caller in callers {
                     let (permits, claimed) = (permits.clone(), claimed.clone());
@@ -419,12 +449,18 @@ fn open_loop(
                 pacer.join().unwrap();
                 let (cpu, wait) = server_cpu_ns();
                 let (cpu, wait) = (cpu - cpu_before.0, wait - cpu_before.1);
+                let generator = threads_cpu_ns(GENERATOR_THREADS).0 - generator_before;
+                let machine = machine_ticks();
+                let machine_busy = (machine.0 - machine_before.0) as f64
+                    / (machine.1 - machine_before.1).max(1) as f64;
                 let measured = (last - due_at(t0, skipped)).as_secs_f64();
                 OpenLoop {
                     rps: (histogram.len() + errors) as f64 / measured,
                     server_cpu_us: cpu as f64 / 1000.0 / total as f64,
                     server_busy: cpu as f64 / (last - t0).as_nanos() as f64,
                     server_wait_us: wait as f64 / 1000.0 / total as f64,
+                    generator_busy: generator as f64 / (last - t0).as_nanos() as f64,
+                    machine_busy,
                     histogram,
                     errors,
                     load: load_average(),
@@ -645,12 +681,12 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
         "\n### HTTP, open loop at {rate:.0} requests/s (half the gateway+Redis maximum; {conns} connections; {open_secs} s measured after 2 s; latency from the scheduled send time)\n"
     );
     println!(
-        "| route | answered/s | errors | p50 | p90 | p99 | p99.9 | max | server CPU per request | server thread busy | server waited for a CPU, per request | load average after |"
+        "| route | answered/s | errors | p50 | p90 | p99 | p99.9 | max | server CPU per request | servers busy (cores) | server waited for a CPU, per request | generator busy (cores) | machine busy | load average after |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (label, r) in &open {
         println!(
-            "| {label} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.0}% | {:.1} µs | {} |",
+            "| {label} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.2} | {:.1} µs | {:.2} | {:.0}% | {} |",
             r.rps,
             r.errors,
             r.ms(0.5),
@@ -659,8 +695,10 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
             r.ms(0.999),
             r.histogram.max() as f64 / 1000.0,
             r.server_cpu_us,
-            r.server_busy * 100.0,
+            r.server_busy,
             r.server_wait_us,
+            r.generator_busy,
+            r.machine_busy * 100.0,
             r.load
         );
     }
