@@ -931,6 +931,10 @@ async fn broadcast_section(keys: &Keys) {
     std::mem::forget(b);
 }
 
+/// The allocator the gateway binary runs with (its `main.rs`), for every server of this bench.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Worker threads of the servers' runtime: `EDGE_SERVER_THREADS`, else one per core, as a
 /// deployed gateway runs (tokio's default).
 fn server_threads() -> usize {
