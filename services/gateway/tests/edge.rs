@@ -505,6 +505,16 @@ async fn a_client_that_does_not_read_is_closed_as_slow() {
         metrics.contains("liquid_gateway_ws_slow_consumers_total"),
         "{metrics}"
     );
+    // One token for the connection and 600 posts: verified once, then answered by the cache.
+    let count = |result: &str| {
+        let series = format!("liquid_auth_verified_token_cache_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert_eq!(count("miss"), Some(1.0), "{metrics}");
+    assert_eq!(count("hit"), Some(600.0), "{metrics}");
     gw.running.stop().await.unwrap();
 }
 
