@@ -428,7 +428,8 @@ impl Red {
         }
     }
 
-    fn handles(&self, route: &str, method: &Method, status: StatusCode) -> RedHandles {
+    /// Looks the metrics of one (route, method, status) up in the registry.
+    fn register(&self, route: &str, method: &Method, status: StatusCode) -> RedHandles {
         let method_label = method.as_str().to_owned();
         let route_label = route.to_owned();
         let status_label = status.as_u16().to_string();
@@ -463,7 +464,7 @@ impl Red {
         if self.handles.read().is_ok_and(|map| found(&map)) {
             return;
         }
-        let made = self.handles(route, method, status);
+        let made = self.register(route, method, status);
         apply(&made);
         if self.kept.load(Ordering::Relaxed) < MAX_RED_HANDLES
             && let Ok(mut map) = self.handles.write()

@@ -41,11 +41,6 @@ impl EdgeAuth {
         self
     }
 
-    /// The verifier behind the cache.
-    pub fn verifier(&self) -> &Arc<Verifier> {
-        &self.verifier
-    }
-
     /// The claims of `token` (see [`Verifier::verify_or_refresh`]).
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         self.verifier.verify_or_refresh(token).await
