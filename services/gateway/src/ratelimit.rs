@@ -84,7 +84,7 @@ pub struct Outcome {
     /// Who was charged.
     pub charge: Charge,
     /// The route class.
-    pub class: String,
+    pub class: Arc<str>,
     /// The quota's period in seconds (for `RateLimit-Policy`).
     pub period_secs: u64,
     /// Where it was decided.
@@ -97,6 +97,45 @@ struct SharedLimits {
     url: String,
 }
 
+/// One route class: its limits and its decision counters. The counters are taken once here, as
+/// the service host does for its RED metrics: looking a counter up by its four labels costs a
+/// hash of them and a registry probe on every request.
+struct Class {
+    name: Arc<str>,
+    limits: ClassLimits,
+    /// `liquid_gateway_rate_limit_decisions_total` by tier, backend and outcome
+    /// (`Class::decisions`).
+    decisions: Vec<metrics::Counter>,
+}
+
+const TIERS: [Tier; 3] = [Tier::User, Tier::Session, Tier::Ip];
+const BACKENDS: [Backend; 2] = [Backend::Redis, Backend::Local];
+
+impl Class {
+    fn new(name: &str, limits: ClassLimits) -> Class {
+        let mut decisions = Vec::with_capacity(TIERS.len() * BACKENDS.len() * 2);
+        for tier in TIERS {
+            for backend in BACKENDS {
+                for outcome in ["limited", "allowed"] {
+                    decisions.push(metrics::counter!("liquid_gateway_rate_limit_decisions_total",
+                        "tier" => tier.as_str(), "class" => name.to_owned(), "outcome" => outcome, "backend" => backend.as_str()));
+                }
+            }
+        }
+        Class {
+            name: name.into(),
+            limits,
+            decisions,
+        }
+    }
+
+    fn decisions(&self, tier: Tier, backend: Backend, allowed: bool) -> &metrics::Counter {
+        let tier = TIERS.iter().position(|t| *t == tier).unwrap_or(0);
+        let backend = BACKENDS.iter().position(|b| *b == backend).unwrap_or(0);
+        &self.decisions[(tier * BACKENDS.len() + backend) * 2 + usize::from(allowed)]
+    }
+}
+
 /// Decides rate limits for the gateway; cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiter {
@@ -105,7 +144,7 @@ pub struct RateLimiter {
 
 struct Inner {
     enabled: bool,
-    classes: BTreeMap<String, ClassLimits>,
+    classes: BTreeMap<String, Class>,
     routes: Vec<(String, String)>,
     trusted: Vec<Cidr>,
     key_prefix: String,
@@ -175,17 +214,15 @@ impl RateLimiter {
             .map(|c| c.period_secs)
             .max()
             .unwrap_or(900);
-        // Registered from the start so dashboards see zeros rather than no series.
-        let backend = if redis.is_some() { "redis" } else { "local" };
-        for class in settings.classes.keys() {
-            for tier in [Tier::User, Tier::Session, Tier::Ip] {
-                for outcome in ["allowed", "limited"] {
-                    metrics::counter!("liquid_gateway_rate_limit_decisions_total",
-                        "tier" => tier.as_str(), "class" => class.clone(), "outcome" => outcome, "backend" => backend)
-                    .increment(0);
-                }
-            }
-        }
+        // The process-wide recorder before the counters are taken (a handle taken earlier would
+        // count nothing). Every series is registered from the start, so dashboards see zeros
+        // rather than no series.
+        liquid_kit::metrics::handle();
+        let classes = settings
+            .classes
+            .iter()
+            .map(|(name, limits)| (name.clone(), Class::new(name, limits.clone())))
+            .collect();
         metrics::counter!("liquid_gateway_rate_limit_fallback_total").increment(0);
         metrics::gauge!("liquid_gateway_rate_limit_redis_up").set(if redis.is_some() {
             1.0
@@ -195,7 +232,7 @@ impl RateLimiter {
         Ok(RateLimiter {
             inner: Arc::new(Inner {
                 enabled: settings.enabled,
-                classes: settings.classes.clone(),
+                classes,
                 routes,
                 trusted,
                 key_prefix: format!("{namespace}{}", settings.key_prefix),
@@ -297,10 +334,11 @@ impl RateLimiter {
         if !inner.enabled {
             return None;
         }
-        let (class_name, limits) = match inner.classes.get_key_value(class) {
-            Some((name, limits)) => (name.clone(), limits),
-            None => ("default".to_owned(), inner.classes.get("default")?),
+        let class = match inner.classes.get(class) {
+            Some(class) => class,
+            None => inner.classes.get("default")?,
         };
+        let limits = &class.limits;
         let limit = match charge.tier {
             Tier::User => limits.user,
             Tier::Session => limits.session,
@@ -308,8 +346,9 @@ impl RateLimiter {
         };
         let quota = Quota::new(limit, limits.period_secs.saturating_mul(1000));
         let key = format!(
-            "{}{class_name}:{}:{}",
+            "{}{}:{}:{}",
             inner.key_prefix,
+            class.name,
             charge.tier.as_str(),
             charge.key
         );
@@ -317,18 +356,13 @@ impl RateLimiter {
             Some(decision) => (decision, Backend::Redis),
             None => (self.check_local(key, quota), Backend::Local),
         };
-        let outcome = if decision.allowed {
-            "allowed"
-        } else {
-            "limited"
-        };
-        metrics::counter!("liquid_gateway_rate_limit_decisions_total",
-            "tier" => charge.tier.as_str(), "class" => class_name.clone(), "outcome" => outcome, "backend" => backend.as_str())
-        .increment(1);
+        class
+            .decisions(charge.tier, backend, decision.allowed)
+            .increment(1);
         Some(Outcome {
             decision,
             charge,
-            class: class_name,
+            class: class.name.clone(),
             period_secs: limits.period_secs,
             backend,
         })
@@ -457,13 +491,13 @@ pub fn peer_of(request: &Request) -> IpAddr {
 /// Middleware: charges every request to its tier; refuses with 429 or passes and adds the
 /// headers. Runs inside the auth layer, so verified claims are in the extensions.
 pub async fn limit(State(limiter): State<RateLimiter>, request: Request, next: Next) -> Response {
-    let class = limiter.class_of(request.uri().path()).to_owned();
+    let class = limiter.class_of(request.uri().path());
     let charge = limiter.charge(
         request.extensions().get::<Claims>(),
         request.headers(),
         peer_of(&request),
     );
-    let Some(outcome) = limiter.check(&class, charge).await else {
+    let Some(outcome) = limiter.check(class, charge).await else {
         return next.run(request).await;
     };
     if !outcome.decision.allowed {
@@ -538,6 +572,75 @@ mod tests {
                 .allowed
         );
         assert!(!l.check("default", ip).await.unwrap().decision.allowed);
+    }
+
+    /// The value of the decision counter of `class` with these labels in `/metrics`.
+    fn decisions(class: &str, tier: &str, outcome: &str, backend: &str) -> Option<f64> {
+        let wanted = [
+            format!("class=\"{class}\""),
+            format!("tier=\"{tier}\""),
+            format!("outcome=\"{outcome}\""),
+            format!("backend=\"{backend}\""),
+        ];
+        liquid_kit::metrics::handle()
+            .render()
+            .lines()
+            .find(|l| {
+                l.starts_with("liquid_gateway_rate_limit_decisions_total{")
+                    && wanted.iter().all(|w| l.contains(w.as_str()))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn decisions_are_counted_by_tier_class_outcome_and_backend() {
+        let mut s = RateLimitSettings::default();
+        // A class of its own, so tests sharing the process-wide recorder do not add to it.
+        s.classes.insert(
+            "metered".into(),
+            ClassLimits {
+                user: 10,
+                session: 10,
+                ip: 2,
+                period_secs: 900,
+            },
+        );
+        let l = limiter(s);
+        // Every series is there from the start, at zero.
+        assert_eq!(decisions("metered", "user", "limited", "redis"), Some(0.0));
+        assert_eq!(
+            decisions("metered", "session", "allowed", "local"),
+            Some(0.0)
+        );
+        let ip = Charge {
+            tier: Tier::Ip,
+            key: "10.0.0.9".into(),
+        };
+        for _ in 0..3 {
+            l.check("metered", ip.clone()).await.unwrap();
+        }
+        let outcome = l.check("metered", ip).await.unwrap();
+        assert_eq!(&*outcome.class, "metered");
+        assert_eq!(decisions("metered", "ip", "allowed", "local"), Some(2.0));
+        assert_eq!(decisions("metered", "ip", "limited", "local"), Some(2.0));
+        assert_eq!(decisions("metered", "user", "allowed", "local"), Some(0.0));
+        // An unknown class is charged, and counted, as `default`.
+        let before = decisions("default", "ip", "allowed", "local").unwrap_or(0.0);
+        let o = l
+            .check(
+                "nonesuch",
+                Charge {
+                    tier: Tier::Ip,
+                    key: "10.0.0.10".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(&*o.class, "default");
+        assert_eq!(
+            decisions("default", "ip", "allowed", "local"),
+            Some(before + 1.0)
+        );
     }
 
     #[test]
