@@ -18,13 +18,16 @@ struct Up {
 }
 
 impl Up {
-    async fn start(data_dir: &Path, otlp: &str) -> Up {
+    /// `liquid up` started in `dir` as the README's `make run` starts it: on the default data
+    /// directory, `.liquid`, relative to where it runs.
+    async fn start(dir: &Path, otlp: &str) -> Up {
         let bin = liquid_testkit::workspace_binary("liquid").unwrap();
-        let manifest_path = data_dir.join("up.json");
+        let manifest_path = dir.join(".liquid").join("up.json");
         let _ = std::fs::remove_file(&manifest_path);
         let child = Command::new(bin)
-            .args(["up", "--ephemeral-ports", "--data-dir"])
-            .arg(data_dir)
+            .args(["up", "--ephemeral-ports"])
+            .current_dir(dir)
+            .env_remove("LIQUID_DATA_DIR")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -101,6 +101,17 @@ const DEV_ISSUER: &str = "liquid-dev";
 const DEV_AUDIENCE: &str = "liquid";
 const DEV_KEY_FILE: &str = "dev-signing-key.pem";
 
+/// The data directory as an absolute, canonical path, created if missing. The default
+/// (`.liquid`) is relative to where `liquid` runs; services get it absolute, so a path derived
+/// from it (a database file, the pool's mount roots) means the same whatever directory a
+/// component resolves it from.
+pub fn data_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("cannot create the data directory {}", path.display()))?;
+    std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve the data directory {}", path.display()))
+}
+
 fn dev_key(data_dir: &Path) -> anyhow::Result<(liquid_auth::SigningKey, PathBuf)> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;

@@ -131,20 +131,27 @@ async fn main() -> ExitCode {
             data_dir,
             config,
             ephemeral_ports,
-        } => embedded::up(&data_dir, config.as_deref(), ephemeral_ports).await,
+        } => match embedded::data_dir(&data_dir) {
+            Ok(dir) => embedded::up(&dir, config.as_deref(), ephemeral_ports).await,
+            Err(e) => Err(e),
+        },
         Command::Token {
             data_dir,
             scopes,
             ttl,
             sub,
             tenant,
-        } => embedded::token(&data_dir, &scopes, ttl, &sub, tenant.as_deref())
+        } => embedded::data_dir(&data_dir)
+            .and_then(|dir| embedded::token(&dir, &scopes, ttl, &sub, tenant.as_deref()))
             .map(|t| println!("{t}")),
         Command::Migrate {
             data_dir,
             service,
             config,
-        } => embedded::migrate(&data_dir, service.as_deref(), config.as_deref()).await,
+        } => match embedded::data_dir(&data_dir) {
+            Ok(dir) => embedded::migrate(&dir, service.as_deref(), config.as_deref()).await,
+            Err(e) => Err(e),
+        },
         Command::Directives {
             action: DirectivesAction::Verify { dir, json },
         } => match verify_directives(dir.as_deref(), json) {
