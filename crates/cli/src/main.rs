@@ -131,10 +131,13 @@ async fn main() -> ExitCode {
             data_dir,
             config,
             ephemeral_ports,
-        } => match embedded::data_dir(&data_dir) {
-            Ok(dir) => embedded::up(&dir, config.as_deref(), ephemeral_ports).await,
-            Err(e) => Err(e),
-        },
+        } => {
+            async {
+                let dir = embedded::data_dir(&data_dir)?;
+                embedded::up(&dir, config.as_deref(), ephemeral_ports).await
+            }
+            .await
+        }
         Command::Token {
             data_dir,
             scopes,
@@ -148,10 +151,13 @@ async fn main() -> ExitCode {
             data_dir,
             service,
             config,
-        } => match embedded::data_dir(&data_dir) {
-            Ok(dir) => embedded::migrate(&dir, service.as_deref(), config.as_deref()).await,
-            Err(e) => Err(e),
-        },
+        } => {
+            async {
+                let dir = embedded::data_dir(&data_dir)?;
+                embedded::migrate(&dir, service.as_deref(), config.as_deref()).await
+            }
+            .await
+        }
         Command::Directives {
             action: DirectivesAction::Verify { dir, json },
         } => match verify_directives(dir.as_deref(), json) {
