@@ -39,7 +39,7 @@ pub use layer::{
 };
 pub use outbound::{BearerToken, ServiceTokenSource, forward_bearer};
 pub use scope::{Scope, ScopeAction, any_grants, scope_grants, scopes};
-pub use signing::{SigningKey, TokenRequest};
+pub use signing::{SigningKey, TokenRequest, unix_now};
 pub use verifier::{MAX_TOKEN_BYTES, Verifier};
 
 /// The JWKS document types [`SigningKey::jwks`] returns (re-exported from jsonwebtoken).

@@ -7,12 +7,13 @@
 //! HTTP tracing layers do not log them. This module never verifies anything.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use liquid_kit::Secret;
 
 use crate::layer::bearer_from_headers;
+use crate::signing::unix_now;
 use crate::{AuthError, SigningKey, TokenRequest};
 
 /// A raw bearer token (the caller's, as the auth layer found it, or a minted one). Debug output
@@ -110,13 +111,6 @@ impl std::fmt::Debug for ServiceTokenSource {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 impl ServiceTokenSource {
     /// Mints with `key` what `request` says (build it with [`TokenRequest::service`]). A token
     /// is re-minted when less than a quarter of its lifetime, at most a minute, is left.
@@ -152,7 +146,7 @@ impl ServiceTokenSource {
         };
         let margin = self.inner.refresh_margin.as_secs();
         if let Some(c) = cached.as_ref()
-            && now_secs().saturating_add(margin) < c.exp
+            && unix_now().saturating_add(margin) < c.exp
         {
             return Ok(c.token.clone());
         }

@@ -75,6 +75,12 @@ fn key_error(path: &Path, reason: impl std::fmt::Display) -> AuthError {
     }
 }
 
+/// Seconds since the Unix epoch now: the clock a token's `exp`, `nbf` and `iat` are read
+/// against.
+pub fn unix_now() -> u64 {
+    unix_seconds(SystemTime::now())
+}
+
 fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -31,6 +31,7 @@ use crate::AuthError;
 use crate::claims::{Claims, WireClaims};
 use crate::config::AuthConfig;
 use crate::keys::{self, VerificationKey};
+use crate::signing::unix_now;
 
 /// Longest token accepted; anything longer is refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -477,12 +478,6 @@ impl Verifier {
             .filter_map(|k| k.kid.clone())
             .collect()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn spawn_reloader(shared: &Arc<Shared>, period: Duration) -> DropGuard {

@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{
@@ -37,6 +37,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, Stream, StreamExt};
 use liquid_a2a::pb as a2a;
+use liquid_auth::unix_now;
 use liquid_auth::{Authenticated, BearerToken, Claims, bearer_from_headers, scopes};
 use liquid_kit::error::HasErrorCode;
 use liquid_kit::telemetry::{GrpcTraceInjector, target};
@@ -109,12 +110,6 @@ fn require(caller: &Caller, scope: &str) -> Result<(), Error> {
         .claims
         .require(scope)
         .map_err(|e| error(e.error_code(), e.to_string()))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The display name of a peer key (`container_pool` → `container-pool`).

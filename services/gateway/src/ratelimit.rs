@@ -582,8 +582,7 @@ mod tests {
             format!("outcome=\"{outcome}\""),
             format!("backend=\"{backend}\""),
         ];
-        liquid_kit::metrics::handle()
-            .render()
+        liquid_kit::metrics::render()
             .lines()
             .find(|l| {
                 l.starts_with("liquid_gateway_rate_limit_decisions_total{")

@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
+use liquid_auth::unix_now;
 use liquid_auth::{AuthError, Claims, bearer_from_headers};
 use liquid_bus::{EventBus, Headers};
 use liquid_kit::telemetry::target;
@@ -109,12 +110,6 @@ fn token_at_connect(headers: &HeaderMap) -> Result<Option<String>, AuthError> {
         .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
         .map(str::to_owned);
     Ok(offered)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn expiry_instant(claims: &Claims) -> Instant {
