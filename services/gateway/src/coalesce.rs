@@ -17,8 +17,9 @@
 //! A flight is driven by its own task, not by the first caller: every participant (the one that
 //! started it included) reads the flight's event log from the start and then follows it live,
 //! so a caller that disconnects does not cut off the others, streaming and non-streaming callers
-//! can share one call, and the answer still reaches the cache. A failed flight hands every
-//! participant the same error code and message and caches nothing.
+//! can share one call, and the answer still reaches the cache. The answer is cached before any
+//! participant sees it, so whoever holds an answer finds it cached on every replica. A failed
+//! flight hands every participant the same error code and message and caches nothing.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -444,46 +445,51 @@ async fn drive(
     request: &ChatRequest,
     streaming: bool,
 ) -> Option<SharedFailure> {
-    let response = if streaming {
+    if streaming {
         let mut stream = match inner.upstream.stream(request).await {
             Ok(s) => s,
             Err(error) => return Some(SharedFailure::of(&error)),
         };
-        let mut answer = None;
+        let mut completed = false;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(StreamEvent::Completed { response }) => {
-                    answer = Some(response.clone());
+                    store(inner, cache_key, &response).await;
+                    completed = true;
                     flight.push(StreamEvent::Completed { response });
                 }
                 Ok(event) => flight.push(event),
                 Err(error) => return Some(SharedFailure::of(&error)),
             }
         }
-        match answer {
-            Some(a) => a,
-            None => {
-                return Some(SharedFailure {
-                    provider: "gateway".into(),
-                    code: ErrorCode::Unavailable,
-                    message: "the model stream ended without an answer".into(),
-                });
-            }
+        if !completed {
+            return Some(SharedFailure {
+                provider: "gateway".into(),
+                code: ErrorCode::Unavailable,
+                message: "the model stream ended without an answer".into(),
+            });
         }
     } else {
         match inner.upstream.complete(request).await {
             Ok(response) => {
+                store(inner, cache_key, &response).await;
                 for event in replay(&response) {
                     flight.push(event);
                 }
-                response
             }
             Err(error) => return Some(SharedFailure::of(&error)),
         }
-    };
+    }
+    None
+}
+
+/// Caches a finished answer. It runs before the answer reaches any participant, so a caller
+/// who has the answer finds it cached on every replica (a failed write only costs a later
+/// identical request an upstream call).
+async fn store(inner: &Inner, cache_key: &str, response: &ChatResponse) {
     let ttl = inner.settings.cache_ttl_secs;
     if ttl > 0
-        && let Ok(bytes) = serde_json::to_vec(&response)
+        && let Ok(bytes) = serde_json::to_vec(response)
         && bytes.len() <= inner.settings.max_cached_bytes
         && let Err(error) = inner
             .cache
@@ -492,7 +498,6 @@ async fn drive(
     {
         tracing::debug!(target: target::CACHE, %error, "coalescing cache write failed");
     }
-    None
 }
 
 #[async_trait]
@@ -531,6 +536,7 @@ impl ModelClient for Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use liquid_store::StoreError;
     use std::sync::atomic::AtomicUsize;
 
     /// Counts calls and answers after `gate` opens.
@@ -559,14 +565,53 @@ mod tests {
         }
     }
 
+    /// A shared cache whose writes take a while, as a busy Redis's can.
+    struct SlowWrites(Arc<dyn Cache>);
+
+    #[async_trait]
+    impl Cache for SlowWrites {
+        fn kind(&self) -> &'static str {
+            self.0.kind()
+        }
+        fn prefix(&self) -> &str {
+            self.0.prefix()
+        }
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(key).await
+        }
+        async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.0.set(key, value, ttl).await
+        }
+        async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+            self.0.set_nx(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+            self.0.delete(key).await
+        }
+        async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+            self.0.delete_prefix(prefix).await
+        }
+        async fn incr(&self, key: &str, delta: i64, ttl: Duration) -> Result<i64, StoreError> {
+            self.0.incr(key, delta, ttl).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.0.ping().await
+        }
+    }
+
     async fn coalescer(ttl: u64) -> (Coalescer, Arc<Gated>) {
+        let cache = liquid_store::cache::connect("memory://", "t:")
+            .await
+            .unwrap();
+        coalescer_on(cache, ttl)
+    }
+
+    fn coalescer_on(cache: Arc<dyn Cache>, ttl: u64) -> (Coalescer, Arc<Gated>) {
         let gated = Arc::new(Gated {
             calls: AtomicUsize::new(0),
             gate: tokio::sync::Semaphore::new(0),
         });
-        let cache = liquid_store::cache::connect("memory://", "t:")
-            .await
-            .unwrap();
         let settings = CoalescingSettings {
             cache_ttl_secs: ttl,
             ..CoalescingSettings::default()
@@ -606,6 +651,33 @@ mod tests {
             outcomes.iter().filter(|o| **o == Outcome::Joined).count(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn a_caller_with_the_answer_finds_it_cached_on_every_replica() {
+        let shared: Arc<dyn Cache> = Arc::new(SlowWrites(
+            liquid_store::cache::connect("memory://", "t:")
+                .await
+                .unwrap(),
+        ));
+        let (a, gated_a) = coalescer_on(shared.clone(), 60);
+        let (b, gated_b) = coalescer_on(shared, 60);
+        gated_a.gate.add_permits(10);
+        gated_b.gate.add_permits(10);
+        for (i, streaming) in [false, true].into_iter().enumerate() {
+            let request = ChatRequest::new("offline", format!("question {i}"));
+            let (answer, outcome) = if streaming {
+                let (stream, outcome) = scoped("t", a.stream(&request)).await;
+                (completed(stream.unwrap()).await, outcome)
+            } else {
+                scoped("t", a.complete(&request)).await
+            };
+            assert_eq!(outcome, Some(Outcome::Upstream));
+            let (again, outcome) = scoped("t", b.complete(&request)).await;
+            assert_eq!(outcome, Some(Outcome::Cached), "streaming: {streaming}");
+            assert_eq!(again.unwrap(), answer.unwrap());
+        }
+        assert_eq!(gated_b.calls.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

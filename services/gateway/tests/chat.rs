@@ -617,7 +617,7 @@ async fn identical_concurrent_requests_share_one_upstream_call_per_tenant_and_ar
     assert_eq!(reply["coalesced"], "upstream");
     assert_eq!(reply["text"], "four again");
     let (_, reply, _) = s.chat(&acme, body).await;
-    assert_eq!(reply["coalesced"], "cached");
+    assert_eq!(reply["coalesced"], "cached", "{reply}");
     assert_eq!(reply["text"], "four again");
     assert_eq!(s.openai.request_count(), 3);
 }
