@@ -22,9 +22,12 @@
 //! `EDGE_WS_CONNECTIONS` sets N (default 15000; the process file limit is 20000),
 //! `EDGE_WRK_CONNECTIONS` the connections of wrk and of the open-loop generator (default 64),
 //! `EDGE_OPEN_SECS` each open-loop run's measured seconds (default 10, after 2 s of warm-up),
+//! `EDGE_OPEN_RATE` the open-loop rate in requests/s (default half the closed-loop gateway+Redis
+//! maximum; a fixed rate compares two builds back to back),
 //! `EDGE_SERVER_THREADS` the servers' tokio worker threads (default one per core, as deployed),
-//! `EDGE_PIN=1` pins the servers' threads to CPU 0 and wrk and the generator to CPU 1
-//! (`taskset`; redis-server stays where the scheduler puts it), `EDGE_ONLY` one section
+//! `EDGE_PIN=1` pins the system under test (the servers' threads, and redis-server when it is a
+//! process of this machine) to CPU 0 and wrk and the generator to CPU 1 (`taskset`), so the load
+//! does not compete with what it measures, `EDGE_ONLY` one section
 //! (`http`, `broadcast`, `ws`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -114,9 +117,75 @@ fn pin_thread(cpu: usize) {
     assert!(status.success(), "taskset -pc {cpu} {tid} failed");
 }
 
-/// `EDGE_PIN=1`: the servers on CPU 0, wrk and the load generator on CPU 1.
+/// `EDGE_PIN=1`: the system under test (the servers and redis-server) on CPU 0, wrk and the
+/// load generator on CPU 1, so the load does not take the gateway's CPU.
 fn pinned() -> bool {
     std::env::var("EDGE_PIN").is_ok_and(|v| v == "1")
+}
+
+/// redis-server pinned to CPU 0 beside the servers, for as long as this lives; its own CPU
+/// list again when dropped (the development Redis is shared with the tests).
+struct RedisPin {
+    pid: u32,
+    /// The CPU list it had (`taskset -pc`'s form, e.g. `0,1`).
+    before: String,
+}
+
+impl RedisPin {
+    /// Pins the server behind `redis` when it is a `redis-server` process of this machine:
+    /// Redis reports its pid (`INFO server`), and `/proc/<pid>/comm` must agree (a Redis in a
+    /// container or on another host reports a pid of another namespace). `None` otherwise,
+    /// with the reason printed.
+    async fn new(redis: &TestRedis) -> Option<RedisPin> {
+        let mut conn = redis.connection().await.ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        let pid: Option<u32> = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|v| v.trim().parse().ok());
+        let local = pid.filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "redis-server")
+        });
+        let Some(pid) = local else {
+            println!("(EDGE_PIN: redis-server is not a process of this machine; left unpinned)");
+            return None;
+        };
+        // The list it has now: this thread's own count of CPUs would be 1 once pinned.
+        let current = Command::new("taskset")
+            .args(["-pc", &pid.to_string()])
+            .output()
+            .ok()?;
+        let before = String::from_utf8_lossy(&current.stdout)
+            .rsplit(':')
+            .next()?
+            .trim()
+            .to_owned();
+        taskset_all(pid, "0").then_some(RedisPin { pid, before })
+    }
+}
+
+impl Drop for RedisPin {
+    fn drop(&mut self) {
+        taskset_all(self.pid, &self.before);
+    }
+}
+
+/// Sets the CPU list of every thread of `pid`; false (printed) when `taskset` refuses.
+fn taskset_all(pid: u32, cpus: &str) -> bool {
+    let ok = Command::new("taskset")
+        .args(["-a", "-pc", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!("(EDGE_PIN: taskset -a -pc {cpus} {pid} failed; redis-server left as it was)");
+    }
+    ok
 }
 
 fn load_average() -> String {
@@ -206,20 +275,48 @@ fn threads_cpu_ns(names: &[&str]) -> (u64, u64) {
 /// The open-loop generator's threads (its runtime and its pacer).
 const GENERATOR_THREADS: &[&str] = &["edge-client", "edge-pacer"];
 
-/// The machine's busy and total CPU time so far (clock ticks over all CPUs, `/proc/stat`).
-fn machine_ticks() -> (u64, u64) {
+/// CPU time every thread of the machine has run so far, nanoseconds (the first field of each
+/// `/proc/<pid>/task/<tid>/schedstat`, kernel threads included). `/proc/stat`'s ticks are not
+/// used: they charge each tick to whatever runs at that instant, so short bursts between
+/// ticks on an otherwise idle CPU (the pinned layout) went uncounted.
+fn machine_cpu_ns() -> u64 {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for process in processes.flatten() {
+        if !process
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(process.path().join("task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            total += std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The machine's CPUs (`/proc/stat`'s `cpuN` lines: this thread's own affinity may be one CPU).
+fn machine_cpus() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
+    let cpus = stat
         .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let total: u64 = fields.iter().take(8).sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    u64::try_from(cpus).unwrap_or(1).max(1)
 }
 
 /// What one open-loop run calls.
@@ -460,7 +557,7 @@ fn open_loop(
                 };
                 let cpu_before = server_cpu_ns();
                 let generator_before = threads_cpu_ns(GENERATOR_THREADS).0;
-                let machine_before = machine_ticks();
+                let (machine_before, machine_since) = (machine_cpu_ns(), Instant::now());
                 let mut workers = Vec::with_capacity(conns);
                 for mut caller in callers {
                     let (permits, claimed) = (permits.clone(), claimed.clone());
@@ -507,9 +604,8 @@ fn open_loop(
                 let generator = threads_cpu_ns(GENERATOR_THREADS)
                     .0
                     .saturating_sub(generator_before);
-                let machine = machine_ticks();
-                let machine_busy = (machine.0 - machine_before.0) as f64
-                    / (machine.1 - machine_before.1).max(1) as f64;
+                let machine_busy = machine_cpu_ns().saturating_sub(machine_before) as f64
+                    / (machine_since.elapsed().as_nanos() as f64 * machine_cpus() as f64);
                 let measured = (last - due_at(t0, skipped)).as_secs_f64();
                 OpenLoop {
                     rps: (histogram.len() + errors) as f64 / measured,
@@ -529,7 +625,7 @@ fn open_loop(
         .unwrap()
 }
 
-async fn http_section(keys: &Keys, redis: &TestRedis) {
+async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plain: SocketAddr = listener.local_addr().unwrap();
     let app = Router::new().route(
@@ -688,6 +784,12 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    // A fixed rate for comparing two builds back to back: half of each run's own maximum moves
+    // with that run's noise.
+    let fixed_rate: Option<f64> = std::env::var("EDGE_OPEN_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|r: &f64| *r > 0.0);
     let started = load_average();
     let (closed, rate, open) = tokio::task::spawn_blocking(move || {
         let closed = vec![
@@ -701,7 +803,7 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
                 wrk(&full_url, Some(&token), 1, conns, 8),
             ),
         ];
-        let rate = (closed[2].1.rps / 2.0).round();
+        let rate = fixed_rate.unwrap_or((closed[2].1.rps / 2.0).round());
         let mut open = Vec::new();
         for (label, target) in targets {
             let run = open_loop(
@@ -717,10 +819,12 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
     })
     .await
     .unwrap();
-    let placement = if pinned() {
-        "servers pinned to CPU 0, wrk and the generator to CPU 1"
-    } else {
-        "no pinning"
+    let placement = match (pinned(), redis_pinned) {
+        (true, true) => "servers and redis-server pinned to CPU 0, wrk and the generator to CPU 1",
+        (true, false) => {
+            "servers pinned to CPU 0 (redis-server not), wrk and the generator to CPU 1"
+        }
+        (false, _) => "no pinning",
     };
     println!(
         "\n### HTTP, closed loop (servers on {} worker thread(s); wrk -t1 -c{conns} -d8s; {placement}; load average at start {started})\n",
@@ -734,8 +838,13 @@ async fn http_section(keys: &Keys, redis: &TestRedis) {
             w.rps, w.p50, w.p99, w.load
         );
     }
+    let chosen = if fixed_rate.is_some() {
+        "fixed by EDGE_OPEN_RATE"
+    } else {
+        "half the gateway+Redis maximum"
+    };
     println!(
-        "\n### HTTP, open loop at {rate:.0} requests/s (half the gateway+Redis maximum; {conns} connections; {open_secs} s measured after 2 s; latency from the scheduled send time)\n"
+        "\n### HTTP, open loop at {rate:.0} requests/s ({chosen}; {conns} connections; {open_secs} s measured after 2 s; latency from the scheduled send time)\n"
     );
     println!(
         "| route | answered/s | errors | p50 | p90 | p99 | p99.9 | max | server CPU per request | servers busy (cores) | server waited for a CPU, per request | generator busy (cores) | machine busy | load average after |"
@@ -1025,9 +1134,14 @@ fn main() {
         .build()
         .unwrap();
     let redis = server_rt.block_on(TestRedis::new()).unwrap();
+    let redis_pin = if pinned() {
+        server_rt.block_on(RedisPin::new(&redis))
+    } else {
+        None
+    };
     let only = std::env::var("EDGE_ONLY").unwrap_or_default();
     if only.is_empty() || only == "http" {
-        server_rt.block_on(http_section(&keys, &redis));
+        server_rt.block_on(http_section(&keys, &redis, redis_pin.is_some()));
     }
     if only.is_empty() || only == "broadcast" {
         server_rt.block_on(broadcast_section(&keys));
