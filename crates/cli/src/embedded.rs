@@ -104,17 +104,17 @@ const DEV_KEY_FILE: &str = "dev-signing-key.pem";
 /// The data directory as an absolute, canonical path, created if missing. The default
 /// (`.liquid`) is relative to where `liquid` runs; services get it absolute, so a path derived
 /// from it (a database file, the pool's mount roots) means the same whatever directory a
-/// component resolves it from.
-pub fn data_dir(path: &Path) -> anyhow::Result<PathBuf> {
+/// component resolves it from. Each command (`up`, `token`, `migrate`) resolves it first.
+fn resolve_data_dir(path: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(path)
         .with_context(|| format!("cannot create the data directory {}", path.display()))?;
     std::fs::canonicalize(path)
         .with_context(|| format!("cannot resolve the data directory {}", path.display()))
 }
 
+/// The dev signing key in `data_dir` (made when missing) and its public half's file; the
+/// directory exists ([`resolve_data_dir`]).
 fn dev_key(data_dir: &Path) -> anyhow::Result<(liquid_auth::SigningKey, PathBuf)> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let path = data_dir.join(DEV_KEY_FILE);
     let key = liquid_auth::SigningKey::load_or_generate(&path)
         .with_context(|| format!("dev signing key {}", path.display()))?;
@@ -187,6 +187,7 @@ struct UpService {
 
 /// `liquid up`.
 pub async fn up(data_dir: &Path, file: Option<&Path>, ephemeral_ports: bool) -> anyhow::Result<()> {
+    let data_dir = &resolve_data_dir(data_dir)?;
     let (key, public) = dev_key(data_dir)?;
     let telemetry_cfg = embedded_config::<<liquid_gateway::Gateway as Service>::Settings>(
         &liquid_gateway::SERVICE,
@@ -315,6 +316,7 @@ pub fn token(
     sub: &str,
     tenant: Option<&str>,
 ) -> anyhow::Result<String> {
+    let data_dir = &resolve_data_dir(data_dir)?;
     let (key, _) = dev_key(data_dir)?;
     let scopes: Vec<&str> = scopes.split([' ', ',']).filter(|s| !s.is_empty()).collect();
     let request = liquid_auth::TokenRequest::user(sub, scopes)
@@ -331,6 +333,7 @@ pub async fn migrate(
     only: Option<&str>,
     file: Option<&Path>,
 ) -> anyhow::Result<()> {
+    let data_dir = &resolve_data_dir(data_dir)?;
     let (_, public) = dev_key(data_dir)?;
     let mut matched = false;
     for service in services() {

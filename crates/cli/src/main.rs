@@ -131,33 +131,20 @@ async fn main() -> ExitCode {
             data_dir,
             config,
             ephemeral_ports,
-        } => {
-            async {
-                let dir = embedded::data_dir(&data_dir)?;
-                embedded::up(&dir, config.as_deref(), ephemeral_ports).await
-            }
-            .await
-        }
+        } => embedded::up(&data_dir, config.as_deref(), ephemeral_ports).await,
         Command::Token {
             data_dir,
             scopes,
             ttl,
             sub,
             tenant,
-        } => embedded::data_dir(&data_dir)
-            .and_then(|dir| embedded::token(&dir, &scopes, ttl, &sub, tenant.as_deref()))
+        } => embedded::token(&data_dir, &scopes, ttl, &sub, tenant.as_deref())
             .map(|t| println!("{t}")),
         Command::Migrate {
             data_dir,
             service,
             config,
-        } => {
-            async {
-                let dir = embedded::data_dir(&data_dir)?;
-                embedded::migrate(&dir, service.as_deref(), config.as_deref()).await
-            }
-            .await
-        }
+        } => embedded::migrate(&data_dir, service.as_deref(), config.as_deref()).await,
         Command::Directives {
             action: DirectivesAction::Verify { dir, json },
         } => match verify_directives(dir.as_deref(), json) {
