@@ -179,9 +179,11 @@ impl RateLimiter {
             None
         } else {
             let url = settings.redis_url.expose();
-            let client = redis::Client::open(url.as_str()).map_err(|e| GatewayError::Config {
-                key: "rate_limit.redis_url",
-                reason: e.to_string(),
+            let client = liquid_store::cache::redis_client(url.as_str()).map_err(|e| {
+                GatewayError::Config {
+                    key: "rate_limit.redis_url",
+                    reason: e.to_string(),
+                }
             })?;
             let timeout = Duration::from_millis(settings.redis_timeout_ms);
             // No response timeout in the driver: `check_shared` bounds the whole call

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 pub use self::memory::MemoryCache;
-pub use self::redis::RedisCache;
+pub use self::redis::{RedisCache, client as redis_client};
 use crate::StoreError;
 
 /// What [`connect`] accepts, for error messages.

@@ -9,13 +9,28 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use liquid_kit::secret::redact_url;
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::TcpSettings;
 
 use super::{Cache, CacheConfig, ttl_millis};
 use crate::StoreError;
 
 /// Keys asked for per SCAN round trip (a hint to the server, not a limit).
 const SCAN_BATCH: usize = 500;
+
+/// A Redis client for `url` whose TCP connections set `TCP_NODELAY`.
+///
+/// redis-rs leaves Nagle's algorithm on, so on a shared multiplexed connection a command written
+/// while an earlier one is still unanswered waits in the kernel until Redis's reply brings the
+/// ACK: one extra round trip for every request that arrives during a burst. Every Redis client
+/// of the platform is made here.
+pub fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
+}
 
 /// The Redis cache.
 pub struct RedisCache {
@@ -27,7 +42,7 @@ impl RedisCache {
     /// Connects the shared connection and checks that the server answers `PING`.
     pub async fn connect(config: &CacheConfig) -> Result<RedisCache, StoreError> {
         let url = config.url.as_str();
-        let client = redis::Client::open(url).map_err(|e| StoreError::InvalidUrl {
+        let client = client(url).map_err(|e| StoreError::InvalidUrl {
             role: "cache",
             url: redact_url(url),
             reason: e.to_string(),
@@ -229,5 +244,16 @@ mod tests {
     fn glob_metacharacters_match_literally() {
         assert_eq!(escape_glob("t:abc:"), "t:abc:");
         assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn clients_turn_nagle_off_and_keep_the_url() {
+        let made = client("redis://:pw@127.0.0.1:6390/3").unwrap();
+        let info = made.get_connection_info();
+        assert!(info.tcp_settings().nodelay());
+        assert_eq!(info.addr().to_string(), "127.0.0.1:6390");
+        assert_eq!(info.redis_settings().db(), 3);
+        assert_eq!(info.redis_settings().password(), Some("pw"));
+        assert!(client("http://nope").is_err());
     }
 }
