@@ -24,6 +24,8 @@
 //! `EDGE_OPEN_SECS` each open-loop run's measured seconds (default 10, after 2 s of warm-up),
 //! `EDGE_OPEN_RATE` the open-loop rate in requests/s (default half the closed-loop gateway+Redis
 //! maximum; a fixed rate compares two builds back to back),
+//! `EDGE_ROUNDS` how many times the plain route and the full edge then run alternately at
+//! the open-loop rate (default 5; the added latency is reported per round and as the median),
 //! `EDGE_SERVER_THREADS` the servers' tokio worker threads (default one per core, as deployed),
 //! `EDGE_PIN=1` pins the system under test (the servers' threads, and redis-server when it is a
 //! process of this machine) to CPU 0 and wrk and the generator to CPU 1 (`taskset`), so the load
@@ -790,8 +792,13 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|r: &f64| *r > 0.0);
+    let rounds: usize = std::env::var("EDGE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let paired_targets = (targets[0].1.clone(), targets[3].1.clone());
     let started = load_average();
-    let (closed, rate, open) = tokio::task::spawn_blocking(move || {
+    let (closed, rate, open, paired) = tokio::task::spawn_blocking(move || {
         let closed = vec![
             ("plain axum route", wrk(&plain_url, None, 1, conns, 8)),
             (
@@ -815,7 +822,24 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
             );
             open.push((label, run));
         }
-        (closed, rate, open)
+        // The plain route and the full edge alternately, so each pair shares the machine's
+        // state of that minute: a VM stall lands in one row of one pair, not in the verdict.
+        let (plain, full) = paired_targets;
+        let paired: Vec<(OpenLoop, OpenLoop)> = (0..rounds)
+            .map(|_| {
+                let run = |target: &Target| {
+                    open_loop(
+                        target.clone(),
+                        rate,
+                        conns as usize,
+                        Duration::from_secs(2),
+                        Duration::from_secs(open_secs),
+                    )
+                };
+                (run(&plain), run(&full))
+            })
+            .collect();
+        (closed, rate, open, paired)
     })
     .await
     .unwrap();
@@ -879,8 +903,53 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
             r.ms(0.99) - again.ms(0.99),
         );
     }
+    print_paired(&paired);
     std::mem::forget(jwt);
     std::mem::forget(full);
+}
+
+/// The paired rounds: each round's plain route and full edge at the same rate, the added
+/// latency per round, and the median over the rounds (the middle round for an odd count).
+fn print_paired(paired: &[(OpenLoop, OpenLoop)]) {
+    if paired.is_empty() {
+        return;
+    }
+    println!(
+        "\n### Paired rounds at the same rate: plain axum route, then gateway: JWT + Redis GCRA ({} rounds)\n",
+        paired.len()
+    );
+    println!(
+        "| round | plain p50 | plain p99 | edge p50 | edge p99 | added p50 | added p99 | edge: servers' CPU per request | machine busy |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut added_p50 = Vec::new();
+    let mut added_p99 = Vec::new();
+    for (i, (plain, edge)) in paired.iter().enumerate() {
+        let p50 = edge.ms(0.5) - plain.ms(0.5);
+        let p99 = edge.ms(0.99) - plain.ms(0.99);
+        added_p50.push(p50);
+        added_p99.push(p99);
+        println!(
+            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {p50:+.3} ms | {p99:+.3} ms | {:.1} µs | {:.0}% |",
+            i + 1,
+            plain.ms(0.5),
+            plain.ms(0.99),
+            edge.ms(0.5),
+            edge.ms(0.99),
+            edge.server_cpu_us,
+            edge.machine_busy * 100.0,
+        );
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    println!(
+        "\nmedian over {} rounds: added p50 {:+.3} ms, added p99 {:+.3} ms",
+        paired.len(),
+        median(&mut added_p50),
+        median(&mut added_p99),
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
