@@ -247,7 +247,9 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         Some(state) => open.route("/graphql", get(graphql::subscribe).with_state(state)),
         None => open,
     };
-    let router = verified.merge(open);
+    let router = verified
+        .merge(open)
+        .layer(axum::middleware::from_fn(proxy::refuse_ambiguous_paths));
     Ok(match cors(&settings.cors) {
         Some(layer) => router.layer(layer),
         None => router,

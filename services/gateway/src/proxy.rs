@@ -4,7 +4,17 @@
 //! and trace context passed on so the service verifies the caller again and one request is
 //! one trace.
 //!
-//! Request bodies are read whole (up to `routing.max_body_bytes`, else 413) so a retried call
+//! A request path with a `.`/`..` segment (raw or percent-encoded), an encoded slash or a
+//! backslash is refused with 400 (`invalid_argument`, `details.reason` from
+//! [`PathRefusal::reason`]) by [`refuse_ambiguous_paths`], which the service wraps around all
+//! its routes so it runs before authentication and the rate limit; [`forward`] checks again so
+//! the upstream URL is never built from such a path whatever the composition.
+//!
+//! Public paths outside the forwarded prefixes ([`public_router`]) answer `GET` and `HEAD` only
+//! (405 otherwise), as the auth layer lets only reads of them through without a token.
+//!
+//! Request bodies are read whole (up to `routing.max_body_bytes`, else 413; a body that cannot
+//! be read to its end, a client gone or a broken chunked encoding, is 400) so a retried call
 //! sends the same bytes; responses stream back as they come (SSE included). The deadline
 //! covers the wait for the response head; a streaming body may run longer. A call that failed
 //! to connect never reached the service, so it is retried whatever its method; a call that got
@@ -17,6 +27,11 @@
 //! sent, unless the TCP peer is a trusted proxy (`rate_limit.trusted_proxies`) that set them;
 //! `X-Forwarded-For` gets the peer appended. An untrusted client's `Forwarded` header is
 //! dropped for the same reason.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) are not passed on in either direction: the fixed set
+//! (`Connection`, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
+//! `Proxy-Authorization`, `Proxy-Authenticate`, `Proxy-Connection`) and every header the
+//! message's own `Connection` header names.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -26,9 +41,11 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
-use futures_util::TryStreamExt;
+use axum::routing::{any, get};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use liquid_kit::telemetry::target;
 use liquid_kit::{ApiError, ErrorCode};
@@ -38,7 +55,8 @@ use tracing::Instrument;
 use crate::config::RoutingSettings;
 use crate::domain::breaker::{Admission, Breaker, BreakerConfig};
 use crate::domain::routing::{
-    Alias, backoff_ms, counts_as_failure, is_idempotent, resolve, retryable_status,
+    Alias, PathRefusal, backoff_ms, check_path, counts_as_failure, is_idempotent, resolve,
+    retryable_status,
 };
 use crate::domain::tier::Cidr;
 use crate::ratelimit::peer_of;
@@ -137,7 +155,8 @@ pub fn router(upstreams: Upstreams) -> Router {
 
 /// The forwarded paths served without a token (`routing.public_paths`) outside the prefixes
 /// [`router`] serves; public paths under those go through [`router`]'s routes, whose auth
-/// middleware lets them pass (see [`crate::auth::authenticate`]).
+/// middleware lets them pass (see [`crate::auth::authenticate`]). Only `GET` and `HEAD` are
+/// forwarded (what the auth layer exempts); other methods get 405 and never reach the service.
 pub fn public_router(upstreams: Upstreams) -> Router {
     let own: std::collections::BTreeSet<&String> = upstreams
         .inner
@@ -148,26 +167,43 @@ pub fn public_router(upstreams: Upstreams) -> Router {
         .collect();
     let mut router = Router::new();
     for path in own {
-        router = router.route(path, any(forward));
+        router = router.route(path, get(forward));
     }
     router.with_state(upstreams)
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Headers never copied from one hop to the next: the hop-by-hop ones (RFC 9110 §7.6.1), and
+/// `Host` and `Content-Length`, which the client sets for the next hop itself.
+const NOT_FORWARDED: [HeaderName; 9] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
     header::HOST,
     header::CONTENT_LENGTH,
 ];
 
+/// Whether `name` is listed in one of the message's `Connection` headers (comma-separated
+/// field names, any case).
+fn named_by_connection(from: &HeaderMap, name: &HeaderName) -> bool {
+    from.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|listed| listed.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
+/// Copies the end-to-end headers of `from` into `to`.
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    let has_connection = from.contains_key(header::CONNECTION);
     for (name, value) in from {
-        if !HOP_BY_HOP.contains(name)
+        if !NOT_FORWARDED.contains(name)
             && name.as_str() != "keep-alive"
             && name.as_str() != "proxy-connection"
+            && !(has_connection && named_by_connection(from, name))
         {
             to.append(name.clone(), value.clone());
         }
@@ -216,6 +252,24 @@ fn error(code: ErrorCode, message: String) -> Response {
     ApiError::new(code, message).into_response()
 }
 
+fn path_refused(refusal: PathRefusal) -> Response {
+    ApiError::new(ErrorCode::InvalidArgument, refusal.message())
+        .with_details(serde_json::json!({"reason": refusal.reason()}))
+        .into_response()
+}
+
+/// Middleware: refuses a request whose path [`check_path`] refuses, with 400 before anything
+/// inside it (authentication, the rate limit's classification, routing) reads the path.
+pub async fn refuse_ambiguous_paths(request: Request, next: Next) -> Response {
+    match check_path(request.uri().path()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            tracing::info!(target: target::SECURITY, path = request.uri().path(), reason = refusal.reason(), "request path refused");
+            path_refused(refusal)
+        }
+    }
+}
+
 /// Resets a half-open breaker whose probe was dropped before it answered.
 struct ProbeGuard<'a> {
     upstreams: &'a Upstreams,
@@ -235,6 +289,9 @@ impl Drop for ProbeGuard<'_> {
 async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Response {
     let inner = &upstreams.inner;
     let path = request.uri().path().to_owned();
+    if let Err(refusal) = check_path(&path) {
+        return path_refused(refusal);
+    }
     let Some(service) = resolve(&path, &inner.aliases) else {
         return error(
             ErrorCode::NotFound,
@@ -266,9 +323,18 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
     }
     let peer_ip = peer_of(&request);
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, limit).await {
+    let body = match read_body(body, limit).await {
         Ok(b) => b,
-        Err(_) => return too_large(limit),
+        Err(BodyRead::TooLarge) => return too_large(limit),
+        Err(BodyRead::Failed(e)) => {
+            tracing::info!(target: target::HTTP, %service, error = %e, "request body unreadable");
+            return ApiError::new(
+                ErrorCode::InvalidArgument,
+                "the request body could not be read to its end (the connection closed or the chunked encoding is broken); send the request again",
+            )
+            .with_details(serde_json::json!({"reason": "body_unreadable"}))
+            .into_response();
+        }
     };
     let admission = upstreams.with_breaker(&service, |b| b.admit(Instant::now()));
     if let Admission::Refuse(wait) = admission {
@@ -325,14 +391,15 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
         if !retry {
             break result;
         }
-        metrics::counter!("liquid_gateway_upstream_retries_total", "upstream" => service.clone())
-            .increment(1);
         let wait = Duration::from_millis(backoff_ms(inner.settings.retry_backoff_ms, attempt));
         if tokio::time::Instant::now() + wait >= deadline {
             break result;
         }
         tracing::debug!(target: target::HTTP, %service, attempt, "retrying upstream call");
         tokio::time::sleep(wait).await;
+        // Counted here, as the retry is sent next: not for retries the deadline left no room for.
+        metrics::counter!("liquid_gateway_upstream_retries_total", "upstream" => service.clone())
+            .increment(1);
     };
     guard.armed = false;
     let elapsed = started.elapsed().as_secs_f64();
@@ -390,6 +457,34 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
     }
 }
 
+/// Why a request body was not read whole.
+enum BodyRead {
+    /// It is longer than the limit.
+    TooLarge,
+    /// Reading it failed (the client went away, a malformed chunked body).
+    Failed(axum::Error),
+}
+
+/// The whole body, up to `limit` bytes. A body of one frame is returned without copying.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyRead> {
+    let mut frames = body.into_data_stream();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = frames.next().await {
+        let chunk = chunk.map_err(BodyRead::Failed)?;
+        total = total.saturating_add(chunk.len());
+        if total > limit {
+            return Err(BodyRead::TooLarge);
+        }
+        chunks.push(chunk);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
+}
+
 fn too_large(limit: usize) -> Response {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
@@ -416,6 +511,105 @@ mod tests {
         assert!(to.get(header::HOST).is_none());
         assert_eq!(to[header::AUTHORIZATION], "Bearer x");
         assert_eq!(to["x-request-id"], "r1");
+    }
+
+    #[test]
+    fn headers_named_by_connection_and_proxy_credentials_are_not_forwarded() {
+        let mut from = HeaderMap::new();
+        from.append(header::CONNECTION, "close, X-Hop".parse().unwrap());
+        from.append(header::CONNECTION, " x-other-hop ".parse().unwrap());
+        from.insert("x-hop", "1".parse().unwrap());
+        from.insert("x-other-hop", "2".parse().unwrap());
+        from.insert(
+            header::PROXY_AUTHORIZATION,
+            "Basic Zm9vOmJhcg==".parse().unwrap(),
+        );
+        from.insert(
+            header::PROXY_AUTHENTICATE,
+            "Basic realm=edge".parse().unwrap(),
+        );
+        from.insert("keep-alive", "timeout=5".parse().unwrap());
+        from.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        from.insert("x-end-to-end", "3".parse().unwrap());
+        let mut to = HeaderMap::new();
+        copy_headers(&from, &mut to);
+        let kept: Vec<&str> = to.keys().map(HeaderName::as_str).collect();
+        assert_eq!(kept, ["authorization", "x-end-to-end"]);
+    }
+
+    fn unreachable_upstreams() -> Upstreams {
+        let peers = BTreeMap::from([(
+            "cowork".to_owned(),
+            Peer {
+                // Nothing listens on port 1: a call that got this far would answer 503.
+                http: "http://127.0.0.1:1".into(),
+                grpc: String::new(),
+            },
+        )]);
+        let settings = RoutingSettings {
+            retries: 0,
+            ..RoutingSettings::default()
+        };
+        Upstreams::new(Arc::new(peers), &settings, Vec::new())
+    }
+
+    async fn answer(response: Response) -> (u16, serde_json::Value) {
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_is_a_bad_request_not_too_large() {
+        use tower::ServiceExt;
+        let frames = futures_util::stream::iter([
+            Ok(Bytes::from_static(b"{\"partial\":")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "client went away",
+            )),
+        ]);
+        let request = Request::post("/api/v1/cowork/sessions")
+            .body(Body::from_stream(frames))
+            .unwrap();
+        let response = router(unreachable_upstreams())
+            .oneshot(request)
+            .await
+            .unwrap();
+        let (status, body) = answer(response).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"]["code"], "invalid_argument");
+        assert_eq!(body["error"]["details"]["reason"], "body_unreadable");
+
+        let request = Request::post("/api/v1/cowork/sessions")
+            .body(Body::from(vec![b'x'; 2 * 1024 * 1024 + 1]))
+            .unwrap();
+        let response = router(unreachable_upstreams())
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(answer(response).await.0, 413);
+    }
+
+    #[tokio::test]
+    async fn the_proxy_never_builds_an_upstream_url_from_a_dot_segment_path() {
+        use tower::ServiceExt;
+        for path in [
+            "/api/v1/cowork/%2e%2e/%2e%2e/metrics",
+            "/api/v1/cowork/x/.%2E/sessions",
+            "/api/v1/cowork/a%2Fb",
+        ] {
+            let request = Request::get(path).body(Body::empty()).unwrap();
+            let response = router(unreachable_upstreams())
+                .oneshot(request)
+                .await
+                .unwrap();
+            let (status, body) = answer(response).await;
+            assert_eq!(status, 400, "{path}");
+            assert_eq!(body["error"]["code"], "invalid_argument", "{path}");
+        }
     }
 
     #[test]

@@ -752,3 +752,162 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
     assert!(!r.headers().contains_key("access-control-allow-origin"));
     gw.running.stop().await.unwrap();
 }
+
+/// Sends `GET target` as written, byte for byte (reqwest would resolve its dot segments before
+/// sending), and returns the status and the JSON body (`Null` when there is none).
+async fn raw_get(base: &str, target: &str, token: Option<&str>) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET {target} HTTP/1.1\r\nhost: {host}\r\n{auth}connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = response.parse(&raw).unwrap() else {
+        panic!("incomplete response to {target}");
+    };
+    let body = serde_json::from_slice(&raw[head..]).unwrap_or(Value::Null);
+    (response.code.unwrap(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_with_dot_segments_or_encoded_separators_are_refused_before_any_service_sees_them() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    let gw = start(&cfg).await;
+    let token = keys.token("bob", "acme", &["admin:*"]);
+
+    for target in [
+        "/api/v1/cowork/%2e%2e/%2e%2e/metrics",
+        "/api/v1/cowork/%2E%2E/%2E%2E/metrics",
+        "/api/v1/cowork/.%2e/.%2e/metrics",
+        "/api/v1/cowork/%2e./%2e./metrics",
+        "/api/v1/cowork/../../metrics",
+        "/api/v1/cowork/x/%2e%2e/sessions",
+        "/api/v1/cowork/./sessions",
+        "/api/v1/sandbox/..%2f..%2fmetrics",
+        "/api/v1/cowork/a%5Cb",
+        "/api/v1/cowork/..\\metrics",
+        "/agents/%2e%2e/.well-known/agent-card.json",
+    ] {
+        // With a valid token, and without one: refused before authentication too.
+        for token in [Some(token.as_str()), None] {
+            let (status, body) = raw_get(&gw.base, target, token).await;
+            assert_eq!(status, 400, "{target} (token: {})", token.is_some());
+            assert_eq!(body["error"]["code"], "invalid_argument", "{target}");
+            assert!(
+                body["error"]["details"]["reason"].is_string(),
+                "{target}: {body}"
+            );
+        }
+    }
+    assert_eq!(
+        upstream.total_hits(),
+        0,
+        "no refused path reached a service"
+    );
+
+    // The same request, written plainly, is forwarded; dots inside a segment are ordinary.
+    let (status, body) = raw_get(&gw.base, "/api/v1/cowork/file%2etxt", Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["path"], "/api/v1/cowork/file%2etxt");
+    gw.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_discovery_paths_are_read_only() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    let gw = start(&cfg).await;
+    let http = reqwest::Client::new();
+    let token = keys.token("bob", "acme", &["admin:*"]);
+    let card = format!("{}/.well-known/agent-card.json", gw.base);
+
+    for method in [http::Method::POST, http::Method::PUT, http::Method::DELETE] {
+        let r = http
+            .request(method.clone(), &card)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} without a token");
+        let r = http
+            .request(method.clone(), &card)
+            .bearer_auth(&token)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} with a token");
+    }
+    assert_eq!(upstream.hits("/.well-known/agent-card.json"), 0);
+
+    let r = http.get(&card).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a read needs no token");
+    let r = http.head(&card).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(upstream.hits("/.well-known/agent-card.json"), 2);
+    gw.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_retries_actually_sent_are_counted() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let mut cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    cfg.settings.routing.retries = 2;
+    cfg.settings.routing.retry_backoff_ms = 1_500;
+    // healer's deadline leaves no room for the back-off; media's does.
+    cfg.settings
+        .routing
+        .service_timeout_secs
+        .insert("healer".into(), 1);
+    let gw = start(&cfg).await;
+    let http = reqwest::Client::new();
+    let token = keys.token("bob", "acme", &["admin:*"]);
+
+    let r = http
+        .get(format!("{}/api/v1/healer/fail/1/x", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "no time left for a retry");
+    assert_eq!(upstream.hits("/api/v1/healer/fail/1/x"), 1);
+    let r = http
+        .get(format!("{}/api/v1/media/fail/1/x", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "retried once");
+    assert_eq!(upstream.hits("/api/v1/media/fail/1/x"), 2);
+
+    let metrics = http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retries = |service: &str| -> f64 {
+        let label = format!("upstream=\"{service}\"");
+        metrics
+            .lines()
+            .find(|l| l.starts_with("liquid_gateway_upstream_retries_total") && l.contains(&label))
+            .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    assert_eq!(retries("healer"), 0.0, "a retry the deadline prevented");
+    assert_eq!(retries("media"), 1.0);
+    gw.running.stop().await.unwrap();
+}

@@ -7,6 +7,15 @@
 //! `/api/v1/<service>` rule, so `/api/v1/sandbox` is cowork's even though no service is named
 //! `sandbox`.
 //!
+//! A path is routed only when the service sees the same path the gateway judged: a `.` or `..`
+//! segment, raw or percent-encoded (`%2e`, any case), would be resolved away by the URL parser
+//! that builds the upstream URL (WHATWG URL, the `url` crate under reqwest), so
+//! `/api/v1/cowork/%2e%2e/%2e%2e/metrics` would reach cowork's `/metrics` while the gateway's
+//! auth and rate-limit class saw an `/api/v1/cowork` path; an encoded slash (`%2f`) or a
+//! backslash (raw or `%5c`, which URL parsers and some servers treat as `/`) would split
+//! segments differently behind the gateway. [`check_path`] refuses those before anything
+//! routes or classifies by path.
+//!
 //! A call is retried only when repeating it cannot do something twice: safe and idempotent
 //! methods (RFC 9110 §9.2.2), or a POST/PATCH carrying an `Idempotency-Key` the service honours.
 
@@ -53,6 +62,75 @@ pub fn resolve(path: &str, aliases: &[Alias]) -> Option<String> {
         }
     };
     (key != "gateway").then_some(key)
+}
+
+/// Why a request path is refused before routing (see the module comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathRefusal {
+    /// A `.` or `..` segment, raw or percent-encoded.
+    DotSegment,
+    /// A percent-encoded slash (`%2f`).
+    EncodedSlash,
+    /// A backslash, raw or percent-encoded (`%5c`).
+    Backslash,
+}
+
+impl PathRefusal {
+    /// The stable reason clients can match (`details.reason` of the refusal).
+    pub fn reason(self) -> &'static str {
+        match self {
+            PathRefusal::DotSegment => "dot_segment",
+            PathRefusal::EncodedSlash => "encoded_slash",
+            PathRefusal::Backslash => "backslash",
+        }
+    }
+
+    /// What the caller should do.
+    pub fn message(self) -> &'static str {
+        match self {
+            PathRefusal::DotSegment => {
+                "the request path has a `.` or `..` segment (raw or percent-encoded); send the path with those segments resolved"
+            }
+            PathRefusal::EncodedSlash => {
+                "the request path has an encoded slash (`%2f`); send path segments without encoded slashes"
+            }
+            PathRefusal::Backslash => {
+                "the request path has a backslash (raw or `%5c`); use `/` between path segments and no backslash inside them"
+            }
+        }
+    }
+}
+
+/// True for a segment that URL resolution treats as `.` or `..` (WHATWG URL's single- and
+/// double-dot segments: `.`, `%2e`, `..`, `.%2e`, `%2e.`, `%2e%2e`, any case).
+fn is_dot_segment(segment: &str) -> bool {
+    segment.len() <= 6
+        && [".", "%2e", "..", ".%2e", "%2e.", "%2e%2e"]
+            .iter()
+            .any(|dot| segment.eq_ignore_ascii_case(dot))
+}
+
+/// Whether `path` (the raw, still percent-encoded path of a request) can be routed as it is:
+/// no dot segment, no encoded slash, no backslash. Pure; the edge answers the refusal with 400.
+pub fn check_path(path: &str) -> Result<(), PathRefusal> {
+    if path.contains('\\') {
+        return Err(PathRefusal::Backslash);
+    }
+    if path.split('/').any(is_dot_segment) {
+        return Err(PathRefusal::DotSegment);
+    }
+    let bytes = path.as_bytes();
+    for (i, _) in path.match_indices('%') {
+        match (
+            bytes.get(i + 1),
+            bytes.get(i + 2).map(u8::to_ascii_lowercase),
+        ) {
+            (Some(b'2'), Some(b'f')) => return Err(PathRefusal::EncodedSlash),
+            (Some(b'5'), Some(b'c')) => return Err(PathRefusal::Backslash),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The aliases the platform ships with (the seed's paths and A2A).
@@ -168,6 +246,68 @@ mod tests {
             resolve("/api/v1/sandbox/other", &aliases).as_deref(),
             Some("cowork")
         );
+    }
+
+    #[test]
+    fn dot_segments_raw_or_encoded_are_refused() {
+        for path in [
+            "/api/v1/cowork/../metrics",
+            "/api/v1/cowork/./sessions",
+            "/api/v1/cowork/%2e%2e/%2e%2e/metrics",
+            "/api/v1/cowork/%2E%2E/metrics",
+            "/api/v1/cowork/.%2e/metrics",
+            "/api/v1/cowork/.%2E/metrics",
+            "/api/v1/cowork/%2e./metrics",
+            "/api/v1/cowork/%2E./metrics",
+            "/api/v1/cowork/%2e/sessions",
+            "/api/v1/cowork/x/%2e%2e/sessions",
+            "/api/v1/cowork/..",
+            "/api/v1/cowork/%2e%2E",
+            "/..",
+        ] {
+            assert_eq!(check_path(path), Err(PathRefusal::DotSegment), "{path}");
+        }
+    }
+
+    #[test]
+    fn encoded_slashes_and_backslashes_are_refused() {
+        for path in [
+            "/api/v1/cowork/a%2fb",
+            "/api/v1/cowork/a%2Fb",
+            "/api/v1/cowork/..%2f..%2fmetrics",
+        ] {
+            assert_eq!(check_path(path), Err(PathRefusal::EncodedSlash), "{path}");
+        }
+        for path in [
+            "/api/v1/cowork/a%5cb",
+            "/api/v1/cowork/a%5Cb",
+            "/api/v1/cowork/..\\metrics",
+            "/api/v1/cowork\\x",
+        ] {
+            assert_eq!(check_path(path), Err(PathRefusal::Backslash), "{path}");
+        }
+    }
+
+    #[test]
+    fn ordinary_paths_with_dots_and_escapes_pass() {
+        for path in [
+            "/",
+            "/api/v1/cowork/sessions",
+            "/.well-known/agent-card.json",
+            "/agents/coder/.well-known/agent-card.json",
+            "/api/v1/cowork/file.txt",
+            "/api/v1/cowork/...",
+            "/api/v1/cowork/..a",
+            "/api/v1/cowork/a..",
+            "/api/v1/cowork/file%2etxt",
+            "/api/v1/cowork/%2e%2e%2e",
+            "/api/v1/cowork/a%20b%25",
+            "/api/v1/cowork/%",
+            "/api/v1/cowork/%2",
+            "/api/v1/cowork//x",
+        ] {
+            assert_eq!(check_path(path), Ok(()), "{path}");
+        }
     }
 
     #[test]
