@@ -1,7 +1,9 @@
 //! The gateway's own REST routes: who the caller is (`GET /api/v1/gateway/whoami`), session
-//! tokens for anonymous clients (`POST /api/v1/gateway/sessions`), and publishing to a
-//! WebSocket channel (`POST /api/v1/gateway/channels/{channel}/messages`, scope
-//! `gateway:write`, tenant channels of the caller's tenant).
+//! tokens for anonymous clients (`POST /api/v1/gateway/sessions`, charged to the client
+//! address, never to a session token: see [`crate::ratelimit::limit_session_creation`]), and
+//! publishing to a WebSocket channel (`POST /api/v1/gateway/channels/{channel}/messages`, scope
+//! `gateway:write`, tenant channels of the caller's tenant; platform-wide channels, which every
+//! tenant reads, need `admin:*` as well).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -48,7 +50,7 @@ pub async fn create_session(State(state): State<ApiState>) -> Response {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let expires_at = now + state.session_ttl_secs;
+    let expires_at = now.saturating_add(state.session_ttl_secs);
     let token = state.sessions.sign(&id, expires_at);
     let mut response = (
         StatusCode::CREATED,
@@ -74,7 +76,15 @@ pub struct PublishBody {
     pub data: Value,
 }
 
+/// The `reason` in the details of a refused publish to a platform-wide channel.
+pub const PLATFORM_CHANNEL_REASON: &str = "platform_channel";
+
 /// `POST /api/v1/gateway/channels/{channel}/messages`: broadcasts to every replica.
+///
+/// A tenant channel (`chat:`, `cowork:`, `media:`) reaches the caller's tenant only; a
+/// platform-wide one (`prices:<symbol>`, `healing`) reaches every tenant, so a tenant's
+/// `gateway:write` does not cover it: it needs `admin:*` (else 403 `permission_denied`, reason
+/// `platform_channel`), so no tenant can put fake prices into another tenant's feed.
 pub async fn publish(
     State(state): State<ApiState>,
     caller: Authenticated,
@@ -88,6 +98,22 @@ pub async fn publish(
         Ok(c) => c,
         Err(e) => return ApiError::new(ErrorCode::InvalidArgument, e.to_string()).into_response(),
     };
+    if !channel.kind().per_tenant() && !caller.has_scope(scopes::ADMIN) {
+        return ApiError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "`{channel}` is read by every tenant; publishing to it needs the {} scope (tenant channels chat:, cowork: and media: need only {})",
+                scopes::ADMIN,
+                scopes::GATEWAY_WRITE
+            ),
+        )
+        .with_details(json!({
+            "reason": PLATFORM_CHANNEL_REASON,
+            "scope": scopes::ADMIN,
+            "channel": channel.to_string(),
+        }))
+        .into_response();
+    }
     let Json(body) = match body {
         Ok(b) => b,
         Err(e) => {

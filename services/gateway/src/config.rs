@@ -67,9 +67,20 @@ pub struct ClassLimits {
     pub session: u32,
     /// Requests per period for a client address.
     pub ip: u32,
-    /// The period in seconds.
+    /// The period in seconds, 1 to [`MAX_PERIOD_SECS`] (one day): the limiter's arithmetic
+    /// runs in milliseconds, in Redis's Lua numbers too, which stay exact only up to 2^53.
     pub period_secs: u64,
 }
+
+/// Longest rate-limit period, `rate_limit.classes.*.period_secs`: one day.
+pub const MAX_PERIOD_SECS: u64 = 86_400;
+
+/// Longest wait before a failed rate-limit Redis is tried again, `rate_limit.redis_retry_secs`:
+/// one hour.
+pub const MAX_REDIS_RETRY_SECS: u64 = 3_600;
+
+/// Longest session-token lifetime, `sessions.ttl_secs`: 30 days.
+pub const MAX_SESSION_TTL_SECS: u64 = 30 * 86_400;
 
 impl Default for ClassLimits {
     fn default() -> Self {
@@ -114,7 +125,8 @@ pub struct RateLimitSettings {
     pub key_prefix: String,
     /// Milliseconds one Redis decision may take before the replica decides locally.
     pub redis_timeout_ms: u64,
-    /// Seconds the replica keeps deciding locally after Redis failed, before trying again.
+    /// Seconds the replica keeps deciding locally after Redis failed, before trying again (at
+    /// most [`MAX_REDIS_RETRY_SECS`], one hour).
     pub redis_retry_secs: u64,
     /// Addresses or blocks (`10.0.0.0/8`) of proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
@@ -170,6 +182,12 @@ impl Validate for RateLimitSettings {
                 "must be between 1 and 10000",
             ));
         }
+        if self.redis_retry_secs > MAX_REDIS_RETRY_SECS {
+            return Err(ConfigError::invalid(
+                "rate_limit.redis_retry_secs",
+                format!("must be at most {MAX_REDIS_RETRY_SECS} (one hour)"),
+            ));
+        }
         if self.local_max_keys == 0 {
             return Err(ConfigError::invalid(
                 "rate_limit.local_max_keys",
@@ -184,6 +202,13 @@ impl Validate for RateLimitSettings {
             ));
         }
         for (name, class) in &self.classes {
+            // The period first: the per-tier check below is stated in milliseconds of it.
+            if class.period_secs == 0 || class.period_secs > MAX_PERIOD_SECS {
+                return Err(ConfigError::invalid(
+                    format!("rate_limit.classes.{name}.period_secs"),
+                    format!("must be between 1 and {MAX_PERIOD_SECS} (one day)"),
+                ));
+            }
             for (tier, limit) in [
                 ("user", class.user),
                 ("session", class.session),
@@ -201,12 +226,6 @@ impl Validate for RateLimitSettings {
                         "must be at most one per millisecond of the period",
                     ));
                 }
-            }
-            if class.period_secs == 0 {
-                return Err(ConfigError::invalid(
-                    format!("rate_limit.classes.{name}.period_secs"),
-                    "must be at least 1",
-                ));
             }
         }
         for (i, route) in self.routes.iter().enumerate() {
@@ -234,7 +253,7 @@ pub struct SessionSettings {
     /// HMAC key of `X-Session-Token` (at least 32 bytes); every replica needs the same one.
     /// Empty: a random key per process (embedded mode; tokens die with the process).
     pub secret: Secret<String>,
-    /// Seconds a session token lives.
+    /// Seconds a session token lives, 1 to [`MAX_SESSION_TTL_SECS`] (30 days).
     pub ttl_secs: u64,
 }
 
@@ -255,10 +274,10 @@ impl Validate for SessionSettings {
                 "must be at least 32 bytes (or empty for a per-process key)",
             ));
         }
-        if self.ttl_secs == 0 {
+        if self.ttl_secs == 0 || self.ttl_secs > MAX_SESSION_TTL_SECS {
             return Err(ConfigError::invalid(
                 "sessions.ttl_secs",
-                "must be at least 1",
+                format!("must be between 1 and {MAX_SESSION_TTL_SECS} (30 days)"),
             ));
         }
         Ok(())
@@ -814,6 +833,55 @@ mod tests {
         let mut s = Settings::default();
         s.chat.max_messages = 0;
         assert!(key_of(s.validate()).contains("chat.max_messages"));
+    }
+
+    #[test]
+    fn periods_lifetimes_and_retries_past_their_caps_are_refused() {
+        let mut s = Settings::default();
+        s.rate_limit.classes.get_mut("default").unwrap().period_secs = MAX_PERIOD_SECS;
+        s.sessions.ttl_secs = MAX_SESSION_TTL_SECS;
+        s.rate_limit.redis_retry_secs = MAX_REDIS_RETRY_SECS;
+        s.validate().unwrap();
+
+        for period in [MAX_PERIOD_SECS + 1, u64::MAX / 1000 + 1, u64::MAX] {
+            let mut s = Settings::default();
+            s.rate_limit.classes.get_mut("default").unwrap().period_secs = period;
+            let e = key_of(s.validate());
+            assert!(
+                e.contains("rate_limit.classes.default.period_secs") && e.contains("86400"),
+                "{period}: {e}"
+            );
+        }
+        let mut s = Settings::default();
+        s.rate_limit.classes.get_mut("default").unwrap().period_secs = 0;
+        assert!(key_of(s.validate()).contains("rate_limit.classes.default.period_secs"));
+
+        for ttl in [MAX_SESSION_TTL_SECS + 1, u64::MAX] {
+            let mut s = Settings::default();
+            s.sessions.ttl_secs = ttl;
+            let e = key_of(s.validate());
+            assert!(
+                e.contains("sessions.ttl_secs") && e.contains("2592000"),
+                "{ttl}: {e}"
+            );
+        }
+
+        let mut s = Settings::default();
+        s.rate_limit.redis_retry_secs = u64::MAX;
+        assert!(key_of(s.validate()).contains("rate_limit.redis_retry_secs"));
+    }
+
+    #[test]
+    fn a_mapped_proxy_block_wider_than_the_mapping_is_refused() {
+        let mut s = Settings::default();
+        s.rate_limit.trusted_proxies = vec!["::ffff:0:0/64".into()];
+        let e = key_of(s.validate());
+        assert!(
+            e.contains("rate_limit.trusted_proxies") && e.contains("/96"),
+            "{e}"
+        );
+        s.rate_limit.trusted_proxies = vec!["::ffff:10.0.0.0/104".into()];
+        s.validate().unwrap();
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! What it does per request, outermost first: CORS for the allowed origins (preflights are
 //! answered before authentication, as browsers send them without credentials), token
 //! verification with the shared verifier behind a cache of verified tokens ([`auth`]; the
-//! shared layer's refusals) (except the WebSocket endpoint,
+//! shared layer's refusals, charged to the client address: [`ratelimit::limit_refused`])
+//! (except the WebSocket endpoint,
 //! the session endpoint and public discovery paths, which verify or need nothing themselves),
-//! the tiered rate limit ([`ratelimit`]), then the gateway's own routes ([`api`], [`ws`]) or
+//! the tiered rate limit ([`ratelimit`]; creating a session is charged to the client address,
+//! never to a session token), then the gateway's own routes ([`api`], [`ws`]) or
 //! forwarding to the service that owns the path ([`proxy`]). Request ids, trace spans, RED
 //! metrics and the global body limit come from the shared host.
 //!
@@ -195,7 +197,11 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         limiter: limiter.clone(),
         shutdown: foundation.shutdown.clone(),
     });
-    let limit = axum::middleware::from_fn_with_state(limiter, ratelimit::limit);
+    let limit = axum::middleware::from_fn_with_state(limiter.clone(), ratelimit::limit);
+    let limit_refused =
+        axum::middleware::from_fn_with_state(limiter.clone(), ratelimit::limit_refused);
+    let limit_session_creation =
+        axum::middleware::from_fn_with_state(limiter, ratelimit::limit_session_creation);
 
     let mut verified = Router::new()
         .route("/api/v1/gateway/whoami", get(api::whoami))
@@ -236,12 +242,16 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         .layer(axum::middleware::from_fn_with_state(
             tokens,
             auth::authenticate,
-        ));
-    let open = Router::new()
+        ))
+        .layer(limit_refused);
+    // Creating a session is charged to the client address, never to a session token.
+    let sessions = Router::new()
         .route("/api/v1/gateway/sessions", post(api::create_session))
         .with_state(api_state)
-        .merge(proxy::public_router(upstreams))
+        .layer(limit_session_creation);
+    let open = proxy::public_router(upstreams)
         .layer(limit)
+        .merge(sessions)
         .route("/ws", get(ws::upgrade).with_state(ws_state));
     let open = match graphql {
         Some(state) => open.route("/graphql", get(graphql::subscribe).with_state(state)),

@@ -1,9 +1,17 @@
 //! The gateway's sections load from the environment beside the shared ones, as the Helm chart
-//! sets them, and a misspelt key or a bad value stops start-up naming the key.
+//! sets them, and a misspelt key or a bad value stops start-up naming the key. Then what the
+//! configured limits and permissions mean to a client of a running gateway: the address quota
+//! bounds session minting and refused tokens, and platform-wide channels take an admin to
+//! publish on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+
+mod support;
 
 use liquid_gateway::{SERVICE, Settings};
 use liquid_runtime::ServiceConfig;
+use liquid_testkit::postgres::TestDatabase;
+use serde_json::{Value, json};
+use support::*;
 
 #[test]
 fn gateway_sections_load_from_the_environment() {
@@ -49,4 +57,199 @@ fn gateway_sections_load_from_the_environment() {
         );
         Ok(())
     });
+}
+
+/// Status, error code and the whole body of an answer.
+async fn answer(response: reqwest::Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+    (status, code, body)
+}
+
+/// A gateway on Postgres with the in-memory bus and cache (so limits are per replica), with
+/// the default class's quotas set.
+async fn gateway_with_quotas(
+    keys: &Keys,
+    db: &TestDatabase,
+    upstream: &Upstream,
+    ip: u32,
+) -> Gateway {
+    let mut cfg = config(keys, db.url(), "memory://", "memory://", &upstream.url);
+    quotas(&mut cfg, 100, 50, ip);
+    start(&cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_token_cannot_mint_sessions_past_the_address_quota() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let gw = gateway_with_quotas(&keys, &db, &upstream, 2).await;
+    let http = reqwest::Client::new();
+    let sessions = format!("{}/api/v1/gateway/sessions", gw.base);
+
+    let r = http.post(&sessions).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-ratelimit-tier"], "ip");
+    let first: Value = r.json().await.unwrap();
+    let token = first["session_token"].as_str().unwrap().to_owned();
+    // Presenting a session while minting the next one changes nothing: still the address.
+    let r = http
+        .post(&sessions)
+        .header("x-session-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-ratelimit-tier"], "ip");
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    let second: Value = r.json().await.unwrap();
+    let minted = second["session_token"].as_str().unwrap().to_owned();
+    for presented in [&token, &minted] {
+        let (status, code, body) = answer(
+            http.post(&sessions)
+                .header("x-session-token", presented)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, code.as_str()), (429, "rate_limited"), "{body}");
+        assert_eq!(body["error"]["details"]["tier"], "ip", "{body}");
+    }
+    // The sessions themselves still work, on their own quota.
+    let r = http
+        .get(format!("{}/.well-known/agent-card.json", gw.base))
+        .header("x-session-token", &minted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-tier"], "session");
+    gw.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_are_charged_to_the_address() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let gw = gateway_with_quotas(&keys, &db, &upstream, 2).await;
+    let http = reqwest::Client::new();
+    let whoami = format!("{}/api/v1/gateway/whoami", gw.base);
+
+    for i in 0..2 {
+        let r = http
+            .get(&whoami)
+            .bearer_auth(keys.forged())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-ratelimit-tier"], "ip", "forged {i}");
+        let (status, code, _) = answer(r).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "unauthenticated"),
+            "forged {i}"
+        );
+    }
+    // The address quota is spent: refused tokens of every kind, and no token, get 429.
+    for (what, token) in keys.refused() {
+        let (status, code, body) =
+            answer(http.get(&whoami).bearer_auth(&token).send().await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (429, "rate_limited"), "{what}");
+        assert_eq!(body["error"]["details"]["tier"], "ip", "{what}");
+    }
+    let (status, code, _) = answer(
+        http.post(format!("{}/api/v1/cowork/info", gw.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"), "no token");
+    assert_eq!(upstream.total_hits(), 0);
+    // A valid token from the same address is charged to its user, not refused.
+    let r = http
+        .get(&whoami)
+        .bearer_auth(keys.token("bob", "acme", &["read:prices"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-tier"], "user");
+    gw.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_wide_channels_take_an_admin_to_publish_on() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let gw = gateway_with_quotas(&keys, &db, &upstream, 30).await;
+    let http = reqwest::Client::new();
+    let publish = |channel: &str| format!("{}/api/v1/gateway/channels/{channel}/messages", gw.base);
+    let mut reader = ws_with_token(
+        &gw.ws,
+        &keys.token("ann", "globex", &["read:prices", "healer:read"]),
+    )
+    .await;
+    subscribe(&mut reader, "prices:BTC-USD").await;
+    subscribe(&mut reader, "healing").await;
+
+    // A tenant's service token may publish on its tenant's channels, not on the shared ones.
+    let tenant = keys.token("svc", "acme", &["gateway:write"]);
+    for channel in ["prices:BTC-USD", "healing"] {
+        let (status, code, body) = answer(
+            http.post(publish(channel))
+                .bearer_auth(&tenant)
+                .json(&json!({"data": {"symbol": "BTC-USD", "price": 1.0, "fake": true}}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (403, "permission_denied"),
+            "{channel}: {body}"
+        );
+        let details = &body["error"]["details"];
+        assert_eq!(details["reason"], "platform_channel", "{body}");
+        assert_eq!(details["scope"], "admin:*", "{body}");
+        assert_eq!(details["channel"], channel, "{body}");
+    }
+    let r = http
+        .post(publish("chat:s1"))
+        .bearer_auth(&tenant)
+        .json(&json!({"data": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // An admin may; the reader's first message is the admin's, so the refused ones never went
+    // out.
+    let admin = keys.token("ops", "platform", &["admin:*"]);
+    for (channel, data) in [
+        ("prices:BTC-USD", json!({"symbol": "BTC-USD", "price": 2.0})),
+        ("healing", json!({"incident": 7})),
+    ] {
+        let r = http
+            .post(publish(channel))
+            .bearer_auth(&admin)
+            .json(&json!({ "data": data }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{channel}");
+        let m = next_json(&mut reader).await;
+        assert_eq!(
+            (m["channel"].as_str(), &m["data"]),
+            (Some(channel), &data),
+            "{m}"
+        );
+    }
+    gw.running.stop().await.unwrap();
 }

@@ -404,13 +404,14 @@ async fn a_message_published_on_one_replica_reaches_subscribers_on_the_other() {
         assert_eq!(m["channel"], "chat:s1");
         assert_eq!(m["data"]["text"], "hello from a");
     }
-    // Another tenant's chat:s1 is another channel: eve's next message is the public one.
+    // Another tenant's chat:s1 is another channel: eve's next message is the public one
+    // (published by an admin: platform-wide channels need admin:*).
     let r = http
         .post(format!(
             "{}/api/v1/gateway/channels/healing/messages",
             a.base
         ))
-        .bearer_auth(&publisher)
+        .bearer_auth(keys.token("ops", "acme", &["admin:*"]))
         .json(&json!({"data": {"incident": 7}}))
         .send()
         .await

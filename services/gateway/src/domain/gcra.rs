@@ -26,13 +26,14 @@ impl Quota {
 
     /// Milliseconds one request adds to the TAT.
     pub fn emission_interval_ms(&self) -> u64 {
-        (self.period_ms / u64::from(self.limit)).max(1)
+        (self.period_ms / u64::from(self.limit.max(1))).max(1)
     }
 
     /// The window the quota is spread over, `limit × interval` (equal to `period_ms` up to
     /// rounding); the TAT never runs further ahead of now than this.
     pub fn window_ms(&self) -> u64 {
-        self.emission_interval_ms() * u64::from(self.limit)
+        self.emission_interval_ms()
+            .saturating_mul(u64::from(self.limit.max(1)))
     }
 }
 
@@ -53,12 +54,16 @@ pub struct Decision {
 
 /// Decides one request at `now_ms` given the stored TAT (`None` for a new key). Returns the
 /// decision and, when allowed, the TAT to store (it may expire `reset_after_ms` from now).
+///
+/// The arithmetic saturates: a TAT or quota near `u64::MAX` (a corrupt stored value, a period
+/// past what `validate` accepts) refuses the request instead of overflowing.
 pub fn decide(quota: Quota, stored_tat_ms: Option<u64>, now_ms: u64) -> (Decision, Option<u64>) {
     let interval = quota.emission_interval_ms();
     let window = quota.window_ms();
     let tat = stored_tat_ms.unwrap_or(now_ms).max(now_ms);
-    let new_tat = tat + interval;
-    let allow_at = new_tat.saturating_sub(window);
+    // `tat + interval - window`, in an order that cannot overflow (the window is at least one
+    // interval).
+    let allow_at = tat.saturating_sub(window.saturating_sub(interval));
     if now_ms < allow_at {
         let decision = Decision {
             allowed: false,
@@ -69,8 +74,9 @@ pub fn decide(quota: Quota, stored_tat_ms: Option<u64>, now_ms: u64) -> (Decisio
         };
         return (decision, None);
     }
+    let new_tat = tat.saturating_add(interval);
     let ahead = new_tat - now_ms;
-    let remaining = (window - ahead) / interval;
+    let remaining = window.saturating_sub(ahead) / interval;
     let decision = Decision {
         allowed: true,
         limit: quota.limit,
@@ -185,6 +191,37 @@ mod tests {
             q.period_ms, 1_000,
             "the interval is at least one millisecond"
         );
+    }
+
+    #[test]
+    fn quotas_and_tats_at_the_top_of_the_range_refuse_rather_than_overflow() {
+        let q = Quota::new(1, u64::MAX);
+        assert_eq!(q.window_ms(), u64::MAX);
+        let (d, new) = decide(q, Some(u64::MAX - 1), 0);
+        assert!(!d.allowed, "the TAT is as far ahead as it can be");
+        assert_eq!(new, None);
+        assert_eq!(d.retry_after_ms, u64::MAX - 1);
+        // A full quota's TAT at the end of the range: refused with the usual figures.
+        let (d, new) = decide(Quota::new(3, 3_000), Some(u64::MAX), u64::MAX - 3_000);
+        assert!(!d.allowed);
+        assert_eq!(new, None);
+        assert_eq!((d.retry_after_ms, d.reset_after_ms), (1_000, 3_000));
+        // One interval later one passes; the stored TAT saturates rather than wraps.
+        let (d, new) = decide(Quota::new(3, 3_000), Some(u64::MAX), u64::MAX - 2_000);
+        assert!(d.allowed);
+        assert_eq!(new, Some(u64::MAX));
+        let q = Quota {
+            limit: u32::MAX,
+            period_ms: 0,
+        };
+        assert_eq!(q.window_ms(), u64::from(u32::MAX));
+        let (d, _) = decide(q, None, u64::MAX);
+        assert!(d.allowed, "a new key at the end of time is still allowed");
+        let q = Quota {
+            limit: 0,
+            period_ms: 10,
+        };
+        assert_eq!((q.emission_interval_ms(), q.window_ms()), (10, 10));
     }
 
     #[test]

@@ -90,14 +90,22 @@ pub struct Cidr {
 
 /// Why a block did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not an address or an address block like 10.0.0.0/8")]
-pub struct CidrError(pub String);
+pub enum CidrError {
+    /// Not an address, or a prefix out of range.
+    #[error("`{0}` is not an address or an address block like 10.0.0.0/8")]
+    Malformed(String),
+    /// An IPv4-mapped IPv6 block (`::ffff:a.b.c.d/n`) wider than the mapped range.
+    #[error(
+        "`{0}` is an IPv4-mapped block with a prefix below /96, which would reach beyond the mapped IPv4 range; write the IPv4 block itself (such as 10.0.0.0/8), or use a prefix of 96 to 128"
+    )]
+    MappedPrefix(String),
+}
 
 impl FromStr for Cidr {
     type Err = CidrError;
 
     fn from_str(text: &str) -> Result<Cidr, CidrError> {
-        let bad = || CidrError(text.to_owned());
+        let bad = || CidrError::Malformed(text.to_owned());
         let (addr, prefix) = match text.trim().split_once('/') {
             Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
             None => (text.trim(), None),
@@ -108,6 +116,20 @@ impl FromStr for Cidr {
         if prefix > max {
             return Err(bad());
         }
+        // An IPv4-mapped block is kept as the IPv4 block it maps (`::ffff:10.0.0.0/104` is
+        // `10.0.0.0/8`), the form `contains` compares addresses in; its prefix loses the 96
+        // bits of the mapping prefix. Invariant: an IPv4 network has a prefix of at most 32.
+        if let IpAddr::V6(v6) = network
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            let Some(prefix) = prefix.checked_sub(96) else {
+                return Err(CidrError::MappedPrefix(text.trim().to_owned()));
+            };
+            return Ok(Cidr {
+                network: IpAddr::V4(v4),
+                prefix,
+            });
+        }
         Ok(Cidr { network, prefix })
     }
 }
@@ -115,16 +137,17 @@ impl FromStr for Cidr {
 impl Cidr {
     /// True when `ip` lies in this block (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network.to_canonical(), ip.to_canonical()) {
+        let prefix = u32::from(self.prefix);
+        match (self.network, ip.to_canonical()) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
+                    .checked_shl(32u32.saturating_sub(prefix))
                     .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
                 let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
+                    .checked_shl(128u32.saturating_sub(prefix))
                     .unwrap_or(0);
                 u128::from(n) & mask == u128::from(a) & mask
             }
@@ -243,6 +266,45 @@ mod tests {
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn mapped_ipv4_blocks_are_the_ipv4_blocks_they_map() {
+        let c: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(c, "10.0.0.0/8".parse().unwrap());
+        assert!(c.contains(ip("10.9.8.7")));
+        assert!(c.contains(ip("::ffff:10.9.8.7")));
+        assert!(
+            !c.contains(ip("192.0.2.1")),
+            "an address outside the block is not trusted"
+        );
+        assert!(!c.contains(ip("203.0.113.5")));
+        let single: Cidr = "::ffff:192.0.2.7".parse().unwrap();
+        assert!(single.contains(ip("192.0.2.7")));
+        assert!(!single.contains(ip("192.0.2.8")));
+        let all_mapped: Cidr = "::ffff:0:0/96".parse().unwrap();
+        assert!(all_mapped.contains(ip("198.51.100.1")));
+        assert!(!all_mapped.contains(ip("2001:db8::1")));
+    }
+
+    #[test]
+    fn mapped_blocks_wider_than_the_mapping_are_refused() {
+        for wide in ["::ffff:0:0/95", "::ffff:10.0.0.0/80", "::ffff:0:0/0"] {
+            let e = wide.parse::<Cidr>().unwrap_err();
+            assert_eq!(e, CidrError::MappedPrefix(wide.to_owned()));
+            assert!(e.to_string().contains("prefix below /96"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_mapped_block_does_not_let_a_client_choose_its_key() {
+        // A proxy configured as a mapped block: a client outside it sending X-Forwarded-For is
+        // keyed by its own address.
+        let trusted = cidrs(&["::ffff:10.0.0.0/104"]);
+        let got = client_address(ip("203.0.113.9"), ["1.2.3.4"], &trusted);
+        assert_eq!(got, ip("203.0.113.9"));
+        let got = client_address(ip("10.0.0.2"), ["1.2.3.4"], &trusted);
+        assert_eq!(got, ip("1.2.3.4"));
     }
 
     #[test]
