@@ -6,9 +6,11 @@
 //! such answer says so (`"offline": true` and a `notice`). Two modes:
 //! - **session**: `session` (or, without one, the gateway-issued session of a valid
 //!   `X-Session-Token`) names a conversation the gateway keeps ([`SessionClients`]: one client
-//!   and history per tenant and session, dropped after `llm.sessions.idle_ttl_secs` idle); the
-//!   request carries the next `message`. Replies are also published on the tenant's
-//!   `chat:<session>` channel (`chat.publish_replies`).
+//!   and history per user (tenant and token subject) and session, dropped after
+//!   `llm.sessions.idle_ttl_secs` idle); the request carries the next `message`. Another user
+//!   of the tenant naming the same session gets their own conversation, and a session of
+//!   someone else is "not found" to them. Replies are also published on the owner's
+//!   `chat:<session>` channel (`chat.publish_replies`, [`Channel::subject_for`]).
 //! - **stateless**: `messages` is the whole conversation; nothing is kept.
 //!
 //! Every model call runs inside a [`coalesce::scoped`] tenant scope, so identical concurrent
@@ -16,7 +18,8 @@
 //!
 //! WebSocket chat does not hold the connection's loop while the model answers: the action is
 //! acknowledged at once with the turn id, and the turn's deltas, reply or error arrive on the
-//! `chat:<session>` channel (subscribe first).
+//! `chat:<session>` channel (subscribe first). Such a turn stops when its connection closes
+//! ([`TurnScope`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,11 +51,11 @@ use tracing::Instrument;
 
 use crate::coalesce::{self, Coalescer, Outcome, SHARED_FAILURE_KIND};
 use crate::config::ChatSettings;
-use crate::domain::channel::Channel;
+use crate::domain::channel::{Channel, encode_tenant};
 use crate::domain::session_token::SessionSigner;
 use crate::hub::Hub;
 use crate::ratelimit::SESSION_HEADER;
-use crate::ws::ChatHandler;
+use crate::ws::{ChatHandler, TurnScope};
 
 /// Longest chat session id (the channel name `chat:<session>` must fit the hub's limit).
 pub const MAX_SESSION_LEN: usize = 128;
@@ -116,6 +119,8 @@ pub struct ChatBody {
 /// One turn ready to run.
 pub struct PreparedChat {
     tenant: String,
+    /// The caller's subject: a session's owner.
+    owner: String,
     session: Option<String>,
     turn: Turn,
 }
@@ -169,6 +174,17 @@ pub fn llm_error(error: &LlmError) -> ApiError {
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidArgument, message)
+}
+
+/// The key of `caller`'s session `session`: sessions belong to one subject of one tenant
+/// (both encoded as single tokens, so no pair of them collides with another).
+fn session_key(caller: &Claims, session: &str) -> SessionKey {
+    let owner = format!(
+        "{}/{}",
+        encode_tenant(caller.tenant_id()),
+        encode_tenant(&caller.sub)
+    );
+    SessionKey::new(owner, session)
 }
 
 /// Checks a session id.
@@ -322,10 +338,11 @@ impl ChatService {
             let handle = self
                 .inner
                 .sessions
-                .session(&SessionKey::new(tenant.clone(), session.clone()), options)
+                .session(&session_key(caller, &session), options)
                 .await;
             return Ok(PreparedChat {
                 tenant,
+                owner: caller.sub.clone(),
                 session: Some(session),
                 turn: Turn::Session(handle, message),
             });
@@ -358,6 +375,7 @@ impl ChatService {
         request.validate().map_err(invalid)?;
         Ok(PreparedChat {
             tenant,
+            owner: caller.sub.clone(),
             session: None,
             turn: Turn::Stateless(request),
         })
@@ -367,6 +385,7 @@ impl ChatService {
     pub async fn complete(&self, prepared: PreparedChat) -> Result<Value, ApiError> {
         let PreparedChat {
             tenant,
+            owner,
             session,
             turn,
         } = prepared;
@@ -385,7 +404,8 @@ impl ChatService {
             outcome.unwrap_or(Outcome::Bypass),
         );
         if let Some(session) = &session {
-            self.publish(&tenant, session, "reply", &reply).await;
+            self.publish(&tenant, &owner, session, "reply", &reply)
+                .await;
         }
         Ok(reply)
     }
@@ -413,8 +433,15 @@ impl ChatService {
         Ok((stream, outcome.unwrap_or(Outcome::Bypass)))
     }
 
-    /// Publishes `data` (with `type`) on the tenant's `chat:<session>` channel.
-    pub async fn publish(&self, tenant: &str, session: &str, kind: &str, data: &Value) {
+    /// Publishes `data` (with `type`) on the `chat:<session>` channel of `owner` of `tenant`.
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        owner: &str,
+        session: &str,
+        kind: &str,
+        data: &Value,
+    ) {
         if !self.inner.settings.publish_replies {
             return;
         }
@@ -427,18 +454,23 @@ impl ChatService {
         } else {
             message = json!({"type": kind, "data": data});
         }
-        if let Err(error) = self.inner.hub.publish(&channel, tenant, &message).await {
+        if let Err(error) = self
+            .inner
+            .hub
+            .publish_owned(&channel, tenant, owner, &message)
+            .await
+        {
             tracing::warn!(target: target::WEBSOCKET, %error, session, "chat reply not published");
         }
     }
 
-    /// The history of a session of `tenant`.
-    pub async fn history(&self, tenant: &str, session: &str) -> Result<Value, ApiError> {
+    /// The history of `caller`'s session; another user's session is not found.
+    pub async fn history(&self, caller: &Claims, session: &str) -> Result<Value, ApiError> {
         check_session_id(session)?;
         let handle = self
             .inner
             .sessions
-            .get(&SessionKey::new(tenant, session))
+            .get(&session_key(caller, session))
             .await
             .map_err(|e| llm_error(&e))?;
         let usage = handle.usage().await;
@@ -452,13 +484,13 @@ impl ChatService {
         }))
     }
 
-    /// Forgets a session of `tenant`; true if it existed.
-    pub async fn destroy(&self, tenant: &str, session: &str) -> Result<bool, ApiError> {
+    /// Forgets `caller`'s session; true if it existed (another user's session never does).
+    pub async fn destroy(&self, caller: &Claims, session: &str) -> Result<bool, ApiError> {
         check_session_id(session)?;
         Ok(self
             .inner
             .sessions
-            .destroy_session(&SessionKey::new(tenant, session))
+            .destroy_session(&session_key(caller, session))
             .await)
     }
 
@@ -468,14 +500,16 @@ impl ChatService {
     }
 
     /// Runs a streamed turn in the background, publishing deltas, the reply or the error on
-    /// the session's channel tagged with `turn`.
-    fn spawn_turn(&self, prepared: PreparedChat, turn: String) {
+    /// the session's channel tagged with `turn`; stops at shutdown or when `scope` is
+    /// cancelled (its connection closed), and holds `scope` until it ends.
+    fn spawn_turn(&self, prepared: PreparedChat, turn: String, scope: TurnScope) {
         let chat = self.clone();
         let shutdown = self.inner.shutdown.clone();
         let span = tracing::info_span!(target: "ai", "chat_turn", %turn);
         self.inner.tasks.spawn(
             async move {
                 let tenant = prepared.tenant.clone();
+                let owner = prepared.owner.clone();
                 let Some(session) = prepared.session.clone() else {
                     return;
                 };
@@ -485,7 +519,7 @@ impl ChatService {
                         Ok(s) => s,
                         Err(e) => {
                             let error = json!({"turn": turn, "code": e.code.as_str(), "message": e.message});
-                            chat.publish(&tenant, &session, "error", &error).await;
+                            chat.publish(&tenant, &owner, &session, "error", &error).await;
                             return;
                         }
                     };
@@ -494,18 +528,18 @@ impl ChatService {
                             Ok(StreamEvent::Completed { response }) => {
                                 let mut reply = reply_json(&response, Some(&session), outcome);
                                 reply["turn"] = json!(turn);
-                                chat.publish(&tenant, &session, "reply", &reply).await;
+                                chat.publish(&tenant, &owner, &session, "reply", &reply).await;
                             }
                             Ok(event) => {
                                 if let Some((kind, mut data)) = event_json(&event) {
                                     data["turn"] = json!(turn);
-                                    chat.publish(&tenant, &session, kind, &data).await;
+                                    chat.publish(&tenant, &owner, &session, kind, &data).await;
                                 }
                             }
                             Err(e) => {
                                 let e = llm_error(&e);
                                 let error = json!({"turn": turn, "code": e.code.as_str(), "message": e.message});
-                                chat.publish(&tenant, &session, "error", &error).await;
+                                chat.publish(&tenant, &owner, &session, "error", &error).await;
                                 return;
                             }
                         }
@@ -513,8 +547,12 @@ impl ChatService {
                 };
                 tokio::select! {
                     () = shutdown.cancelled() => {}
+                    () = scope.cancel.cancelled() => {
+                        tracing::debug!(target: "ai", "chat turn cancelled: its connection closed");
+                    }
                     () = work => {}
                 }
+                drop(scope);
             }
             .instrument(span),
         );
@@ -543,6 +581,7 @@ impl ChatHandler for ChatService {
         caller: Claims,
         session: String,
         message: Value,
+        scope: TurnScope,
     ) -> Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send>> {
         let chat = self.clone();
         Box::pin(async move {
@@ -571,7 +610,7 @@ impl ChatHandler for ChatService {
             };
             let prepared = chat.prepare(&caller, body, None).await?;
             let turn = uuid::Uuid::now_v7().to_string();
-            chat.spawn_turn(prepared, turn.clone());
+            chat.spawn_turn(prepared, turn.clone(), scope);
             Ok(json!({"session": session, "channel": format!("chat:{session}"), "turn": turn}))
         })
     }
@@ -595,6 +634,7 @@ fn sse_stream(
     mut stream: ChatStream,
     outcome: Outcome,
     tenant: String,
+    owner: String,
     session: Option<String>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     async_stream_like(move |tx| async move {
@@ -606,7 +646,8 @@ fn sse_stream(
                     // fails once both are being dropped (the client left).
                     let _ = tx.send(sse_event("done", &reply)).await;
                     if let Some(session) = &session {
-                        chat.publish(&tenant, session, "reply", &reply).await;
+                        chat.publish(&tenant, &owner, session, "reply", &reply)
+                            .await;
                     }
                     return;
                 }
@@ -698,7 +739,8 @@ pub async fn post_chat(
     let mut slot = Some(prepared);
     match state.chat.stream(&mut slot).await {
         Ok((stream, outcome)) => {
-            let events = sse_stream(state.chat.clone(), stream, outcome, tenant, session);
+            let owner = caller.sub.clone();
+            let events = sse_stream(state.chat.clone(), stream, outcome, tenant, owner, session);
             let mut response = Sse::new(events)
                 .keep_alive(KeepAlive::new().interval(state.keepalive))
                 .into_response();
@@ -720,7 +762,7 @@ pub async fn get_session(
     if let Err(e) = caller.require(scopes::WRITE_CHAT) {
         return e.into_response();
     }
-    match state.chat.history(caller.tenant_id(), &session).await {
+    match state.chat.history(&caller, &session).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
@@ -735,7 +777,7 @@ pub async fn delete_session(
     if let Err(e) = caller.require(scopes::WRITE_CHAT) {
         return e.into_response();
     }
-    match state.chat.destroy(caller.tenant_id(), &session).await {
+    match state.chat.destroy(&caller, &session).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => ApiError::new(
             ErrorCode::NotFound,

@@ -299,6 +299,9 @@ pub struct WebSocketSettings {
     pub heartbeat_secs: u64,
     /// Seconds without any frame from the client before the connection is closed.
     pub idle_timeout_secs: u64,
+    /// Seconds one frame to the client may take to be written; a client that stops reading
+    /// is closed as a slow consumer (4008) when a write takes longer.
+    pub write_timeout_secs: u64,
     /// Messages queued for one connection before it counts as slow and is closed.
     pub send_queue: usize,
     /// Largest message a client may send, in bytes.
@@ -317,6 +320,7 @@ impl Default for WebSocketSettings {
             auth_deadline_secs: 5,
             heartbeat_secs: 25,
             idle_timeout_secs: 75,
+            write_timeout_secs: 10,
             send_queue: 64,
             max_message_bytes: 64 * 1024,
             max_subscriptions: 64,
@@ -330,6 +334,7 @@ impl Validate for WebSocketSettings {
         for (key, value) in [
             ("websocket.auth_deadline_secs", self.auth_deadline_secs),
             ("websocket.heartbeat_secs", self.heartbeat_secs),
+            ("websocket.write_timeout_secs", self.write_timeout_secs),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));

@@ -1492,7 +1492,7 @@ impl Query {
         let c = caller(ctx)?;
         require(c, scopes::WRITE_CHAT)?;
         chat_of(ctx)?
-            .history(c.claims.tenant_id(), &session)
+            .history(&c.claims, &session)
             .await
             .map(Json)
             .map_err(api_error)
@@ -1684,7 +1684,7 @@ impl SubscriptionRoot {
         crate::chat::check_session_id(&session).map_err(api_error)?;
         let channel = Channel::parse(&format!("chat:{session}"))
             .map_err(|e| error(ErrorCode::InvalidArgument, e.to_string()))?;
-        let subject = channel.subject(c.claims.tenant_id());
+        let subject = channel.subject_for(c.claims.tenant_id(), &c.claims.sub);
         Ok(follow(&ctx.data::<Backends>()?.hub, &[subject])?.map(Json))
     }
 
@@ -1702,10 +1702,11 @@ impl SubscriptionRoot {
             .await
             .map_err(api_error)?;
         let tenant = c.claims.tenant_id().to_owned();
+        let owner = c.claims.sub.clone();
         let session = prepared.session().map(str::to_owned);
         let mut slot = Some(prepared);
         let (stream, outcome) = chat.stream(&mut slot).await.map_err(api_error)?;
-        Ok(chat_events(chat, stream, outcome, tenant, session))
+        Ok(chat_events(chat, stream, outcome, tenant, owner, session))
     }
 
     /// Events of one of the caller's cowork sessions as cowork publishes them on the
@@ -1772,10 +1773,12 @@ fn chat_events(
     stream: liquid_llm::ChatStream,
     outcome: Outcome,
     tenant: String,
+    owner: String,
     session: Option<String>,
 ) -> impl Stream<Item = Result<ChatEvent, Error>> {
     futures_util::stream::unfold(Some((chat, stream)), move |state| {
         let tenant = tenant.clone();
+        let owner = owner.clone();
         let session = session.clone();
         async move {
             let (chat, mut stream) = state?;
@@ -1784,7 +1787,7 @@ fn chat_events(
                 Ok(StreamEvent::Completed { response }) => {
                     let reply = reply_json(&response, session.as_deref(), outcome);
                     if let Some(s) = &session {
-                        chat.publish(&tenant, s, "reply", &reply).await;
+                        chat.publish(&tenant, &owner, s, "reply", &reply).await;
                     }
                     return Some((
                         Ok(ChatEvent {

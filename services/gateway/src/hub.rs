@@ -9,7 +9,10 @@
 //!
 //! Prices come straight from the price subjects (`prices.<symbol>`) every replica subscribes
 //! to; any feed may publish there. A symbol's ticks are forwarded only in increasing time, so
-//! identical ticks from several simulated feeds (one per replica) reach clients once.
+//! identical ticks from several simulated feeds (one per replica) reach clients once. A tick
+//! stamped more than [`MAX_TICK_SKEW_MS`] ahead of this replica's clock is dropped (one such
+//! tick would otherwise hold back every later one of its symbol), and at most
+//! [`MAX_TRACKED_SYMBOLS`] symbols are tracked.
 //!
 //! Each connection has a bounded queue; a message that does not fit marks the connection slow
 //! and its task closes it (`ws::CLOSE_SLOW`), so a stalled client costs at most its queue.
@@ -17,6 +20,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -30,6 +34,17 @@ use tokio_util::task::TaskTracker;
 use crate::domain::channel::{Channel, SUBJECT_PREFIX};
 use crate::domain::price::PriceTick;
 use crate::error::GatewayError;
+
+/// How far ahead of this replica's clock a price tick may be stamped, in milliseconds.
+pub const MAX_TICK_SKEW_MS: u64 = 60_000;
+/// Most symbols whose newest tick a replica keeps; ticks of further symbols are dropped.
+pub const MAX_TRACKED_SYMBOLS: usize = 10_000;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// A connection's handle as the hub holds it.
 #[derive(Clone, Debug)]
@@ -262,7 +277,26 @@ impl Hub {
         tenant: &str,
         data: &serde_json::Value,
     ) -> Result<String, GatewayError> {
-        let subject = channel.subject(tenant);
+        self.publish_on(channel.subject(tenant), data).await
+    }
+
+    /// Publishes `data` on `channel` for `owner` of `tenant` ([`Channel::subject_for`]).
+    pub async fn publish_owned(
+        &self,
+        channel: &Channel,
+        tenant: &str,
+        owner: &str,
+        data: &serde_json::Value,
+    ) -> Result<String, GatewayError> {
+        self.publish_on(channel.subject_for(tenant, owner), data)
+            .await
+    }
+
+    async fn publish_on(
+        &self,
+        subject: String,
+        data: &serde_json::Value,
+    ) -> Result<String, GatewayError> {
         let payload = serde_json::to_vec(data)
             .map_err(|e| GatewayError::InvalidArgument(format!("message is not json: {e}")))?;
         self.inner
@@ -325,12 +359,17 @@ impl Hub {
         let Ok(channel) = Channel::prices(&tick.symbol) else {
             return;
         };
+        if tick.ts_ms > now_ms().saturating_add(MAX_TICK_SKEW_MS) {
+            tracing::debug!(target: target::WEBSOCKET, symbol = %tick.symbol, ts_ms = tick.ts_ms, "price tick from the future; dropped");
+            return;
+        }
         let newer =
             self.inner
                 .last_tick
                 .lock()
                 .is_ok_and(|mut last| match last.get(&tick.symbol) {
                     Some(seen) if seen.ts_ms >= tick.ts_ms => false,
+                    None if last.len() >= MAX_TRACKED_SYMBOLS => false,
                     _ => {
                         last.insert(tick.symbol.clone(), tick.clone());
                         true
@@ -497,5 +536,45 @@ mod tests {
             serde_json::from_str(a.inbox.recv().await.unwrap().as_str()).unwrap();
         assert_eq!(first["data"]["source"], "simulated");
         assert_eq!(first["data"]["ts_ms"], 1_000);
+    }
+
+    fn tick_of(symbol: &str, ts_ms: u64) -> Message {
+        Message {
+            subject: format!("prices.{symbol}"),
+            headers: Headers::new(),
+            payload: Bytes::from(
+                serde_json::to_vec(&PriceTick {
+                    symbol: symbol.into(),
+                    price: 1.0,
+                    ts_ms,
+                    source: "feed".into(),
+                })
+                .unwrap(),
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tick_from_the_future_does_not_freeze_its_symbol() {
+        let hub = hub(8, 10);
+        let mut a = hub.register().unwrap();
+        hub.follow(a.id, &Channel::prices("BTC").unwrap().subject(""));
+        hub.on_price_tick(&tick_of("BTC", u64::MAX));
+        assert_eq!(a.inbox.len(), 0, "a tick far ahead of the clock is dropped");
+        let now = now_ms();
+        hub.on_price_tick(&tick_of("BTC", now));
+        let forwarded: serde_json::Value =
+            serde_json::from_str(a.inbox.recv().await.unwrap().as_str()).unwrap();
+        assert_eq!(forwarded["data"]["ts_ms"], now);
+        assert_eq!(hub.latest_prices()[0].ts_ms, now);
+    }
+
+    #[tokio::test]
+    async fn the_symbols_tracked_are_bounded() {
+        let hub = hub(8, 10);
+        for i in 0..MAX_TRACKED_SYMBOLS + 5 {
+            hub.on_price_tick(&tick_of(&format!("S{i}"), 1));
+        }
+        assert_eq!(hub.latest_prices().len(), MAX_TRACKED_SYMBOLS);
     }
 }

@@ -17,9 +17,17 @@
 //! `chat {session, message}`, `trade {intent}`, `ping`; each may carry an `id` echoed in the
 //! answer. Server → client: `welcome`, `subscribed`, `unsubscribed`, `message {channel, data}`,
 //! `ack`, `pong`, `error {code, message}`. Close codes: 1001 shutdown, 4001 unauthenticated,
-//! 4002 token expired, 4003 heartbeat timeout, 4008 slow consumer.
+//! 4002 token expired, 4003 heartbeat timeout, 4008 slow consumer (its queue overflowed, or one
+//! frame took longer than `websocket.write_timeout_secs` to write because it stopped reading).
+//!
+//! `chat` and `trade` actions are charged to the rate limiter like requests (the verified
+//! user's tier; chat in the class of `POST /api/v1/chat`, trades in the class of `/ws`); a
+//! refusal is an `error` frame with code `rate_limited` and `retry_after_seconds`. A connection
+//! runs at most [`MAX_TURNS_IN_FLIGHT`] chat turns at once, and its turns are cancelled when it
+//! closes.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,6 +36,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use liquid_auth::{AuthError, Claims, bearer_from_headers, unix_now};
@@ -36,12 +45,14 @@ use liquid_kit::telemetry::target;
 use liquid_kit::{ApiError, ErrorCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::EdgeAuth;
 use crate::config::WebSocketSettings;
 use crate::domain::channel::{Action, Channel, authorize, encode_tenant};
+use crate::domain::gcra;
 use crate::hub::{Hub, Registration};
 use crate::ratelimit::{self, RateLimiter};
 
@@ -61,17 +72,35 @@ pub const CLOSE_IDLE: u16 = 4003;
 pub const CLOSE_SLOW: u16 = 4008;
 /// Bus subject prefix of trade intents (`trades.intents.<tenant>`).
 pub const TRADE_SUBJECT_PREFIX: &str = "trades.intents";
+/// Chat turns one connection may have running at once.
+pub const MAX_TURNS_IN_FLIGHT: usize = 4;
+/// The route whose rate-limit class a WebSocket `chat` action is charged to.
+pub const CHAT_ROUTE: &str = "/api/v1/chat";
+/// The route whose rate-limit class a WebSocket `trade` action is charged to.
+pub const TRADE_ROUTE: &str = "/ws";
+/// The latest instant a deadline is set to (a token valid for longer counts as this).
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What a chat turn started over a WebSocket holds while it runs: the token cancelled when its
+/// connection closes (or the gateway shuts down), and one of the connection's turn slots.
+pub struct TurnScope {
+    /// Cancelled when the connection that started the turn closes.
+    pub cancel: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+}
 
 /// What chat over the WebSocket calls once the chat API exists (issue 6, items 1–2): it gets
 /// the verified caller, the session and the message, streams its output to the tenant's
 /// `chat:<session>` channel through the hub, and answers the acknowledgement's data.
 pub trait ChatHandler: Send + Sync {
-    /// Handles one chat message.
+    /// Handles one chat message; the turn it starts holds `scope` until it ends and stops
+    /// when `scope.cancel` is cancelled.
     fn handle(
         &self,
         caller: Claims,
         session: String,
         message: Value,
+        scope: TurnScope,
     ) -> Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send>>;
 }
 
@@ -111,8 +140,18 @@ fn token_at_connect(headers: &HeaderMap) -> Result<Option<String>, AuthError> {
     Ok(offered)
 }
 
+/// The instant `secs` from now; a wait longer than [`FAR_FUTURE`] (a token expiring in the
+/// far future, a huge setting) is that far, never an overflow.
+fn instant_after(secs: u64) -> Instant {
+    let now = Instant::now();
+    let wait = Duration::from_secs(secs).min(FAR_FUTURE);
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(now)
+}
+
 fn expiry_instant(claims: &Claims) -> Instant {
-    Instant::now() + Duration::from_secs(claims.exp.saturating_sub(unix_now()))
+    instant_after(claims.exp.saturating_sub(unix_now()))
 }
 
 /// `GET /ws`: verifies what came at connect, charges the rate limit, upgrades.
@@ -224,6 +263,34 @@ enum Step {
     Close(Closing),
 }
 
+/// The write half of a connection.
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Sends one frame, bounded by `limit` and abandoned at shutdown. `Err(None)`: the peer is
+/// gone; `Err(Some(closing))`: close with that code (a client that does not read within
+/// `limit` is a slow consumer).
+async fn send_bounded(
+    sink: &mut Sink,
+    message: Message,
+    limit: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), Option<Closing>> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => {
+            Err(Some(Closing::new(CLOSE_GOING_AWAY, "shutdown", "server shutting down")))
+        }
+        sent = tokio::time::timeout(limit, sink.send(message)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(None),
+            Err(_) => {
+                metrics::counter!("liquid_gateway_ws_slow_consumers_total").increment(1);
+                Err(Some(Closing::new(CLOSE_SLOW, "slow", "slow consumer: a write timed out")))
+            }
+        },
+    }
+}
+
 struct Connection {
     state: WsState,
     registration: Registration,
@@ -231,6 +298,12 @@ struct Connection {
     /// Waiting for the first-message token until this instant.
     pending_auth: bool,
     deadline: Instant,
+    /// The channels followed, as the client named them, with their bus subjects.
+    following: Vec<(Channel, String)>,
+    /// One permit per chat turn that may run at once.
+    turn_slots: Arc<Semaphore>,
+    /// Cancelled when the connection ends; parent of its turns' tokens.
+    turns: CancellationToken,
 }
 
 fn error_frame(id: &Value, code: ErrorCode, message: impl Into<String>) -> Value {
@@ -239,21 +312,23 @@ fn error_frame(id: &Value, code: ErrorCode, message: impl Into<String>) -> Value
 
 impl Connection {
     fn new(state: WsState, registration: Registration, claims: Option<Claims>) -> Connection {
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let (pending_auth, deadline) = match &claims {
             Some(c) => (false, expiry_instant(c)),
-            None if state.settings.require_auth => (
-                true,
-                Instant::now() + Duration::from_secs(state.settings.auth_deadline_secs),
-            ),
-            None => (false, far),
+            None if state.settings.require_auth => {
+                (true, instant_after(state.settings.auth_deadline_secs))
+            }
+            None => (false, instant_after(u64::MAX)),
         };
+        let turns = state.shutdown.child_token();
         Connection {
             state,
             registration,
             claims,
             pending_auth,
             deadline,
+            following: Vec::new(),
+            turn_slots: Arc::new(Semaphore::new(MAX_TURNS_IN_FLIGHT)),
+            turns,
         }
     }
 
@@ -284,8 +359,11 @@ impl Connection {
 
     async fn run(mut self, socket: WebSocket) {
         let (mut sink, mut stream) = socket.split();
+        // Every way out of this function stops the turns the connection started.
+        let _turns = self.turns.clone().drop_guard();
         let settings = self.state.settings.clone();
         let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
+        let write_timeout = Duration::from_secs(settings.write_timeout_secs);
         let mut heartbeat = tokio::time::interval_at(
             Instant::now() + Duration::from_secs(settings.heartbeat_secs),
             Duration::from_secs(settings.heartbeat_secs),
@@ -298,7 +376,11 @@ impl Connection {
         let slow = self.registration.slow.clone();
         if !self.pending_auth {
             let text = self.welcome().to_string();
-            if sink.send(Message::Text(text.into())).await.is_err() {
+            let welcome = Message::Text(text.into());
+            if send_bounded(&mut sink, welcome, write_timeout, &shutdown)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -322,14 +404,16 @@ impl Connection {
                     if last_seen.elapsed() > idle_timeout {
                         break Some(Closing::new(CLOSE_IDLE, "idle", "heartbeat timeout"));
                     }
-                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                        break None;
+                    let ping = Message::Ping(Bytes::new());
+                    if let Err(end) = send_bounded(&mut sink, ping, write_timeout, &shutdown).await {
+                        break end;
                     }
                 }
                 outgoing = self.registration.inbox.recv() => {
                     let Some(frame) = outgoing else { break None };
-                    if sink.send(Message::Text(frame)).await.is_err() {
-                        break None;
+                    let frame = Message::Text(frame);
+                    if let Err(end) = send_bounded(&mut sink, frame, write_timeout, &shutdown).await {
+                        break end;
                     }
                 }
                 incoming = stream.next() => {
@@ -338,8 +422,9 @@ impl Connection {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(_))) => {
                             let frame = error_frame(&Value::Null, ErrorCode::InvalidArgument, "send json text frames");
-                            if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
-                                break None;
+                            let frame = Message::Text(frame.to_string().into());
+                            if let Err(end) = send_bounded(&mut sink, frame, write_timeout, &shutdown).await {
+                                break end;
                             }
                             continue;
                         }
@@ -348,10 +433,11 @@ impl Connection {
                         Some(Err(_)) => break None,
                     };
                     let (reply, step) = self.handle(text.as_str()).await;
-                    if let Some(reply) = reply
-                        && sink.send(Message::Text(reply.to_string().into())).await.is_err()
-                    {
-                        break None;
+                    if let Some(reply) = reply {
+                        let reply = Message::Text(reply.to_string().into());
+                        if let Err(end) = send_bounded(&mut sink, reply, write_timeout, &shutdown).await {
+                            break end;
+                        }
                     }
                     if let Step::Close(c) = step {
                         break Some(c);
@@ -470,10 +556,11 @@ impl Connection {
                 self.deadline = expiry_instant(&claims);
                 self.claims = Some(claims);
                 let first = std::mem::replace(&mut self.pending_auth, false);
+                let dropped = self.drop_unauthorized();
                 let mut reply = if first {
                     self.welcome()
                 } else {
-                    json!({"type": "ack", "action": "auth"})
+                    json!({"type": "ack", "action": "auth", "unsubscribed": dropped})
                 };
                 reply["id"] = id;
                 (Some(reply), Step::Continue)
@@ -495,6 +582,71 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Stops following the channels the current scopes no longer allow (after a fresh token
+    /// with fewer scopes); the names of those channels.
+    fn drop_unauthorized(&mut self) -> Vec<String> {
+        let scopes: Vec<String> = self.scopes().into_iter().map(str::to_owned).collect();
+        let mut dropped = Vec::new();
+        let hub = self.state.hub.clone();
+        let conn = self.registration.id;
+        self.following.retain(|(channel, subject)| {
+            let allowed = authorize(
+                &Action::Subscribe(channel.clone()),
+                scopes.iter().map(String::as_str),
+            )
+            .is_ok();
+            if !allowed {
+                hub.unfollow(conn, subject);
+                dropped.push(channel.to_string());
+            }
+            allowed
+        });
+        if !dropped.is_empty() {
+            tracing::info!(target: target::SECURITY, connection = conn, channels = ?dropped, "websocket subscriptions dropped after a narrower token");
+        }
+        dropped
+    }
+
+    /// Charges one action of `route`'s class to the verified user; the `rate_limited` error
+    /// frame when the quota is spent.
+    async fn charge_action(&self, route: &str, claims: &Claims, id: &Value) -> Result<(), Value> {
+        let limiter = &self.state.limiter;
+        let class = limiter.class_of(route).to_owned();
+        // A verified token always selects the user tier; headers and address play no part.
+        let charge = limiter.charge(
+            Some(claims),
+            &HeaderMap::new(),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        );
+        let Some(outcome) = limiter.check(&class, charge).await else {
+            return Ok(());
+        };
+        if outcome.decision.allowed {
+            return Ok(());
+        }
+        let retry = gcra::ceil_secs(outcome.decision.retry_after_ms).max(1);
+        tracing::info!(target: target::SECURITY, connection = self.registration.id, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = retry, "websocket action rate limited");
+        let mut frame = error_frame(
+            id,
+            ErrorCode::RateLimited,
+            format!(
+                "rate limit of {} requests per {}s for this {} reached; retry after {retry}s",
+                outcome.decision.limit,
+                outcome.period_secs,
+                outcome.charge.tier.as_str()
+            ),
+        );
+        frame["retry_after_seconds"] = json!(retry);
+        frame["details"] = json!({
+            "tier": outcome.charge.tier.as_str(),
+            "class": outcome.class,
+            "limit": outcome.decision.limit,
+            "period_seconds": outcome.period_secs,
+            "retry_after_seconds": retry,
+        });
+        Err(frame)
     }
 
     fn check(&self, action: &Action, id: &Value) -> Result<(), Value> {
@@ -539,7 +691,11 @@ impl Connection {
                 ),
             );
         }
-        self.state.hub.follow(conn, &channel.subject(&tenant));
+        let owner = self.claims.as_ref().map_or("", |c| c.sub.as_str());
+        let subject = channel.subject_for(&tenant, owner);
+        if self.state.hub.follow(conn, &subject) {
+            self.following.push((channel.clone(), subject));
+        }
         json!({"type": "subscribed", "id": id, "channel": channel.to_string()})
     }
 
@@ -548,15 +704,13 @@ impl Connection {
             Ok(c) => c,
             Err(e) => return error_frame(&id, ErrorCode::InvalidArgument, e.to_string()),
         };
-        let tenant = self
+        let (tenant, owner) = self
             .claims
             .as_ref()
-            .map(|c| c.tenant_id().to_owned())
-            .unwrap_or_default();
-        let was = self
-            .state
-            .hub
-            .unfollow(self.registration.id, &channel.subject(&tenant));
+            .map_or(("", ""), |c| (c.tenant_id(), c.sub.as_str()));
+        let subject = channel.subject_for(tenant, owner);
+        let was = self.state.hub.unfollow(self.registration.id, &subject);
+        self.following.retain(|(_, s)| *s != subject);
         json!({"type": "unsubscribed", "id": id, "channel": channel.to_string(), "was_subscribed": was})
     }
 
@@ -585,7 +739,24 @@ impl Connection {
                 "chat over the websocket is not enabled on this gateway yet",
             );
         };
-        match chat.handle(claims, session, message).await {
+        // Taken before the charge, so a refused turn costs no quota; given back if refused.
+        let Ok(slot) = self.turn_slots.clone().try_acquire_owned() else {
+            return error_frame(
+                &id,
+                ErrorCode::RateLimited,
+                format!(
+                    "a connection runs at most {MAX_TURNS_IN_FLIGHT} chat turns at once; wait for a reply or error on the session channel"
+                ),
+            );
+        };
+        if let Err(refusal) = self.charge_action(CHAT_ROUTE, &claims, &id).await {
+            return refusal;
+        }
+        let scope = TurnScope {
+            cancel: self.turns.child_token(),
+            _slot: slot,
+        };
+        match chat.handle(claims, session, message, scope).await {
             Ok(data) => json!({"type": "ack", "action": "chat", "id": id, "data": data}),
             Err(e) => error_frame(&id, e.code, e.message),
         }
@@ -602,6 +773,9 @@ impl Connection {
                 "trades need a verified token",
             );
         };
+        if let Err(refusal) = self.charge_action(TRADE_ROUTE, claims, &id).await {
+            return refusal;
+        }
         if !intent.is_object() {
             return error_frame(
                 &id,
@@ -662,6 +836,19 @@ mod tests {
         assert_eq!(token_at_connect(&h).unwrap().as_deref(), Some("hdr"));
         h.insert(http::header::AUTHORIZATION, "Basic x".parse().unwrap());
         assert!(token_at_connect(&h).is_err());
+    }
+
+    #[test]
+    fn far_deadlines_are_capped_instead_of_overflowing() {
+        let before = Instant::now();
+        for secs in [u64::MAX, u64::MAX / 2, 1 << 62] {
+            let far = instant_after(secs);
+            assert!(far >= before + FAR_FUTURE, "{secs}");
+            assert!(far <= Instant::now() + FAR_FUTURE, "{secs}");
+        }
+        let soon = instant_after(5);
+        assert!(soon >= before + Duration::from_secs(5));
+        assert!(soon <= Instant::now() + Duration::from_secs(5));
     }
 
     #[test]

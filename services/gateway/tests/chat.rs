@@ -621,3 +621,237 @@ async fn identical_concurrent_requests_share_one_upstream_call_per_tenant_and_ar
     assert_eq!(reply["text"], "four again");
     assert_eq!(s.openai.request_count(), 3);
 }
+
+/// The value of the first metric line starting with `prefix`, 0 when there is none yet.
+async fn metric_or_zero(s: &Setup, prefix: &str) -> f64 {
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let s = setup(|c| {
+        let ws = &mut c.settings.websocket;
+        ws.write_timeout_secs = 1;
+        // The queue never overflows here: only a bounded write can notice the stalled reader.
+        ws.send_queue = 100_000;
+        ws.heartbeat_secs = 60;
+        ws.idle_timeout_secs = 120;
+    })
+    .await;
+    let reader = s.keys.token("carol", "acme", &["read:prices"]);
+    let publisher = s.keys.token("feed", "acme", &["gateway:write"]);
+    let mut ws = ws_with_token(&s.gw.ws, &reader).await;
+    subscribe(&mut ws, "prices:FLOOD").await;
+    assert_eq!(
+        metric_or_zero(&s, "liquid_gateway_ws_connections ").await,
+        1.0
+    );
+    // From here on the client reads nothing; the channel stays busy until the server gives up.
+    let big = "x".repeat(200 * 1024);
+    let mut closed = false;
+    for i in 0..600 {
+        let r = s
+            .http
+            .post(format!(
+                "{}/api/v1/gateway/channels/prices:FLOOD/messages",
+                s.gw.base
+            ))
+            .bearer_auth(&publisher)
+            .json(&json!({"data": {"i": i, "pad": big}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        if i % 10 == 9 && metric_or_zero(&s, "liquid_gateway_ws_connections ").await == 0.0 {
+            closed = true;
+            break;
+        }
+    }
+    for _ in 0..100 {
+        if closed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        closed = metric_or_zero(&s, "liquid_gateway_ws_connections ").await == 0.0;
+    }
+    assert!(
+        closed,
+        "the server never closed a client that stopped reading"
+    );
+    assert_eq!(
+        metric_or_zero(&s, "liquid_gateway_ws_closed_total{reason=\"slow\"} ").await,
+        1.0
+    );
+    drop(ws);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_chat_is_charged_to_the_users_chat_quota_and_bounded_in_flight() {
+    let s = setup(|c| {
+        let redis_url = c.cache.url.clone();
+        let limits = &mut c.settings.rate_limit;
+        limits.enabled = true;
+        limits.redis_url = Secret::new(redis_url);
+        limits.key_prefix = format!("{}wschat:", c.settings.coalescing.key_prefix);
+        limits.classes.insert(
+            "chat".into(),
+            liquid_gateway::config::ClassLimits {
+                user: 5,
+                session: 5,
+                ip: 5,
+                period_secs: 900,
+            },
+        );
+        limits.routes = vec![liquid_gateway::config::RouteClass {
+            prefix: "/api/v1/chat".into(),
+            class: "chat".into(),
+        }];
+    })
+    .await;
+    let alice = s.token("alice", "acme");
+    let mut ws = ws_with_token(&s.gw.ws, &alice).await;
+    // Turns stay in flight until released.
+    s.openai.hold_replies();
+    let chat = |n: u32| json!({"type": "chat", "id": n, "session": "q1", "message": {"text": format!("m{n}"), "model": "gpt-4o-mini"}});
+    for n in 0..4 {
+        s.openai.push(Reply::text("held"));
+        send(&mut ws, chat(n)).await;
+        let ack = next_json(&mut ws).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    // A fifth turn while four run is refused without spending quota.
+    send(&mut ws, chat(4)).await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited");
+    assert_eq!(refused["id"], 4);
+
+    // The cap is per connection; the limiter is per user: on a new connection the fifth
+    // chat (the quota's last) is allowed and the sixth refused.
+    drop(ws);
+    let mut ws = ws_with_token(&s.gw.ws, &alice).await;
+    s.openai.release_replies();
+    s.openai.push(Reply::text("fifth"));
+    send(&mut ws, chat(5)).await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    send(&mut ws, chat(6)).await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert_eq!(refused["id"], 6);
+    assert!(refused["retry_after_seconds"].as_u64().unwrap() >= 1);
+    assert_eq!(refused["details"]["tier"], "user");
+    assert_eq!(refused["details"]["class"], "chat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_session_belongs_to_its_user_not_to_the_whole_tenant() {
+    let s = setup(|_| {}).await;
+    let alice = s.token("alice", "acme");
+    let bob = s.token("bob", "acme");
+    let mut alice_ws = ws_with_token(&s.gw.ws, &alice).await;
+    subscribe(&mut alice_ws, "chat:mine").await;
+    let mut bob_ws = ws_with_token(&s.gw.ws, &bob).await;
+    subscribe(&mut bob_ws, "chat:mine").await;
+
+    s.openai.push(Reply::text("alice answer"));
+    let (status, reply, _) = s
+        .chat(
+            &alice,
+            json!({"session": "mine", "model": "gpt-4o-mini", "message": "secret plan"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let published = next_json(&mut alice_ws).await;
+    assert_eq!(published["data"]["text"], "alice answer");
+
+    // Bob cannot read or delete Alice's session: to him it does not exist.
+    let url = format!("{}/api/v1/chat/sessions/mine", s.gw.base);
+    let r = s.http.get(&url).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = s.http.delete(&url).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Bob naming the same session starts his own conversation, and his channel carries only
+    // his replies (Alice's reply above never reached him).
+    s.openai.push(Reply::text("bob answer"));
+    let (status, reply, _) = s
+        .chat(
+            &bob,
+            json!({"session": "mine", "model": "gpt-4o-mini", "message": "hello"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let bobs = &s.openai.requests()[1].body;
+    assert_eq!(bobs["messages"].as_array().unwrap().len(), 1, "{bobs}");
+    let published = next_json(&mut bob_ws).await;
+    assert_eq!(published["data"]["text"], "bob answer", "{published}");
+
+    // Alice's session is intact and still hers.
+    let history: Value = s
+        .http
+        .get(&url)
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["turns"], 1);
+    assert_eq!(history["messages"][0]["content"], "secret plan");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrower_fresh_token_drops_the_subscriptions_it_no_longer_allows() {
+    let s = setup(|_| {}).await;
+    let wide = s
+        .keys
+        .token("alice", "acme", &["write:chat", "read:prices"]);
+    let narrow = s.keys.token("alice", "acme", &["read:prices"]);
+    let publisher = s.keys.token("feed", "acme", &["gateway:write"]);
+    let mut ws = ws_with_token(&s.gw.ws, &wide).await;
+    subscribe(&mut ws, "chat:n1").await;
+    subscribe(&mut ws, "prices:BTC").await;
+    send(&mut ws, json!({"type": "auth", "id": 1, "token": narrow})).await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["unsubscribed"], json!(["chat:n1"]));
+
+    // Alice's chat reply no longer reaches the connection; prices still do.
+    s.openai.push(Reply::text("not for you any more"));
+    let (status, _, _) = s
+        .chat(
+            &wide,
+            json!({"session": "n1", "model": "gpt-4o-mini", "message": "x"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let r = s
+        .http
+        .post(format!(
+            "{}/api/v1/gateway/channels/prices:BTC/messages",
+            s.gw.base
+        ))
+        .bearer_auth(&publisher)
+        .json(&json!({"data": {"p": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let next = next_json(&mut ws).await;
+    assert_eq!(next["channel"], "prices:BTC", "{next}");
+}

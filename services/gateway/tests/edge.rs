@@ -372,24 +372,24 @@ async fn a_message_published_on_one_replica_reaches_subscribers_on_the_other() {
     let b = start(&with_feed).await;
     let http = reqwest::Client::new();
 
-    let acme_on_b = keys.token("ann", "acme", &["write:chat", "read:prices"]);
+    let acme_on_b = keys.token("ann", "acme", &["cowork:read", "read:prices"]);
     let mut ann = ws_with_token(&b.ws, &acme_on_b).await;
-    subscribe(&mut ann, "chat:s1").await;
+    subscribe(&mut ann, "cowork:s1").await;
     let mut eve = ws_with_token(
         &b.ws,
-        &keys.token("eve", "globex", &["write:chat", "healer:read"]),
+        &keys.token("eve", "globex", &["cowork:read", "healer:read"]),
     )
     .await;
-    subscribe(&mut eve, "chat:s1").await;
+    subscribe(&mut eve, "cowork:s1").await;
     subscribe(&mut eve, "healing").await;
     let mut ann_on_a = ws_with_token(&a.ws, &acme_on_b).await;
-    subscribe(&mut ann_on_a, "chat:s1").await;
+    subscribe(&mut ann_on_a, "cowork:s1").await;
 
     // Published through replica A for tenant acme.
     let publisher = keys.token("svc", "acme", &["gateway:write"]);
     let r = http
         .post(format!(
-            "{}/api/v1/gateway/channels/chat:s1/messages",
+            "{}/api/v1/gateway/channels/cowork:s1/messages",
             a.base
         ))
         .bearer_auth(&publisher)
@@ -401,10 +401,10 @@ async fn a_message_published_on_one_replica_reaches_subscribers_on_the_other() {
     for ws in [&mut ann, &mut ann_on_a] {
         let m = next_json(ws).await;
         assert_eq!(m["type"], "message");
-        assert_eq!(m["channel"], "chat:s1");
+        assert_eq!(m["channel"], "cowork:s1");
         assert_eq!(m["data"]["text"], "hello from a");
     }
-    // Another tenant's chat:s1 is another channel: eve's next message is the public one
+    // Another tenant's cowork:s1 is another channel: eve's next message is the public one
     // (published by an admin: platform-wide channels need admin:*).
     let r = http
         .post(format!(

@@ -5,7 +5,10 @@
 //! hold, and whether it belongs to a tenant. Tenant channels travel on the bus under the
 //! tenant (`ws.tenant.<tenant>.<channel>`), platform-wide ones under `ws.public.<channel>`, so
 //! two tenants with a session of the same name never see each other's messages and a
-//! replica subscribes to everything with one `ws.>` subscription.
+//! replica subscribes to everything with one `ws.>` subscription. Chat sessions belong to one
+//! user: their channel travels under the owner too (`ws.tenant.<tenant>.<subject>.chat:<id>`,
+//! [`Channel::subject_for`]), so another user of the tenant following `chat:<id>` follows their
+//! own session of that name, never someone else's.
 //!
 //! Client actions (`subscribe`, `chat`, `trade`, ...) are authorised here, once per action,
 //! against the scopes of the connection's current token: `read:prices` for prices,
@@ -78,6 +81,11 @@ impl ChannelKind {
             self,
             ChannelKind::Chat | ChannelKind::Cowork | ChannelKind::Media
         )
+    }
+
+    /// True when messages belong to one user of the tenant (the token's subject).
+    pub fn per_owner(self) -> bool {
+        matches!(self, ChannelKind::Chat)
     }
 
     /// True when the kind takes a name after the colon.
@@ -164,8 +172,23 @@ impl Channel {
         self.name.as_deref()
     }
 
+    /// The bus subject carrying this channel's messages for `owner` (a token's subject) of
+    /// `tenant`: the owner counts for per-owner kinds (chat) only, the tenant for tenant kinds.
+    pub fn subject_for(&self, tenant: &str, owner: &str) -> String {
+        if self.kind.per_owner() {
+            format!(
+                "{SUBJECT_PREFIX}.tenant.{}.{}.{self}",
+                encode_tenant(tenant),
+                encode_tenant(owner)
+            )
+        } else {
+            self.subject(tenant)
+        }
+    }
+
     /// The bus subject carrying this channel's messages for `tenant` (ignored for
-    /// platform-wide kinds).
+    /// platform-wide kinds). For per-owner kinds this is the tenant-wide subject no client
+    /// follows; use [`Channel::subject_for`].
     pub fn subject(&self, tenant: &str) -> String {
         if self.kind.per_tenant() {
             format!("{SUBJECT_PREFIX}.tenant.{}.{self}", encode_tenant(tenant))
@@ -290,6 +313,28 @@ mod tests {
         let prices = Channel::parse("prices:BTC").unwrap();
         assert_eq!(prices.subject("acme"), "ws.public.prices:BTC");
         assert_eq!(prices.subject("acme"), prices.subject("globex"));
+    }
+
+    #[test]
+    fn chat_channels_are_separated_by_owner_on_the_bus() {
+        let chat = Channel::parse("chat:s1").unwrap();
+        assert_eq!(
+            chat.subject_for("acme", "alice"),
+            "ws.tenant.acme.alice.chat:s1"
+        );
+        assert_ne!(
+            chat.subject_for("acme", "alice"),
+            chat.subject_for("acme", "bob")
+        );
+        assert_ne!(chat.subject_for("acme", "alice"), chat.subject("acme"));
+        let odd = chat.subject_for("acme", "user@example.com");
+        liquid_bus::subject::validate(&odd, false).unwrap();
+        assert!(
+            odd.ends_with(".chat:s1"),
+            "the channel stays the last token"
+        );
+        let cowork = Channel::parse("cowork:s1").unwrap();
+        assert_eq!(cowork.subject_for("acme", "alice"), cowork.subject("acme"));
     }
 
     #[test]
