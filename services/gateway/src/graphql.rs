@@ -19,10 +19,18 @@
 //! forwarded on every service call (gRPC metadata `authorization`, with W3C trace context from
 //! [`GrpcTraceInjector`]) so each service authorises the caller itself. Depth and complexity
 //! are limited by `graphql.max_depth` and `graphql.max_complexity`; a field that calls a service
-//! costs [`SERVICE_CALL_COST`] (or [`FAN_OUT_COST`] when it asks them all) plus its selection,
-//! and a `tasks` page counts its selection once per task.
+//! (chat and subscriptions included) costs [`SERVICE_CALL_COST`] (or [`FAN_OUT_COST`] when it
+//! asks them all) plus its selection, and a `tasks` page counts its selection once per task.
+//! Chat turns are charged to the caller's quota of the chat route's rate-limit class, as REST
+//! chat is. The request's `x-request-id` goes with every service call.
+//!
+//! Limits: a `POST` body is bounded by `server.body_limit_bytes` (413) and is JSON only
+//! (multipart is 415); the WebSocket takes the `[websocket]` section's message size, auth
+//! deadline, heartbeats and `max_subscriptions` active streams, and closes with `/ws`'s codes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,14 +39,16 @@ use async_graphql::{
     Context, Data, Error, ErrorExtensions, InputObject, Json, Object, Schema, SimpleObject,
     Subscription,
 };
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, Stream, StreamExt};
 use liquid_a2a::pb as a2a;
 use liquid_auth::{Authenticated, BearerToken, Claims, bearer_from_headers, scopes, unix_now};
 use liquid_kit::error::HasErrorCode;
+use liquid_kit::server::REQUEST_ID_HEADER;
 use liquid_kit::telemetry::{GrpcTraceInjector, target};
 use liquid_kit::{ApiError, ErrorCode};
 use liquid_llm::{Parameters, StreamEvent};
@@ -47,18 +57,22 @@ use liquid_proto::liquid::platform::v1 as platform;
 use liquid_runtime::Peer;
 use liquid_runtime::platform::InstanceInfo;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
+use tracing::Instrument;
 
 use crate::auth::EdgeAuth;
 use crate::chat::{ChatBody, ChatService, MessageInput, reply_json};
 use crate::coalesce::Outcome;
-use crate::config::GraphqlSettings;
+use crate::config::{GraphqlSettings, WebSocketSettings};
 use crate::domain::channel::Channel;
+use crate::domain::gcra;
 use crate::domain::price::PriceTick;
 use crate::hub::Hub;
-use crate::ratelimit::{self, RateLimiter};
+use crate::ratelimit::{self, Outcome as RateOutcome, RateLimiter};
+use crate::ws::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED};
 
 /// graphql-transport-ws's close code for a refused `connection_init`.
 pub const CLOSE_FORBIDDEN: u16 = 4403;
@@ -70,6 +84,14 @@ pub const SERVICE_CALL_COST: usize = 10;
 
 /// Complexity of a field that asks every configured service (or agent) at once.
 pub const FAN_OUT_COST: usize = 5 * SERVICE_CALL_COST;
+
+/// The REST route whose rate-limit class GraphQL chat turns are charged to
+/// (`rate_limit.routes`), so a turn costs the same quota whichever way it comes.
+const CHAT_ROUTE: &str = "/api/v1/chat";
+
+/// Messages a GraphQL WebSocket queues for a slow client before its writer waits; the
+/// executor waits with it (backpressure), so nothing grows without bound.
+const SEND_QUEUE: usize = 32;
 
 /// `tasks` page size when the query names none.
 const DEFAULT_PAGE_SIZE: i32 = 20;
@@ -86,6 +108,33 @@ pub struct Caller {
     claims: Claims,
     token: BearerToken,
     host: Option<String>,
+    /// The `x-request-id` of the HTTP request (or WebSocket upgrade), passed on to services.
+    request_id: Option<String>,
+}
+
+impl Caller {
+    fn new(claims: Claims, token: BearerToken, headers: &http::HeaderMap) -> Caller {
+        Caller {
+            claims,
+            token,
+            host: host_of(headers),
+            request_id: headers
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
+
+    /// Adds the request's `x-request-id` to the headers of an HTTP call to a service.
+    fn request_id_to(&self, headers: &mut http::HeaderMap) {
+        if let Some(id) = self
+            .request_id
+            .as_deref()
+            .and_then(|id| http::HeaderValue::from_str(id).ok())
+        {
+            headers.insert(REQUEST_ID_HEADER, id);
+        }
+    }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Error {
@@ -94,6 +143,121 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Error {
 
 fn api_error(e: ApiError) -> Error {
     error(e.code, e.message)
+}
+
+/// The `rate_limited` error of a refused chat turn, with the figures `POST /api/v1/chat`'s 429
+/// carries (`retryAfterSeconds` among them) in its extensions.
+fn rate_limited(outcome: &RateOutcome) -> Error {
+    let retry = gcra::ceil_secs(outcome.decision.retry_after_ms).max(1);
+    tracing::info!(target: target::SECURITY, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = retry, "graphql chat rate limited");
+    let message = format!(
+        "rate limit of {} requests per {}s for this {} reached; retry after {retry}s",
+        outcome.decision.limit,
+        outcome.period_secs,
+        outcome.charge.tier.as_str()
+    );
+    let tier = outcome.charge.tier.as_str();
+    let class = outcome.class.to_string();
+    let limit = outcome.decision.limit;
+    let period = outcome.period_secs;
+    Error::new(message).extend_with(move |_, e| {
+        e.set("code", ErrorCode::RateLimited.as_str());
+        e.set("tier", tier);
+        e.set("class", class.as_str());
+        e.set("limit", limit);
+        e.set("periodSeconds", period);
+        e.set("retryAfterSeconds", retry);
+    })
+}
+
+/// Charges one chat turn (the `chat` mutation, a `chatStream` subscription) to the caller's
+/// user quota of the chat route's class, as `POST /api/v1/chat` is charged: GraphQL is no way
+/// around the chat limits. The `/graphql` request itself is charged to its own class as well.
+async fn charge_chat_turn(ctx: &Context<'_>, c: &Caller) -> Result<(), Error> {
+    let limiter = ctx.data::<RateLimiter>().map_err(|_| {
+        error(
+            ErrorCode::Internal,
+            "this graphql request has no rate limiter; chat is refused",
+        )
+    })?;
+    let class = limiter.class_of(CHAT_ROUTE).to_owned();
+    // With verified claims the charge is the user's; headers and address are not consulted.
+    let charge = limiter.charge(
+        Some(&c.claims),
+        &http::HeaderMap::new(),
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    );
+    match limiter.check(&class, charge).await {
+        Some(outcome) if !outcome.decision.allowed => Err(rate_limited(&outcome)),
+        _ => Ok(()),
+    }
+}
+
+/// The active subscription streams of one GraphQL WebSocket, at most `max`
+/// (`websocket.max_subscriptions`): each `prices`, `chatMessages` or `coworkEvents` field takes
+/// one of the replica's hub registrations (`websocket.max_connections`), so without a bound
+/// one socket could take them all. In the connection's data; a field takes a [`StreamSlot`]
+/// that its stream holds until it ends.
+#[derive(Clone)]
+struct StreamSlots {
+    active: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One active subscription stream; dropped with the stream, which frees the slot.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl StreamSlots {
+    fn new(max: usize) -> StreamSlots {
+        StreamSlots {
+            active: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    fn acquire(&self) -> Result<StreamSlot, Error> {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .map(|_| StreamSlot(self.active.clone()))
+            .map_err(|_| {
+                error(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "this connection already has {} active subscriptions \
+                         (websocket.max_subscriptions); complete one before starting another",
+                        self.max
+                    ),
+                )
+            })
+    }
+}
+
+/// A slot for one more subscription stream of this connection.
+fn stream_slot(ctx: &Context<'_>) -> Result<StreamSlot, Error> {
+    ctx.data::<StreamSlots>()
+        .map_err(|_| {
+            error(
+                ErrorCode::InvalidArgument,
+                "subscriptions are served over the graphql websocket only",
+            )
+        })?
+        .acquire()
+}
+
+/// `stream`, holding `slot` until it ends or is dropped.
+fn holding<S: Stream>(slot: StreamSlot, stream: S) -> impl Stream<Item = S::Item> {
+    stream.map(move |item| {
+        let _held = &slot;
+        item
+    })
 }
 
 fn caller<'a>(ctx: &'a Context<'_>) -> Result<&'a Caller, Error> {
@@ -192,6 +356,13 @@ impl Backends {
             .token
             .apply_to_metadata(request.metadata_mut())
             .map_err(|e| error(e.error_code(), e.to_string()))?;
+        if let Some(id) = caller
+            .request_id
+            .as_deref()
+            .and_then(|id| tonic::metadata::MetadataValue::try_from(id).ok())
+        {
+            request.metadata_mut().insert(REQUEST_ID_HEADER, id);
+        }
         request.set_timeout(self.timeout);
         Ok(request)
     }
@@ -326,6 +497,7 @@ impl Backends {
             headers.insert("x-forwarded-host", host);
             headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
         }
+        caller.request_id_to(&mut headers);
         liquid_kit::telemetry::inject_http(&mut headers);
         let response = self
             .http
@@ -375,6 +547,7 @@ impl Backends {
             .token
             .apply_to_headers(&mut headers)
             .map_err(|e| error(e.error_code(), e.to_string()))?;
+        caller.request_id_to(&mut headers);
         liquid_kit::telemetry::inject_http(&mut headers);
         let response = self
             .http
@@ -1504,12 +1677,14 @@ pub struct Mutation;
 
 #[Object]
 impl Mutation {
-    /// One chat turn (`write:chat`), as `POST /api/v1/chat`.
+    /// One chat turn (`write:chat`), as `POST /api/v1/chat` and charged to the same rate
+    /// limit.
     #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
     async fn chat(&self, ctx: &Context<'_>, input: ChatInput) -> Result<ChatReply, Error> {
         let c = caller(ctx)?;
         require(c, scopes::WRITE_CHAT)?;
         let chat = chat_of(ctx)?;
+        charge_chat_turn(ctx, c).await?;
         let prepared = chat
             .prepare(&c.claims, input.into_body(), None)
             .await
@@ -1519,6 +1694,7 @@ impl Mutation {
     }
 
     /// Removes the caller's tenant's cached chat answers (`write:chat`); how many.
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
     async fn invalidate_chat_cache(&self, ctx: &Context<'_>) -> Result<u64, Error> {
         let c = caller(ctx)?;
         require(c, scopes::WRITE_CHAT)?;
@@ -1649,12 +1825,14 @@ pub struct SubscriptionRoot;
 #[Subscription]
 impl SubscriptionRoot {
     /// Price ticks of `symbols` as the hub forwards them (`read:prices`).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
     async fn prices(
         &self,
         ctx: &Context<'_>,
         symbols: Vec<String>,
     ) -> Result<impl Stream<Item = Price> + use<>, Error> {
         require(caller(ctx)?, scopes::READ_PRICES)?;
+        let slot = stream_slot(ctx)?;
         if symbols.is_empty() || symbols.len() > 64 {
             return Err(error(ErrorCode::InvalidArgument, "name 1 to 64 symbols"));
         }
@@ -1667,13 +1845,17 @@ impl SubscriptionRoot {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let stream = follow(&ctx.data::<Backends>()?.hub, &subjects)?;
-        Ok(stream.filter_map(|v| async move {
-            serde_json::from_value::<PriceTick>(v).ok().map(Price::from)
-        }))
+        Ok(holding(
+            slot,
+            stream.filter_map(|v| async move {
+                serde_json::from_value::<PriceTick>(v).ok().map(Price::from)
+            }),
+        ))
     }
 
     /// Messages on the caller's `chat:<session>` channel: replies, deltas and errors of
     /// WebSocket chat turns and session replies of every replica (`write:chat`).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
     async fn chat_messages(
         &self,
         ctx: &Context<'_>,
@@ -1685,10 +1867,16 @@ impl SubscriptionRoot {
         let channel = Channel::parse(&format!("chat:{session}"))
             .map_err(|e| error(ErrorCode::InvalidArgument, e.to_string()))?;
         let subject = channel.subject_for(c.claims.tenant_id(), &c.claims.sub);
-        Ok(follow(&ctx.data::<Backends>()?.hub, &[subject])?.map(Json))
+        let slot = stream_slot(ctx)?;
+        Ok(holding(
+            slot,
+            follow(&ctx.data::<Backends>()?.hub, &[subject])?.map(Json),
+        ))
     }
 
-    /// One chat turn, streamed (`write:chat`): deltas, tool call fragments, then `done`.
+    /// One chat turn, streamed (`write:chat`; charged to the chat rate limit like
+    /// `POST /api/v1/chat`): deltas, tool call fragments, then `done`.
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
     async fn chat_stream(
         &self,
         ctx: &Context<'_>,
@@ -1697,6 +1885,8 @@ impl SubscriptionRoot {
         let c = caller(ctx)?;
         require(c, scopes::WRITE_CHAT)?;
         let chat = chat_of(ctx)?.clone();
+        let slot = stream_slot(ctx)?;
+        charge_chat_turn(ctx, c).await?;
         let prepared = chat
             .prepare(&c.claims, input.into_body(), None)
             .await
@@ -1704,14 +1894,18 @@ impl SubscriptionRoot {
         let tenant = c.claims.tenant_id().to_owned();
         let owner = c.claims.sub.clone();
         let session = prepared.session().map(str::to_owned);
-        let mut slot = Some(prepared);
-        let (stream, outcome) = chat.stream(&mut slot).await.map_err(api_error)?;
-        Ok(chat_events(chat, stream, outcome, tenant, owner, session))
+        let mut prepared_slot = Some(prepared);
+        let (stream, outcome) = chat.stream(&mut prepared_slot).await.map_err(api_error)?;
+        Ok(holding(
+            slot,
+            chat_events(chat, stream, outcome, tenant, owner, session),
+        ))
     }
 
     /// Events of one of the caller's cowork sessions as cowork publishes them on the
     /// `cowork:<session>` channel, from now on (`cowork:read`; cowork is asked first, so an
     /// unknown session or another tenant's is `not_found`).
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
     async fn cowork_events(
         &self,
         ctx: &Context<'_>,
@@ -1723,15 +1917,17 @@ impl SubscriptionRoot {
         let channel = Channel::parse(&format!("cowork:{session}"))
             .map_err(|e| error(ErrorCode::InvalidArgument, e.to_string()))?;
         let backends = ctx.data::<Backends>()?;
+        let slot = stream_slot(ctx)?;
         // Follow before asking, so nothing published in between is missed.
         let stream = follow(&backends.hub, &[channel.subject(c.claims.tenant_id())])?;
         backends
             .cowork_get(c, &format!("/api/v1/cowork/sessions/{session}"))
             .await?;
-        Ok(stream.map(|v| CoworkEvent::from_json(&v)))
+        Ok(holding(slot, stream.map(|v| CoworkEvent::from_json(&v))))
     }
 
     /// Updates of a task until it reaches a final state.
+    #[graphql(complexity = "SERVICE_CALL_COST + child_complexity")]
     async fn task_updates(
         &self,
         ctx: &Context<'_>,
@@ -1740,6 +1936,7 @@ impl SubscriptionRoot {
     ) -> Result<impl Stream<Item = Result<Json<Value>, Error>> + use<>, Error> {
         let c = caller(ctx)?;
         let backends = ctx.data::<Backends>()?;
+        let slot = stream_slot(ctx)?;
         let (mut client, url) = backends.a2a()?;
         let mut request = backends.a2a_request(
             c,
@@ -1761,10 +1958,13 @@ impl SubscriptionRoot {
                 format!("the a2a task stream failed: {}", s.message()),
             )
         };
-        Ok(stream.map(move |item| {
-            item.map(|event| Json(serde_json::to_value(&event).unwrap_or(Value::Null)))
-                .map_err(&err)
-        }))
+        Ok(holding(
+            slot,
+            stream.map(move |item| {
+                item.map(|event| Json(serde_json::to_value(&event).unwrap_or(Value::Null)))
+                    .map_err(&err)
+            }),
+        ))
     }
 }
 
@@ -1831,8 +2031,11 @@ pub struct GraphqlState {
     pub schema: LiquidSchema,
     /// Verifies WebSocket tokens.
     pub tokens: EdgeAuth,
-    /// Charges WebSocket connects.
+    /// Charges WebSocket connects and GraphQL chat turns.
     pub limiter: RateLimiter,
+    /// `[websocket]`: the subscription socket's message size, auth deadline, heartbeats and
+    /// active subscriptions.
+    pub websocket: Arc<WebSocketSettings>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
 }
@@ -1877,24 +2080,69 @@ fn host_of(headers: &http::HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `POST /graphql`: a query or mutation by the verified caller.
+/// `POST /graphql`: a query or mutation by the verified caller, as JSON. The body is read
+/// here within the server's body limit (`server.body_limit_bytes`, which the host sets as
+/// axum's `DefaultBodyLimit`): async-graphql-axum's extractor reads the whole body whatever
+/// its size, and takes multipart uploads, which no field of this schema has.
 pub async fn execute(
     State(state): State<GraphqlState>,
     Authenticated(claims): Authenticated,
     token: BearerToken,
-    headers: http::HeaderMap,
-    request: GraphQLRequest,
-) -> GraphQLResponse {
-    let caller = Caller {
-        claims,
-        token,
-        host: host_of(&headers),
+    request: Request,
+) -> Response {
+    let caller = Caller::new(claims, token, request.headers());
+    if is_multipart(request.headers()) {
+        return ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "/graphql takes no multipart requests (this schema has no uploads); send the query as application/json",
+        )
+        .into_response();
+    }
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the graphql request is larger than this gateway accepts (server.body_limit_bytes); send a smaller query",
+            )
+            .into_response();
+        }
+        Err(rejection) => {
+            return ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("the request body could not be read: {rejection}"),
+            )
+            .into_response();
+        }
     };
-    state
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "the body is not a graphql request (a json object with `query` and optional `variables` and `operationName`): {e}"
+                ),
+            )
+            .into_response();
+        }
+    };
+    let response = state
         .schema
-        .execute(request.into_inner().data(caller))
-        .await
-        .into()
+        .execute(request.data(caller).data(state.limiter.clone()))
+        .await;
+    GraphQLResponse::from(response).into_response()
+}
+
+fn is_multipart(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..10)
+                .is_some_and(|p| p.eq_ignore_ascii_case("multipart/"))
+        })
 }
 
 /// The token of a `connection_init` payload: `Authorization`/`authorization` (`Bearer x`) or
@@ -1908,18 +2156,17 @@ fn token_in_payload(payload: &Value) -> Option<String> {
     payload["token"].as_str().map(str::to_owned)
 }
 
-/// `GET /graphql`: the subscription WebSocket.
+/// `GET /graphql`: the subscription WebSocket, with the `[websocket]` section's limits: the
+/// largest message (`max_message_bytes`), a caller by `auth_deadline_secs` (else 4001), a ping
+/// every `heartbeat_secs` and a close (4003) after `idle_timeout_secs` without a frame from the
+/// client, at most `max_subscriptions` active subscriptions; closed with 4002 when the token
+/// expires and 1001 at shutdown (the codes of `/ws`).
 pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> Response {
     let peer = ratelimit::peer_of(&request);
     let (mut parts, _body) = request.into_parts();
-    let host = host_of(&parts.headers);
     let at_connect = match bearer_from_headers(&parts.headers) {
         Ok(Some(token)) => match state.tokens.verify(token).await {
-            Ok(claims) => Some(Caller {
-                claims,
-                token: BearerToken::new(token),
-                host: host.clone(),
-            }),
+            Ok(claims) => Some(Caller::new(claims, BearerToken::new(token), &parts.headers)),
             Err(error) => {
                 tracing::info!(target: target::SECURITY, reason = error.reason(), %error, "graphql websocket connect refused");
                 return error.into_response();
@@ -1946,49 +2193,106 @@ pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> R
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    let (expiry_tx, mut expiry_rx) =
-        tokio::sync::watch::channel(at_connect.as_ref().map(|c| c.claims.exp));
-    let tokens = state.tokens.clone();
-    let schema = state.schema.clone();
-    let shutdown = state.shutdown.clone();
+    let max_message = state.websocket.max_message_bytes;
+    let socket = GraphqlSocket {
+        schema: state.schema,
+        tokens: state.tokens,
+        limiter: state.limiter,
+        settings: state.websocket,
+        shutdown: state.shutdown,
+        protocol,
+        at_connect,
+        headers: parts.headers,
+    };
+    // The connection outlives this handler: it carries the request's span, so the service
+    // calls of its subscriptions join the upgrade's trace.
+    let span = tracing::Span::current();
     let mut response = upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| async move {
-            let mut data = Data::default();
-            let authenticated = at_connect.is_some();
-            if let Some(c) = at_connect {
-                data.insert(c);
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |ws| socket.run(ws).instrument(span));
+    if let Some(outcome) = &outcome {
+        ratelimit::write_headers(response.headers_mut(), outcome);
+    }
+    response
+}
+
+/// One GraphQL WebSocket once upgraded.
+struct GraphqlSocket {
+    schema: LiquidSchema,
+    tokens: EdgeAuth,
+    limiter: RateLimiter,
+    settings: Arc<WebSocketSettings>,
+    shutdown: CancellationToken,
+    protocol: GraphQLProtocol,
+    /// The caller of a token sent at connect; else `connection_init` must bring one.
+    at_connect: Option<Caller>,
+    /// The upgrade request's headers (host and request id of a caller from `connection_init`).
+    headers: http::HeaderMap,
+}
+
+impl GraphqlSocket {
+    /// Serves the socket: async-graphql speaks the protocol and writes into a queue; this
+    /// loop owns the socket's sending half, so it can ping, and close with a code of its own
+    /// (auth deadline, idle, expiry, shutdown) instead of dropping the connection.
+    async fn run(self, socket: axum::extract::ws::WebSocket) {
+        let GraphqlSocket {
+            schema,
+            tokens,
+            limiter,
+            settings,
+            shutdown,
+            protocol,
+            at_connect,
+            headers,
+        } = self;
+        let (expiry_tx, expiry_rx) =
+            tokio::sync::watch::channel(at_connect.as_ref().map(|c| c.claims.exp));
+        let mut data = Data::default();
+        data.insert(limiter);
+        data.insert(StreamSlots::new(settings.max_subscriptions));
+        let authenticated = at_connect.is_some();
+        if let Some(c) = at_connect {
+            data.insert(c);
+        }
+        let on_init = move |payload: Value| async move {
+            if authenticated {
+                return Ok(Data::default());
             }
-            let on_init = move |payload: Value| async move {
-                if authenticated {
-                    return Ok(Data::default());
-                }
-                let Some(token) = token_in_payload(&payload) else {
-                    return Err(Error::new(
-                        "unauthenticated: send {\"Authorization\": \"Bearer <jwt>\"} in connection_init",
-                    ));
-                };
-                match tokens.verify(&token).await {
-                    Ok(claims) => {
-                        let _ = expiry_tx.send(Some(claims.exp));
-                        let mut data = Data::default();
-                        data.insert(Caller {
-                            claims,
-                            token: BearerToken::new(token),
-                            host,
-                        });
-                        Ok(data)
-                    }
-                    Err(e) => {
-                        tracing::info!(target: target::SECURITY, reason = e.reason(), %e, "graphql websocket token refused");
-                        Err(Error::new(format!("unauthenticated: {e}")))
-                    }
-                }
+            let Some(token) = token_in_payload(&payload) else {
+                return Err(Error::new(
+                    "unauthenticated: send {\"Authorization\": \"Bearer <jwt>\"} in connection_init",
+                ));
             };
-            // graphql-transport-ws closes a refused connection_init with 4403 Forbidden;
-            // async-graphql sends 1002 with the reason, so the reason decides the code here.
-            let (sink, stream) = socket.split();
-            let sink = sink.with(|message: Message| async move {
+            match tokens.verify(&token).await {
+                Ok(claims) => {
+                    let _ = expiry_tx.send(Some(claims.exp));
+                    let mut data = Data::default();
+                    data.insert(Caller::new(claims, BearerToken::new(token), &headers));
+                    Ok(data)
+                }
+                Err(e) => {
+                    tracing::info!(target: target::SECURITY, reason = e.reason(), %e, "graphql websocket token refused");
+                    Err(Error::new(format!("unauthenticated: {e}")))
+                }
+            }
+        };
+        let (mut socket_sink, socket_stream) = socket.split();
+        // Any frame from the client (pongs included) shows it is alive.
+        let opened = Instant::now();
+        let heard = Arc::new(AtomicU64::new(0));
+        let heard_in = heard.clone();
+        let socket_stream = socket_stream.inspect(move |_| {
+            let at = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            heard_in.store(at, Ordering::Relaxed);
+        });
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(SEND_QUEUE);
+        // graphql-transport-ws closes a refused connection_init with 4403 Forbidden;
+        // async-graphql sends 1002 with the reason, so the reason decides the code here.
+        let sink = tokio_util::sync::PollSender::new(out_tx)
+            .sink_map_err(axum::Error::new)
+            .with(|message: Message| async move {
                 Ok::<_, axum::Error>(match message {
                     Message::Close(Some(frame)) if frame.reason.starts_with("unauthenticated") => {
                         Message::Close(Some(CloseFrame {
@@ -1999,39 +2303,94 @@ pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> R
                     other => other,
                 })
             });
-            let serve = GraphQLWebSocket::new_with_pair(Box::pin(sink), stream, schema, protocol)
+        let serve =
+            GraphQLWebSocket::new_with_pair(Box::pin(sink), socket_stream, schema, protocol)
                 .with_data(data)
                 .on_connection_init(on_init)
                 .serve();
-            let expired = async move {
-                loop {
-                    let exp = *expiry_rx.borrow_and_update();
-                    match exp {
-                        Some(exp) => {
-                            let left = exp.saturating_sub(unix_now());
-                            tokio::time::sleep(Duration::from_secs(left)).await;
-                            return;
-                        }
-                        None => {
-                            if expiry_rx.changed().await.is_err() {
-                                std::future::pending::<()>().await;
-                            }
-                        }
+        tokio::pin!(serve);
+        let mut serving = true;
+        let expired = token_expiry(expiry_rx.clone());
+        tokio::pin!(expired);
+        let auth_deadline = tokio::time::sleep(Duration::from_secs(settings.auth_deadline_secs));
+        tokio::pin!(auth_deadline);
+        let mut awaiting_auth = !authenticated;
+        let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
+        let every = Duration::from_secs(settings.heartbeat_secs);
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let closing = loop {
+            tokio::select! {
+                () = &mut serve, if serving => serving = false,
+                message = out_rx.recv() => {
+                    // None: the executor ended and everything it wrote is sent.
+                    let Some(message) = message else { break None };
+                    let close = matches!(message, Message::Close(_));
+                    if !send_within(&mut socket_sink, message, idle_timeout).await || close {
+                        break None;
                     }
                 }
-            };
-            tokio::select! {
-                () = serve => {}
-                () = expired => {
-                    tracing::debug!(target: target::GRAPHQL, "graphql websocket closed: token expired");
+                _ = heartbeat.tick() => {
+                    let quiet = opened.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+                    if quiet > idle_timeout {
+                        break Some((CLOSE_IDLE, "heartbeat timeout"));
+                    }
+                    if !send_within(&mut socket_sink, Message::Ping(Bytes::new()), idle_timeout).await {
+                        break None;
+                    }
                 }
-                () = shutdown.cancelled() => {}
+                () = &mut auth_deadline, if awaiting_auth => {
+                    if expiry_rx.borrow().is_none() {
+                        break Some((CLOSE_UNAUTHENTICATED, "no connection_init with a valid token within the deadline"));
+                    }
+                    awaiting_auth = false;
+                }
+                () = &mut expired => {
+                    break Some((CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a fresh token"));
+                }
+                () = shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             }
-        });
-    if let Some(outcome) = &outcome {
-        ratelimit::write_headers(response.headers_mut(), outcome);
+        };
+        if let Some((code, reason)) = closing {
+            tracing::debug!(target: target::GRAPHQL, code, reason, "graphql websocket closed");
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }));
+            let _ = send_within(&mut socket_sink, frame, idle_timeout).await;
+        }
     }
-    response
+}
+
+/// Resolves when the connection's token expires (never before a token is known).
+async fn token_expiry(mut expiry: tokio::sync::watch::Receiver<Option<u64>>) {
+    loop {
+        let exp = *expiry.borrow_and_update();
+        match exp {
+            Some(exp) => {
+                let left = exp.saturating_sub(unix_now());
+                tokio::time::sleep(Duration::from_secs(left)).await;
+                return;
+            }
+            None => {
+                if expiry.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends one frame; false when the socket failed or the client did not take it in `within`.
+async fn send_within<S>(sink: &mut S, message: Message, within: Duration) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    matches!(
+        tokio::time::timeout(within, sink.send(message)).await,
+        Ok(Ok(()))
+    )
 }
 
 #[cfg(test)]
@@ -2049,6 +2408,37 @@ mod tests {
             Some("x.y.z")
         );
         assert_eq!(token_in_payload(&json!({})), None);
+    }
+
+    #[test]
+    fn stream_slots_are_bounded_and_freed_when_a_stream_ends() {
+        let slots = StreamSlots::new(2);
+        let a = slots.acquire().unwrap();
+        let b = slots.acquire().unwrap();
+        let refused = slots.acquire().err().unwrap();
+        assert!(refused.message.contains("websocket.max_subscriptions"));
+        drop(a);
+        let stream = holding(slots.acquire().unwrap(), futures_util::stream::iter([1]));
+        assert!(slots.acquire().is_err());
+        drop(stream);
+        drop(b);
+        assert_eq!(slots.active.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn multipart_is_recognised_in_any_case() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!is_multipart(&headers));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("Multipart/Form-Data; boundary=x"),
+        );
+        assert!(is_multipart(&headers));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        assert!(!is_multipart(&headers));
     }
 
     #[test]

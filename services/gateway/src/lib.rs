@@ -195,6 +195,7 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         ),
         tokens: tokens.clone(),
         limiter: limiter.clone(),
+        websocket: ws_state.settings.clone(),
         shutdown: foundation.shutdown.clone(),
     });
     let limit = axum::middleware::from_fn_with_state(limiter.clone(), ratelimit::limit);

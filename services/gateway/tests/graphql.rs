@@ -592,3 +592,356 @@ async fn cowork_fields_are_in_the_schema_and_say_when_cowork_is_not_configured()
         "{missing}"
     );
 }
+
+fn gateway_error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Reads the graphql-transport-ws messages of one operation until one carries a payload.
+async fn payload_of(ws: &mut Ws, id: &str) -> Value {
+    loop {
+        let m = next_json(ws).await;
+        if m["id"] == id && m["type"] == "next" {
+            return m["payload"].clone();
+        }
+    }
+}
+
+async fn init(ws: &mut Ws, token: &str) {
+    send(
+        ws,
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
+    )
+    .await;
+    assert_eq!(next_json(ws).await["type"], "connection_ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_bodies_are_bounded_and_chat_fields_cost_a_service_call() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    cfg.server.body_limit_bytes = 16 * 1024;
+    let gw = start(&cfg).await;
+    let token = keys.token("alice", "acme", &["write:chat", "read:prices"]);
+    let client = reqwest::Client::new();
+
+    // Over the server's body limit: 413 with a stable code, whatever the query.
+    let padding = "x".repeat(64 * 1024);
+    let r = client
+        .post(format!("{}/graphql", gw.base))
+        .bearer_auth(&token)
+        .json(&json!({"query": "{ whoami { subject } }", "variables": {"pad": padding}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(gateway_error_code(&v), "payload_too_large", "{v}");
+
+    // Multipart (uploads) is refused; the schema has none.
+    let r = client
+        .post(format!("{}/graphql", gw.base))
+        .bearer_auth(&token)
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body("--b\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{}\r\n--b--\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(gateway_error_code(&v), "unsupported_media_type", "{v}");
+
+    // Not a graphql request: 400, not an empty answer.
+    let r = client
+        .post(format!("{}/graphql", gw.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("[1, 2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Within the limit it is served.
+    let v = query(&gw, &token, "{ whoami { subject } }", json!({})).await;
+    assert_eq!(v["data"]["whoami"]["subject"], "alice", "{v}");
+
+    // Aliasing chat fields is bounded by the complexity limit like other service calls.
+    let turns: String = (0..100)
+        .map(|i| format!(r#"c{i}: chat(input: {{message: "x", model: "offline"}}) {{ text }} "#))
+        .collect();
+    let v = query(&gw, &token, &format!("mutation {{ {turns} }}"), json!({})).await;
+    assert!(v["data"].is_null(), "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("too complex"),
+        "{v}"
+    );
+    let clears: String = (0..101)
+        .map(|i| format!("i{i}: invalidateChatCache "))
+        .collect();
+    let v = query(&gw, &token, &format!("mutation {{ {clears} }}"), json!({})).await;
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("too complex"),
+        "{v}"
+    );
+    // Subscriptions too: a hundred aliased price streams are refused before any starts.
+    let mut ws = gql_ws(&gw, &[]).await;
+    init(&mut ws, &token).await;
+    let streams: String = (0..100)
+        .map(|i| format!(r#"p{i}: prices(symbols: ["BTC-USD"]) {{ price }} "#))
+        .collect();
+    send(
+        &mut ws,
+        json!({"id": "many", "type": "subscribe", "payload": {"query": format!("subscription {{ {streams} }}")}}),
+    )
+    .await;
+    let refused = payload_of(&mut ws, "many").await;
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("too complex"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graphql_socket_holds_at_most_max_subscriptions_streams() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    cfg.settings.prices.simulated_feed = true;
+    cfg.settings.prices.tick_ms = 50;
+    cfg.settings.websocket.max_subscriptions = 2;
+    let gw = start(&cfg).await;
+    let token = keys.token("alice", "acme", &["read:prices"]);
+    let prices = json!({"query": r#"subscription { prices(symbols: ["BTC-USD"]) { symbol } }"#});
+
+    let mut ws = gql_ws(&gw, &[]).await;
+    init(&mut ws, &token).await;
+    for id in ["a", "b"] {
+        send(
+            &mut ws,
+            json!({"id": id, "type": "subscribe", "payload": prices}),
+        )
+        .await;
+        let tick = payload_of(&mut ws, id).await;
+        assert_eq!(tick["data"]["prices"]["symbol"], "BTC-USD", "{tick}");
+    }
+    // A third operation, or two streams in one, would pass the cap: refused.
+    send(
+        &mut ws,
+        json!({"id": "c", "type": "subscribe", "payload": prices}),
+    )
+    .await;
+    let refused = payload_of(&mut ws, "c").await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "failed_precondition",
+        "{refused}"
+    );
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("websocket.max_subscriptions"),
+        "{refused}"
+    );
+    // Completing one frees its slot.
+    send(&mut ws, json!({"id": "a", "type": "complete"})).await;
+    send(
+        &mut ws,
+        json!({"id": "d", "type": "subscribe", "payload": prices}),
+    )
+    .await;
+    let tick = payload_of(&mut ws, "d").await;
+    assert_eq!(tick["data"]["prices"]["symbol"], "BTC-USD", "{tick}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_chat_turns_are_charged_to_the_chat_rate_limit() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.classes.insert(
+        "chat".into(),
+        liquid_gateway::config::ClassLimits {
+            user: 2,
+            session: 2,
+            ip: 2,
+            period_secs: 900,
+        },
+    );
+    cfg.settings.rate_limit.routes = vec![liquid_gateway::config::RouteClass {
+        prefix: "/api/v1/chat".into(),
+        class: "chat".into(),
+    }];
+    let gw = start(&cfg).await;
+    let token = keys.token("alice", "acme", &["write:chat"]);
+    let turn = r#"mutation { chat(input: {message: "hi", model: "offline"}) { text } }"#;
+
+    for _ in 0..2 {
+        let v = query(&gw, &token, turn, json!({})).await;
+        assert!(v["errors"].is_null(), "{v}");
+    }
+    let v = query(&gw, &token, turn, json!({})).await;
+    assert_eq!(error_codes(&v), ["rate_limited"], "{v}");
+    let extensions = &v["errors"][0]["extensions"];
+    assert!(
+        extensions["retryAfterSeconds"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    assert_eq!(extensions["class"], "chat", "{v}");
+    assert_eq!(extensions["tier"], "user", "{v}");
+
+    // The same quota as REST chat and as a streamed turn.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/chat", gw.base))
+        .bearer_auth(&token)
+        .json(&json!({"message": "hi", "model": "offline"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let mut ws = gql_ws(&gw, &[]).await;
+    init(&mut ws, &token).await;
+    send(
+        &mut ws,
+        json!({"id": "s", "type": "subscribe", "payload": {"query": r#"subscription { chatStream(input: {message: "hi", model: "offline"}) { kind } }"#}}),
+    )
+    .await;
+    let refused = payload_of(&mut ws, "s").await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "rate_limited",
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_sockets_close_with_the_codes_of_ws() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    cfg.settings.websocket.auth_deadline_secs = 1;
+    cfg.settings.websocket.max_message_bytes = 4 * 1024;
+    let gw = start(&cfg).await;
+    let token = keys.token("alice", "acme", &["read:prices"]);
+
+    // No connection_init by the deadline: 4001, as /ws.
+    let mut silent = gql_ws(&gw, &[]).await;
+    assert_eq!(close_code(&mut silent).await, 4001);
+
+    // A message over websocket.max_message_bytes ends the connection.
+    let mut big = gql_ws(&gw, &[]).await;
+    init(&mut big, &token).await;
+    let query = format!(
+        "subscription {{ prices(symbols: [\"{}\"]) {{ symbol }} }}",
+        "A".repeat(8 * 1024)
+    );
+    send(
+        &mut big,
+        json!({"id": "big", "type": "subscribe", "payload": {"query": query}}),
+    )
+    .await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match futures_util::StreamExt::next(&mut big).await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_)) | None => {
+                    return;
+                }
+                Some(Ok(m)) => assert!(!m.is_text(), "answered an oversized message: {m:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the oversized message did not end the connection"
+    );
+
+    // A token that expires: 4002, as /ws.
+    let short = keys
+        .key
+        .mint(
+            &liquid_auth::TokenRequest::user("alice", ["read:prices"])
+                .tenant("acme")
+                .issuer(ISSUER)
+                .audience(AUDIENCE)
+                .ttl(std::time::Duration::from_secs(2)),
+        )
+        .unwrap();
+    let mut expiring = gql_ws(&gw, &[]).await;
+    init(&mut expiring, &short).await;
+    assert_eq!(close_code(&mut expiring).await, 4002);
+
+    // Shutdown: 1001.
+    let mut open = gql_ws(&gw, &[]).await;
+    init(&mut open, &token).await;
+    gw.shutdown.cancel();
+    assert_eq!(close_code(&mut open).await, 1001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_calls_carry_the_request_id() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let up = upstream().await;
+    let mut cfg = config(&keys, db.url(), &nats.url(), "memory://", &up.url);
+    cfg.settings.rate_limit.enabled = false;
+    let gw = start(&cfg).await;
+    let token = keys.token("alice", "acme", &["cowork:read"]);
+    let session = "0190a1b2-0000-7000-8000-000000000002";
+    let r = reqwest::Client::new()
+        .post(format!("{}/graphql", gw.base))
+        .bearer_auth(&token)
+        .header("x-request-id", "graphql-trace-1")
+        .json(&json!({"query": "query($id: String!) { coworkSession(id: $id) { sessionId } }", "variables": {"id": session}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.headers(&format!("/api/v1/cowork/sessions/{session}"));
+    assert_eq!(
+        seen.get("x-request-id").map(String::as_str),
+        Some("graphql-trace-1"),
+        "{seen:?}"
+    );
+}
