@@ -1125,7 +1125,8 @@ async fn broadcast_section(keys: &Keys) {
             latencies
         }));
     }
-    let publisher = token(keys, &["gateway:write"]);
+    // `healing` is platform-wide: publishing on it takes admin:*.
+    let publisher = token(keys, &["admin:*"]);
     let http = reqwest::Client::new();
     let url_a = format!(
         "http://{}/api/v1/gateway/channels/healing/messages",

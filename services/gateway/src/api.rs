@@ -78,13 +78,17 @@ pub struct PublishBody {
 
 /// The `reason` in the details of a refused publish to a platform-wide channel.
 pub const PLATFORM_CHANNEL_REASON: &str = "platform_channel";
+/// The `reason` in the details of a refused publish to a user's own channel (`chat:`).
+pub const OWNED_CHANNEL_REASON: &str = "owned_channel";
 
 /// `POST /api/v1/gateway/channels/{channel}/messages`: broadcasts to every replica.
 ///
-/// A tenant channel (`chat:`, `cowork:`, `media:`) reaches the caller's tenant only; a
+/// A tenant channel (`cowork:`, `media:`) reaches the caller's tenant only; a
 /// platform-wide one (`prices:<symbol>`, `healing`) reaches every tenant, so a tenant's
 /// `gateway:write` does not cover it: it needs `admin:*` (else 403 `permission_denied`, reason
-/// `platform_channel`), so no tenant can put fake prices into another tenant's feed.
+/// `platform_channel`), so no tenant can put fake prices into another tenant's feed. A `chat:`
+/// channel belongs to one user's chat session and carries only that session's turns: 400
+/// `invalid_argument`, reason `owned_channel` (send chat through `/api/v1/chat`).
 pub async fn publish(
     State(state): State<ApiState>,
     caller: Authenticated,
@@ -98,6 +102,19 @@ pub async fn publish(
         Ok(c) => c,
         Err(e) => return ApiError::new(ErrorCode::InvalidArgument, e.to_string()).into_response(),
     };
+    if channel.kind().per_owner() {
+        return ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "`{channel}` belongs to one user's chat session and carries only its turns; send chat with POST /api/v1/chat or a `chat` WebSocket frame"
+            ),
+        )
+        .with_details(json!({
+            "reason": OWNED_CHANNEL_REASON,
+            "channel": channel.to_string(),
+        }))
+        .into_response();
+    }
     if !channel.kind().per_tenant() && !caller.has_scope(scopes::ADMIN) {
         return ApiError::new(
             ErrorCode::PermissionDenied,

@@ -651,7 +651,8 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     })
     .await;
     let reader = s.keys.token("carol", "acme", &["read:prices"]);
-    let publisher = s.keys.token("feed", "acme", &["gateway:write"]);
+    // Price channels are platform-wide: publishing on one takes admin:*.
+    let publisher = s.keys.token("feed", "ops", &["admin:*"]);
     let mut ws = ws_with_token(&s.gw.ws, &reader).await;
     subscribe(&mut ws, "prices:FLOOD").await;
     assert_eq!(
@@ -822,7 +823,7 @@ async fn a_narrower_fresh_token_drops_the_subscriptions_it_no_longer_allows() {
         .keys
         .token("alice", "acme", &["write:chat", "read:prices"]);
     let narrow = s.keys.token("alice", "acme", &["read:prices"]);
-    let publisher = s.keys.token("feed", "acme", &["gateway:write"]);
+    let publisher = s.keys.token("feed", "ops", &["admin:*"]);
     let mut ws = ws_with_token(&s.gw.ws, &wide).await;
     subscribe(&mut ws, "chat:n1").await;
     subscribe(&mut ws, "prices:BTC").await;

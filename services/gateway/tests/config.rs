@@ -221,13 +221,28 @@ async fn platform_wide_channels_take_an_admin_to_publish_on() {
         assert_eq!(details["channel"], channel, "{body}");
     }
     let r = http
-        .post(publish("chat:s1"))
+        .post(publish("cowork:s1"))
         .bearer_auth(&tenant)
         .json(&json!({"data": "hello"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
+    // A chat channel is one user's session: no token publishes on it from outside.
+    let (status, code, body) = answer(
+        http.post(publish("chat:s1"))
+            .bearer_auth(&tenant)
+            .json(&json!({"data": "hello"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "invalid_argument"), "{body}");
+    assert_eq!(
+        body["error"]["details"]["reason"], "owned_channel",
+        "{body}"
+    );
 
     // An admin may; the reader's first message is the admin's, so the refused ones never went
     // out.
