@@ -348,6 +348,9 @@ fn cors(settings: &config::CorsSettings) -> Option<CorsLayer> {
                 header("x-session-token"),
                 header("idempotency-key"),
                 header("x-request-id"),
+                // W3C trace context, so a browser's OpenTelemetry spans join the edge's trace.
+                header("traceparent"),
+                header("tracestate"),
             ])
             .expose_headers([
                 header("ratelimit-limit"),

@@ -740,7 +740,10 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
         )
         .header("origin", origin)
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization")
+        .header(
+            "access-control-request-headers",
+            "authorization,traceparent,tracestate",
+        )
         .send()
     };
     let r = preflight("https://console.example.com").await.unwrap();
@@ -749,6 +752,14 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
         r.headers()["access-control-allow-origin"],
         "https://console.example.com"
     );
+    // A browser with OpenTelemetry sends trace context: its preflight must allow it.
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in ["authorization", "traceparent", "tracestate"] {
+        assert!(allowed.contains(name), "{name} not in {allowed}");
+    }
     let r = preflight("https://evil.example").await.unwrap();
     assert!(!r.headers().contains_key("access-control-allow-origin"));
     gw.running.stop().await.unwrap();
