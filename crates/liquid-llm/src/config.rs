@@ -132,6 +132,11 @@ pub struct SessionConfig {
     pub cleanup_interval_secs: u64,
     /// Most sessions held at once; past it the least useful are evicted.
     pub max_sessions: u64,
+    /// Most messages one session's history keeps; older turns are dropped after each turn
+    /// (see [`crate::session::trim_history`]).
+    pub max_history_messages: usize,
+    /// Most bytes of text one session's history keeps (contents, tool arguments, results).
+    pub max_history_bytes: usize,
 }
 
 impl Default for SessionConfig {
@@ -140,6 +145,8 @@ impl Default for SessionConfig {
             idle_ttl_secs: 30 * 60,
             cleanup_interval_secs: 5 * 60,
             max_sessions: 100_000,
+            max_history_messages: 200,
+            max_history_bytes: 512 * 1024,
         }
     }
 }
@@ -151,6 +158,8 @@ impl SessionConfig {
             idle_ttl: Duration::from_secs(self.idle_ttl_secs),
             cleanup_interval: Duration::from_secs(self.cleanup_interval_secs),
             max_sessions: self.max_sessions,
+            max_history_messages: self.max_history_messages,
+            max_history_bytes: self.max_history_bytes,
         }
     }
 }
@@ -306,6 +315,14 @@ impl LlmConfig {
                 self.sessions.cleanup_interval_secs,
             ),
             ("sessions.max_sessions", self.sessions.max_sessions),
+            (
+                "sessions.max_history_messages",
+                self.sessions.max_history_messages as u64,
+            ),
+            (
+                "sessions.max_history_bytes",
+                self.sessions.max_history_bytes as u64,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -18,6 +18,12 @@
 //! not keep expired histories in memory, and publishes the session gauge.
 //! History lives in process memory: a gateway replica that restarts forgets its sessions
 //! (clients resend history, or get a fresh session).
+//!
+//! A session's history is bounded (`llm.sessions.max_history_messages` and
+//! `max_history_bytes`, see [`trim_history`]): after each turn the oldest messages are dropped
+//! until it fits, at boundaries that keep it a valid conversation, so a long session costs
+//! bounded memory and a bounded request. The system prompt, tools and parameters are session
+//! options, not history, and are never dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +50,91 @@ pub struct SessionPolicy {
     pub cleanup_interval: Duration,
     /// Most sessions held at once.
     pub max_sessions: u64,
+    /// Most messages a session's history keeps (see [`trim_history`]).
+    pub max_history_messages: usize,
+    /// Most bytes of text (contents, tool arguments and results) a session's history keeps.
+    pub max_history_bytes: usize,
+}
+
+impl SessionPolicy {
+    fn history_limit(&self) -> HistoryLimit {
+        HistoryLimit {
+            max_messages: self.max_history_messages,
+            max_bytes: self.max_history_bytes,
+        }
+    }
+}
+
+/// The bound on one session's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HistoryLimit {
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+/// Bytes of text a message carries (contents, tool call ids, names, arguments and results).
+fn message_bytes(message: &Message) -> usize {
+    match message {
+        Message::User { content } => content.len(),
+        Message::Assistant {
+            content,
+            tool_calls,
+        } => {
+            content.len()
+                + tool_calls
+                    .iter()
+                    .map(|c| {
+                        c.id.len()
+                            + c.name.len()
+                            + serde_json::to_string(&c.arguments).map_or(0, |a| a.len())
+                            + c.signature.as_ref().map_or(0, String::len)
+                    })
+                    .sum::<usize>()
+        }
+        Message::Tool { results } => results
+            .iter()
+            .map(|r| r.call_id.len() + r.name.len() + r.content.len())
+            .sum(),
+    }
+}
+
+/// Drops the oldest messages of `messages` until at most `limit.max_messages` messages of at
+/// most `limit.max_bytes` are left, cutting only where the rest is still a valid conversation:
+/// first whole exchanges (a user message and everything up to the next user message); then,
+/// inside the one exchange left, the oldest tool round trips (an assistant turn with tool
+/// calls and the results answering it) after its user message. The last exchange's user
+/// message and whatever follows its last round trip are always kept, so one oversized
+/// exchange can stay over the limit. Returns how many messages were dropped.
+pub fn trim_history(messages: &mut Vec<Message>, max_messages: usize, max_bytes: usize) -> usize {
+    let before = messages.len();
+    let mut bytes: usize = messages.iter().map(message_bytes).sum();
+    let fits =
+        |messages: &[Message], bytes: usize| messages.len() <= max_messages && bytes <= max_bytes;
+    while !fits(messages, bytes) {
+        let Some(next_user) = messages
+            .iter()
+            .skip(1)
+            .position(|m| matches!(m, Message::User { .. }))
+        else {
+            break;
+        };
+        bytes -= messages
+            .drain(..=next_user)
+            .map(|m| message_bytes(&m))
+            .sum::<usize>();
+    }
+    while !fits(messages, bytes)
+        && messages.len() > 3
+        && matches!(messages.first(), Some(Message::User { .. }))
+        && matches!(messages.get(1), Some(Message::Assistant { tool_calls, .. }) if !tool_calls.is_empty())
+        && matches!(messages.get(2), Some(Message::Tool { .. }))
+    {
+        bytes -= messages
+            .drain(1..3)
+            .map(|m| message_bytes(&m))
+            .sum::<usize>();
+    }
+    before - messages.len()
 }
 
 impl Default for SessionPolicy {
@@ -112,6 +203,7 @@ pub struct ModelSession {
     client: Arc<dyn ModelClient>,
     conversation: Arc<Mutex<Conversation>>,
     created_at: SystemTime,
+    history_limit: HistoryLimit,
 }
 
 impl std::fmt::Debug for ModelSession {
@@ -176,7 +268,7 @@ impl ModelSession {
             .complete(&self.request(messages.clone()))
             .await?;
         messages.push(response.to_message());
-        record(&mut conversation, messages, &response);
+        record(&mut conversation, messages, &response, self.history_limit);
         Ok(response)
     }
 
@@ -188,12 +280,13 @@ impl ModelSession {
         messages.push(message);
         let inner = self.client.stream(&self.request(messages.clone())).await?;
         let mut pending = Some(messages);
+        let limit = self.history_limit;
         Ok(Box::pin(inner.map(move |item| {
             if let Ok(StreamEvent::Completed { response }) = &item
                 && let Some(mut messages) = pending.take()
             {
                 messages.push(response.to_message());
-                record(&mut conversation, messages, response);
+                record(&mut conversation, messages, response, limit);
             }
             item
         })))
@@ -205,7 +298,17 @@ impl ModelSession {
     }
 }
 
-fn record(conversation: &mut Conversation, messages: Vec<Message>, response: &ChatResponse) {
+fn record(
+    conversation: &mut Conversation,
+    mut messages: Vec<Message>,
+    response: &ChatResponse,
+    limit: HistoryLimit,
+) {
+    let dropped = trim_history(&mut messages, limit.max_messages, limit.max_bytes);
+    if dropped > 0 {
+        metrics::counter!("liquid_llm_session_messages_trimmed_total").increment(dropped as u64);
+        tracing::debug!(target: "ai", dropped, kept = messages.len(), "session history trimmed");
+    }
     conversation.messages = messages;
     conversation.usage.add(response.usage);
     conversation.cost_usd += response.cost_usd.unwrap_or(0.0);
@@ -226,6 +329,7 @@ pub struct SessionClients {
     client: Arc<dyn ModelClient>,
     removals: Arc<Removals>,
     cleanup: CancellationToken,
+    history_limit: HistoryLimit,
 }
 
 impl SessionClients {
@@ -273,6 +377,7 @@ impl SessionClients {
             client,
             removals,
             cleanup,
+            history_limit: policy.history_limit(),
         }
     }
 
@@ -281,6 +386,7 @@ impl SessionClients {
     pub async fn session(&self, key: &SessionKey, options: SessionOptions) -> Arc<ModelSession> {
         let client = self.client.clone();
         let owned_key = key.clone();
+        let history_limit = self.history_limit;
         self.cache
             .get_with(key.clone(), async move {
                 tracing::debug!(target: "ai", tenant = %owned_key.tenant, session = %owned_key.session_id, "model session created");
@@ -291,6 +397,7 @@ impl SessionClients {
                     client,
                     conversation: Arc::new(Mutex::new(Conversation::default())),
                     created_at: SystemTime::now(),
+                    history_limit,
                 })
             })
             .await
@@ -332,5 +439,99 @@ impl SessionClients {
 impl Drop for SessionClients {
     fn drop(&mut self) {
         self.cleanup.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{ToolCall, ToolResult};
+
+    fn call(id: &str) -> Message {
+        Message::Assistant {
+            content: String::new(),
+            tool_calls: vec![ToolCall {
+                id: id.into(),
+                name: "read_file".into(),
+                arguments: serde_json::json!({"path": "a"}),
+                signature: None,
+            }],
+        }
+    }
+
+    fn result(id: &str) -> Message {
+        Message::tool_results(vec![ToolResult {
+            call_id: id.into(),
+            name: "read_file".into(),
+            content: "contents".into(),
+            is_error: false,
+        }])
+    }
+
+    #[test]
+    fn whole_old_exchanges_go_first_tool_round_trips_stay_with_their_turn() {
+        let mut history = vec![
+            Message::user("one"),
+            call("c1"),
+            result("c1"),
+            Message::assistant("did one"),
+            Message::user("two"),
+            Message::assistant("did two"),
+        ];
+        // Over by one message: the whole first exchange goes, never half a round trip.
+        assert_eq!(trim_history(&mut history, 5, usize::MAX), 4);
+        assert_eq!(
+            history,
+            vec![Message::user("two"), Message::assistant("did two")]
+        );
+        // Within the limits nothing changes.
+        assert_eq!(trim_history(&mut history, 2, usize::MAX), 0);
+    }
+
+    #[test]
+    fn one_long_exchange_sheds_its_oldest_round_trips() {
+        let mut history = vec![
+            Message::user("do it"),
+            call("c1"),
+            result("c1"),
+            call("c2"),
+            result("c2"),
+            Message::assistant("done"),
+        ];
+        assert_eq!(trim_history(&mut history, 4, usize::MAX), 2);
+        assert_eq!(
+            history,
+            vec![
+                Message::user("do it"),
+                call("c2"),
+                result("c2"),
+                Message::assistant("done")
+            ]
+        );
+        // The user message and what follows its last round trip always stay.
+        assert_eq!(trim_history(&mut history, 1, usize::MAX), 2);
+        assert_eq!(
+            history,
+            vec![Message::user("do it"), Message::assistant("done")]
+        );
+        assert_eq!(trim_history(&mut history, 1, 1), 0);
+    }
+
+    #[test]
+    fn the_byte_limit_counts_text_of_every_kind() {
+        let big = "x".repeat(1_000);
+        let mut history = vec![
+            Message::user(big.clone()),
+            Message::assistant("short"),
+            Message::user("q"),
+            Message::assistant("a"),
+        ];
+        assert_eq!(trim_history(&mut history, 100, 1_000), 2);
+        assert_eq!(history.len(), 2);
+        assert_eq!(message_bytes(&result("c1")), "c1read_filecontents".len());
+        assert_eq!(
+            message_bytes(&call("c1")),
+            "c1read_file".len() + r#"{"path":"a"}"#.len()
+        );
     }
 }

@@ -1,6 +1,13 @@
 //! HTTP to the vendors: one shared reqwest client, timeouts, retries with exponential
 //! back-off and full jitter on 429/5xx/529 and connection failures (honouring `Retry-After`,
-//! `retry-after-ms`), and the mapping of vendor error bodies to [`LlmError`].
+//! `retry-after-ms` on 429, 503 and Anthropic's 529), and the mapping of vendor error bodies
+//! to [`LlmError`].
+//!
+//! A vendor's `Retry-After` is untrusted input: negative, NaN or unreadable values are
+//! ignored, and anything longer than [`RETRY_AFTER_CEILING`] (`1e20`, a date in 2999) is read
+//! as that ceiling, which is past any configured `retry.max_retry_after_secs`, so the error
+//! goes to the caller instead of a wait. An error body is read within the request's deadline
+//! (streaming requests included) and at most [`MAX_ERROR_BODY_BYTES`] of it is kept.
 //!
 //! Every vendor wraps its error as `{"error": {"message", ...}}` (Anthropic adds a top-level
 //! `type`), so one mapper reads the message and the vendor's machine-readable reason
@@ -112,14 +119,11 @@ impl Transport {
                 Ok(sent) => return Ok(sent),
                 Err(failure) => failure,
             };
+            let retry_after = failure.retry_after();
             let err = failure.into_error(provider, attempt, self.request_timeout);
             if !err.is_retryable() || attempt >= max_attempts {
                 return Err(err);
             }
-            let retry_after = match &err {
-                LlmError::RateLimited { retry_after, .. } => *retry_after,
-                _ => None,
-            };
             let max_wait = Duration::from_secs(self.retry.max_retry_after_secs);
             if retry_after.is_some_and(|d| d > max_wait) {
                 tracing::warn!(target: "ai", provider, ?retry_after, "retry-after exceeds the configured maximum; giving up");
@@ -139,6 +143,7 @@ impl Transport {
         payload: &[u8],
         streaming: bool,
     ) -> Result<Sent, Failure> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         let request = self
             .http
             .post(url)
@@ -175,14 +180,35 @@ impl Transport {
             });
         }
         let retry_after = retry_after(response.headers());
-        // The error body is small; a failure to read it leaves only the status to report.
-        let body = response.text().await.unwrap_or_default();
+        let body = error_body(response, deadline).await;
         Err(Failure::Status {
             status: status.as_u16(),
             retry_after,
             body,
         })
     }
+}
+
+/// Most of an error body that is kept; vendors' error bodies are a few hundred bytes.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The error body of `response`, read until `deadline` and cut at [`MAX_ERROR_BODY_BYTES`]. A
+/// body that fails, stalls or runs long leaves what arrived (maybe nothing) next to the status.
+async fn error_body(mut response: reqwest::Response, deadline: tokio::time::Instant) -> String {
+    let mut body = Vec::new();
+    let read = async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            let room = MAX_ERROR_BODY_BYTES.saturating_sub(body.len());
+            body.extend_from_slice(chunk.get(..room).unwrap_or(&chunk));
+            if body.len() >= MAX_ERROR_BODY_BYTES {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout_at(deadline, read).await.is_err() {
+        tracing::debug!(target: "ai", read = body.len(), "error body not complete within the request timeout");
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// A successful exchange: the open response (streaming) or its body (not streaming).
@@ -208,6 +234,19 @@ impl Failure {
         } else {
             // Connection refused/reset, DNS, TLS, a body cut off: all transient from here.
             Failure::Connect(error_chain(&e))
+        }
+    }
+
+    /// The wait the vendor asked for before another attempt: `Retry-After` counts on 429
+    /// (rate limited), 503 (unavailable) and 529 (Anthropic's overloaded).
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Failure::Status {
+                status: 429 | 503 | 529,
+                retry_after,
+                ..
+            } => *retry_after,
+            _ => None,
         }
     }
 
@@ -262,27 +301,45 @@ pub(crate) fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
 }
 
-/// `retry-after-ms` (OpenAI), then `Retry-After` as seconds or an HTTP date.
+/// The longest wait a `Retry-After` is read as (a day); longer values are clamped to it.
+pub const RETRY_AFTER_CEILING: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `seconds` as a wait: `None` when negative or not a number, at most [`RETRY_AFTER_CEILING`].
+fn wait_of(seconds: f64) -> Option<Duration> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    // Fails only when too large for a `Duration` (infinity, 1e20): that is past the ceiling.
+    Some(
+        Duration::try_from_secs_f64(seconds)
+            .map_or(RETRY_AFTER_CEILING, |d| d.min(RETRY_AFTER_CEILING)),
+    )
+}
+
+/// `retry-after-ms` (OpenAI), then `Retry-After` as seconds or an HTTP date; `None` when
+/// neither is readable. Never more than [`RETRY_AFTER_CEILING`].
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::trim)
     };
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
+    if let Some(wait) = text("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| wait_of(ms / 1000.0))
     {
-        return Some(Duration::from_millis(ms as u64));
+        return Some(wait);
     }
-    let value = text("retry-after")?.trim();
+    let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return wait_of(secs);
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(RETRY_AFTER_CEILING),
     )
 }
 
@@ -425,6 +482,119 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
         h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
+    }
+
+    fn retry_after_of(name: &'static str, value: &'static str) -> Option<Duration> {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_static(value));
+        retry_after(&h)
+    }
+
+    #[test]
+    fn absurd_retry_after_values_are_clamped_or_ignored_never_a_panic() {
+        for name in ["retry-after", "retry-after-ms"] {
+            for huge in ["1e20", "1e300", "inf", "184467440737095516160"] {
+                assert_eq!(
+                    retry_after_of(name, huge),
+                    Some(RETRY_AFTER_CEILING),
+                    "{name}: {huge}"
+                );
+            }
+            for garbage in ["-1", "-0.5", "NaN", "-inf", "soon", "", "1 2"] {
+                assert_eq!(retry_after_of(name, garbage), None, "{name}: {garbage:?}");
+            }
+        }
+        assert_eq!(
+            retry_after_of("retry-after", " 2.5 "),
+            Some(Duration::from_millis(2_500))
+        );
+        assert_eq!(
+            retry_after_of("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(RETRY_AFTER_CEILING)
+        );
+        // A future date is the time until it (a little less by the time it is read).
+        let when = std::time::SystemTime::now() + Duration::from_secs(120);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_str(&httpdate::fmt_http_date(when)).unwrap(),
+        );
+        let wait = retry_after(&h).unwrap();
+        assert!(
+            wait <= Duration::from_secs(120) && wait >= Duration::from_secs(100),
+            "{wait:?}"
+        );
+        // An unreadable `retry-after-ms` falls back to `Retry-After`.
+        h.insert("retry-after-ms", HeaderValue::from_static("NaN"));
+        assert!(retry_after(&h).is_some_and(|w| w >= Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn retry_after_counts_on_429_503_and_529_only() {
+        let status = |status| Failure::Status {
+            status,
+            retry_after: Some(Duration::from_secs(3)),
+            body: String::new(),
+        };
+        for code in [429, 503, 529] {
+            assert_eq!(status(code).retry_after(), Some(Duration::from_secs(3)));
+        }
+        for code in [500, 502, 504, 408] {
+            assert_eq!(status(code).retry_after(), None, "{code}");
+        }
+    }
+
+    /// A server that answers every request (body `{}`) with `head`, then sends nothing more.
+    async fn stalling_server(head: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.ends_with(b"\r\n\r\n{}") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket.write_all(head.as_bytes()).await;
+                open.push(socket);
+            }
+        });
+        format!("http://{addr}/v1/chat/completions")
+    }
+
+    #[tokio::test]
+    async fn a_stalled_error_body_of_a_stream_request_ends_at_the_request_timeout() {
+        let url = stalling_server(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"error\":",
+        )
+        .await;
+        let transport = Transport::with_settings(
+            RetryConfig {
+                max_attempts: 1,
+                ..RetryConfig::default()
+            },
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let (headers, body) = (HeaderMap::new(), serde_json::json!({}));
+        let sent = transport.post_json("openai", &url, &headers, &body, true);
+        // Without a bound on the body read this never ends; the outer limit only turns a hang
+        // into a failure.
+        let outcome = tokio::time::timeout(Duration::from_secs(10), sent).await;
+        let err = match outcome {
+            Ok(Err(err)) => err,
+            Ok(Ok(_)) => panic!("a 503 is not a success"),
+            Err(_) => panic!("the error body read did not end at the request timeout"),
+        };
+        use liquid_kit::HasErrorCode;
+        assert_eq!(err.error_code().as_str(), "unavailable");
+        assert!(err.to_string().contains("http 503"), "{err}");
     }
 
     #[test]

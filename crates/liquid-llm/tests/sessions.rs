@@ -27,6 +27,7 @@ fn policy(idle_ttl: Duration) -> SessionPolicy {
         idle_ttl,
         cleanup_interval: Duration::from_millis(50),
         max_sessions: 1_000,
+        ..SessionPolicy::default()
     }
 }
 
@@ -259,4 +260,43 @@ async fn a_streamed_turn_joins_the_history_once_complete() {
         user_texts(&server.requests()[1].body),
         ["stream it", "next"]
     );
+}
+
+#[tokio::test]
+async fn old_turns_are_trimmed_from_a_long_session() {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client,
+        SessionPolicy {
+            max_history_messages: 4,
+            ..policy(Duration::from_secs(60))
+        },
+        CancellationToken::new(),
+    );
+    let session = sessions
+        .session(&SessionKey::new("t", "s"), options())
+        .await;
+    for turn in ["one", "two", "three", "four"] {
+        server.push(Reply::text(format!("answer {turn}")));
+        session.send(Message::user(turn)).await.unwrap();
+    }
+    // Each turn sent at most the last two exchanges and the new message, and the system prompt.
+    let requests = server.requests();
+    assert_eq!(user_texts(&requests[2].body), ["one", "two", "three"]);
+    assert_eq!(user_texts(&requests[3].body), ["two", "three", "four"]);
+    assert_eq!(
+        requests[3].body["messages"][0]["content"],
+        "You are a helpful assistant."
+    );
+    assert_eq!(
+        session.history().await,
+        vec![
+            Message::user("three"),
+            Message::assistant("answer three"),
+            Message::user("four"),
+            Message::assistant("answer four"),
+        ]
+    );
+    assert_eq!(session.usage().await.turns, 4);
 }

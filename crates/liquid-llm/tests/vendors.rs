@@ -442,6 +442,49 @@ async fn a_retry_after_beyond_the_limit_is_returned_not_waited_for() {
 }
 
 #[tokio::test]
+async fn an_overloaded_vendor_s_retry_after_counts_too() {
+    // 503 (and Anthropic's 529) with a `Retry-After` past the limit: the caller gets the error
+    // at once instead of a retry that ignores the vendor's request to wait.
+    for vendor in VENDORS {
+        let status = if vendor == Vendor::Anthropic {
+            529
+        } else {
+            503
+        };
+        for streaming in [false, true] {
+            let server = server(vendor).await;
+            server.push(Reply::failure(status, Some(120)));
+            server.push(Reply::text("never reached"));
+            let router = router(vendor, &server, 4);
+            let request = ChatRequest::new(model(vendor), "hi");
+            let err = if streaming {
+                router.stream(&request).await.err().unwrap()
+            } else {
+                router.complete(&request).await.unwrap_err()
+            };
+            assert_eq!(err.error_code().as_str(), "unavailable", "{vendor:?}");
+            assert!(err.to_string().contains(&format!("http {status}")), "{err}");
+            assert_eq!(
+                server.request_count(),
+                1,
+                "{vendor:?} streaming: {streaming}"
+            );
+        }
+    }
+    // A short one is waited for, then the request goes through.
+    let server = server(Vendor::Anthropic).await;
+    server.push(Reply::failure(529, Some(1)));
+    server.push(Reply::text("after the overload"));
+    let router = router(Vendor::Anthropic, &server, 2);
+    let response = router
+        .complete(&ChatRequest::new("claude-sonnet-4-5", "hi"))
+        .await
+        .unwrap();
+    assert_eq!(response.text, "after the overload");
+    assert_eq!(server.request_count(), 2);
+}
+
+#[tokio::test]
 async fn retry_after_is_waited_for_before_the_next_attempt() {
     let server = server(Vendor::OpenAi).await;
     server.push(Reply::failure(429, Some(1)));
