@@ -20,11 +20,19 @@
 //! can share one call, and the answer still reaches the cache. The answer is cached before any
 //! participant sees it, so whoever holds an answer finds it cached on every replica. A failed
 //! flight hands every participant the same error code and message and caches nothing.
+//!
+//! A flight always finishes: if its call panics (or its task is dropped), a guard frees its key
+//! and fails it with `internal`, so participants get an error instead of waiting forever and
+//! the next identical request makes a fresh call. A flight is stamped with its tenant's
+//! invalidation generation when it starts; an answer that arrives after
+//! [`Coalescer::invalidate_tenant`] on this replica is handed to its participants but not
+//! cached (generations are per replica: another replica's call in flight is not stopped).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -115,6 +123,15 @@ struct SharedFailure {
 }
 
 impl SharedFailure {
+    /// What participants get when the flight's call panicked or its task was dropped.
+    fn abandoned() -> SharedFailure {
+        SharedFailure {
+            provider: "gateway".into(),
+            code: ErrorCode::Internal,
+            message: "the model call failed unexpectedly; retry the request".into(),
+        }
+    }
+
     fn of(error: &LlmError) -> SharedFailure {
         SharedFailure {
             provider: "gateway".into(),
@@ -145,8 +162,9 @@ struct FlightLog {
 struct Flight {
     log: Mutex<FlightLog>,
     changed: Notify,
-    /// Requests reading this flight (the one that started it included).
-    participants: std::sync::atomic::AtomicUsize,
+    /// Requests reading this flight (the one that started it included), each counted by its
+    /// [`Participant`] while it lives.
+    participants: AtomicUsize,
 }
 
 impl Flight {
@@ -164,15 +182,27 @@ impl Flight {
         }
         self.changed.notify_waiters();
     }
+}
+
+/// One request reading a flight, counted in [`Coalescer::waiting`] until it is dropped (it
+/// finished reading, or its caller went away).
+struct Participant(Arc<Flight>);
+
+impl Participant {
+    fn join(flight: Arc<Flight>) -> Participant {
+        flight.participants.fetch_add(1, Ordering::Relaxed);
+        Participant(flight)
+    }
 
     /// The flight's events from the start, then live, ending with its failure if it failed.
-    fn follow(self: Arc<Flight>) -> ChatStream {
+    fn follow(self) -> ChatStream {
         let stream = futures_util::stream::unfold(
             (self, 0usize, false),
-            |(flight, pos, ended)| async move {
+            |(participant, pos, ended)| async move {
                 if ended {
                     return None;
                 }
+                let flight = &participant.0;
                 loop {
                     let step = {
                         let notified = flight.changed.notified();
@@ -203,14 +233,20 @@ impl Flight {
                         }
                     };
                     return match step {
-                        Some(Ok(event)) => Some((Ok(event), (flight, pos + 1, false))),
-                        Some(Err(error)) => Some((Err(error), (flight, pos, true))),
+                        Some(Ok(event)) => Some((Ok(event), (participant, pos + 1, false))),
+                        Some(Err(error)) => Some((Err(error), (participant, pos, true))),
                         None => None,
                     };
                 }
             },
         );
         Box::pin(stream)
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        self.0.participants.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -264,6 +300,42 @@ struct Inner {
     settings: CoalescingSettings,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     shutdown: CancellationToken,
+    /// Invalidation generations, one slot per hash bucket of tenants: a bounded array rather
+    /// than a map that grows with every tenant ever invalidated. Tenants sharing a slot only
+    /// cost each other a cache write of an answer in flight during an invalidation.
+    generations: [AtomicU64; GENERATION_SLOTS],
+}
+
+/// Slots of [`Inner::generations`].
+const GENERATION_SLOTS: usize = 256;
+
+/// The invalidation generation of a tenant's slot, taken when a flight starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    slot: usize,
+    generation: u64,
+}
+
+impl Inner {
+    fn stamp(&self, tenant: &str) -> Stamp {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(tenant);
+        let slot = usize::try_from(hash % GENERATION_SLOTS as u64).unwrap_or_default();
+        Stamp {
+            slot,
+            generation: self.generation(slot),
+        }
+    }
+
+    fn generation(&self, slot: usize) -> u64 {
+        self.generations
+            .get(slot)
+            .map_or(0, |g| g.load(Ordering::SeqCst))
+    }
+
+    /// True while no invalidation of the stamped tenant happened since the stamp.
+    fn still_valid(&self, stamp: Stamp) -> bool {
+        self.generation(stamp.slot) == stamp.generation
+    }
 }
 
 impl Coalescer {
@@ -291,6 +363,7 @@ impl Coalescer {
                 settings: settings.clone(),
                 flights: Mutex::new(HashMap::new()),
                 shutdown,
+                generations: std::array::from_fn(|_| AtomicU64::new(0)),
             }),
         }
     }
@@ -303,8 +376,15 @@ impl Coalescer {
         )
     }
 
-    /// Removes every cached answer of `tenant`; returns how many.
+    /// Removes every cached answer of `tenant`; returns how many. Calls of `tenant` still in
+    /// flight answer their participants but do not cache their answers.
     pub async fn invalidate_tenant(&self, tenant: &str) -> Result<u64, liquid_store::StoreError> {
+        // Bumped before the delete: a flight's write either sees the new generation and skips
+        // (or removes) its entry, or finished before the bump and is removed by the delete.
+        let slot = self.inner.stamp(tenant).slot;
+        if let Some(generation) = self.inner.generations.get(slot) {
+            generation.fetch_add(1, Ordering::SeqCst);
+        }
         let removed = self
             .inner
             .cache
@@ -357,25 +437,32 @@ impl Coalescer {
         scope: &CoalesceScope,
         request: &ChatRequest,
         streaming: bool,
-    ) -> Result<Arc<Flight>, ChatResponse> {
+    ) -> Result<Participant, ChatResponse> {
         let key = request.coalescing_key(&scope.tenant);
         if let Some(flight) = self.joinable(&key) {
-            flight.participants.fetch_add(1, Ordering::Relaxed);
             note(Some(scope), Outcome::Joined);
-            return Ok(flight);
+            return Ok(Participant::join(flight));
         }
         let cache_key = format!("{}{key}", self.tenant_prefix(&scope.tenant));
         if let Some(response) = self.cached(&cache_key).await {
             note(Some(scope), Outcome::Cached);
             return Err(response);
         }
+        let stamp = self.inner.stamp(&scope.tenant);
+        let call = Call {
+            cache_key,
+            stamp,
+            request: request.clone(),
+            streaming,
+        };
         let (flight, started) = {
             let Ok(mut flights) = self.inner.flights.lock() else {
                 // A poisoned map only means a panic elsewhere; run this call on its own.
                 note(Some(scope), Outcome::Bypass);
                 let flight = Arc::new(Flight::default());
-                self.spawn(None, cache_key, flight.clone(), request.clone(), streaming);
-                return Ok(flight);
+                let participant = Participant::join(flight.clone());
+                self.spawn(None, flight, call);
+                return Ok(participant);
             };
             match flights.get(&key) {
                 Some(existing) => (existing.clone(), false),
@@ -387,66 +474,103 @@ impl Coalescer {
                 }
             }
         };
-        flight.participants.fetch_add(1, Ordering::Relaxed);
+        let participant = Participant::join(flight.clone());
         if started {
             note(Some(scope), Outcome::Upstream);
-            self.spawn(
-                Some(key),
-                cache_key,
-                flight.clone(),
-                request.clone(),
-                streaming,
-            );
+            self.spawn(Some(key), flight, call);
         } else {
             note(Some(scope), Outcome::Joined);
         }
-        Ok(flight)
+        Ok(participant)
     }
 
-    fn spawn(
-        &self,
-        key: Option<String>,
-        cache_key: String,
-        flight: Arc<Flight>,
-        request: ChatRequest,
-        streaming: bool,
-    ) {
+    fn spawn(&self, key: Option<String>, flight: Arc<Flight>, call: Call) {
         let inner = self.inner.clone();
-        let span = tracing::info_span!(target: "ai", "coalesced_model_call", streaming);
+        let span =
+            tracing::info_span!(target: "ai", "coalesced_model_call", streaming = call.streaming);
         tokio::spawn(
             async move {
+                // Declared first, so it outlives everything the call holds: dropped without
+                // `finish` (a panic below, or the task dropped) it still ends the flight.
+                let guard = FlightGuard {
+                    inner: inner.clone(),
+                    key,
+                    flight: flight.clone(),
+                    finished: false,
+                };
                 let failure = tokio::select! {
                     () = inner.shutdown.cancelled() => Some(SharedFailure {
                         provider: "gateway".into(),
                         code: ErrorCode::Unavailable,
                         message: "the gateway is shutting down; retry".into(),
                     }),
-                    failure = drive(&inner, &cache_key, &flight, &request, streaming) => failure,
+                    failure = drive(&inner, &call, &flight) => failure,
                 };
-                if let Some(key) = key
-                    && let Ok(mut flights) = inner.flights.lock()
-                    && flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight))
-                {
-                    flights.remove(&key);
-                    metrics::gauge!("liquid_gateway_coalescing_inflight").decrement(1.0);
-                }
-                flight.finish(failure);
+                guard.finish(failure);
             }
             .instrument(span),
         );
     }
 }
 
-/// Runs the upstream call into `flight`; caches the answer; returns the failure, if any.
-async fn drive(
-    inner: &Inner,
-    cache_key: &str,
-    flight: &Flight,
-    request: &ChatRequest,
+/// What a flight's task asks upstream and where the answer is cached.
+struct Call {
+    cache_key: String,
+    stamp: Stamp,
+    request: ChatRequest,
     streaming: bool,
-) -> Option<SharedFailure> {
-    if streaming {
-        let mut stream = match inner.upstream.stream(request).await {
+}
+
+/// Ends a flight however its task ends: frees its key (so the next identical request starts
+/// a fresh call) and finishes it, with the call's outcome, or with
+/// [`SharedFailure::abandoned`] when dropped unfinished (the call panicked, or the runtime
+/// dropped the task), so no participant waits forever.
+struct FlightGuard {
+    inner: Arc<Inner>,
+    key: Option<String>,
+    flight: Arc<Flight>,
+    finished: bool,
+}
+
+impl FlightGuard {
+    fn finish(mut self, failure: Option<SharedFailure>) {
+        self.release(failure);
+    }
+
+    fn release(&mut self, failure: Option<SharedFailure>) {
+        self.finished = true;
+        if let Some(key) = self.key.take() {
+            // A poisoned map still has to lose this key, or the tenant's request hangs on it.
+            let mut flights = self
+                .inner
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if flights
+                .get(&key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                flights.remove(&key);
+                metrics::gauge!("liquid_gateway_coalescing_inflight").decrement(1.0);
+            }
+        }
+        self.flight.finish(failure);
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::error!(target: "ai", "coalesced model call ended without an outcome; failing its participants");
+            self.release(Some(SharedFailure::abandoned()));
+        }
+    }
+}
+
+/// Runs the upstream call into `flight`; caches the answer; returns the failure, if any.
+async fn drive(inner: &Inner, call: &Call, flight: &Flight) -> Option<SharedFailure> {
+    if call.streaming {
+        let mut stream = match inner.upstream.stream(&call.request).await {
             Ok(s) => s,
             Err(error) => return Some(SharedFailure::of(&error)),
         };
@@ -454,7 +578,7 @@ async fn drive(
         while let Some(item) = stream.next().await {
             match item {
                 Ok(StreamEvent::Completed { response }) => {
-                    store(inner, cache_key, &response).await;
+                    store(inner, call, &response).await;
                     completed = true;
                     flight.push(StreamEvent::Completed { response });
                 }
@@ -470,9 +594,9 @@ async fn drive(
             });
         }
     } else {
-        match inner.upstream.complete(request).await {
+        match inner.upstream.complete(&call.request).await {
             Ok(response) => {
-                store(inner, cache_key, &response).await;
+                store(inner, call, &response).await;
                 for event in replay(&response) {
                     flight.push(event);
                 }
@@ -485,18 +609,35 @@ async fn drive(
 
 /// Caches a finished answer. It runs before the answer reaches any participant, so a caller
 /// who has the answer finds it cached on every replica (a failed write only costs a later
-/// identical request an upstream call).
-async fn store(inner: &Inner, cache_key: &str, response: &ChatResponse) {
+/// identical request an upstream call). An answer whose tenant was invalidated since the
+/// call started is not cached, and is removed again if the invalidation came during the write.
+async fn store(inner: &Inner, call: &Call, response: &ChatResponse) {
     let ttl = inner.settings.cache_ttl_secs;
-    if ttl > 0
-        && let Ok(bytes) = serde_json::to_vec(response)
-        && bytes.len() <= inner.settings.max_cached_bytes
-        && let Err(error) = inner
-            .cache
-            .set(cache_key, &bytes, Duration::from_secs(ttl))
-            .await
+    if ttl == 0 {
+        return;
+    }
+    if !inner.still_valid(call.stamp) {
+        tracing::debug!(target: target::CACHE, "tenant invalidated during the call; answer not cached");
+        return;
+    }
+    let Ok(bytes) = serde_json::to_vec(response) else {
+        return;
+    };
+    if bytes.len() > inner.settings.max_cached_bytes {
+        return;
+    }
+    if let Err(error) = inner
+        .cache
+        .set(&call.cache_key, &bytes, Duration::from_secs(ttl))
+        .await
     {
         tracing::debug!(target: target::CACHE, %error, "coalescing cache write failed");
+        return;
+    }
+    if !inner.still_valid(call.stamp)
+        && let Err(error) = inner.cache.delete(&call.cache_key).await
+    {
+        tracing::warn!(target: target::CACHE, %error, "cannot remove an answer cached during its tenant's invalidation");
     }
 }
 
@@ -513,7 +654,7 @@ impl ModelClient for Coalescer {
             return self.inner.upstream.complete(request).await;
         };
         match self.flight(&scope, request, false).await {
-            Ok(flight) => completed(flight.follow()).await,
+            Ok(participant) => completed(participant.follow()).await,
             Err(cached) => Ok(cached),
         }
     }
@@ -525,7 +666,7 @@ impl ModelClient for Coalescer {
             return self.inner.upstream.stream(request).await;
         };
         match self.flight(&scope, request, true).await {
-            Ok(flight) => Ok(flight.follow()),
+            Ok(participant) => Ok(participant.follow()),
             Err(cached) => Ok(Box::pin(futures_util::stream::iter(
                 replay(&cached).into_iter().map(Ok),
             ))),
@@ -536,13 +677,15 @@ impl ModelClient for Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use liquid_kit::HasErrorCode;
     use liquid_store::StoreError;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::AtomicBool;
 
-    /// Counts calls and answers after `gate` opens.
+    /// Counts calls and answers after `gate` opens (panics instead, once, when `panic_once`).
     struct Gated {
         calls: AtomicUsize,
         gate: tokio::sync::Semaphore,
+        panic_once: AtomicBool,
     }
 
     #[async_trait]
@@ -554,6 +697,9 @@ mod tests {
         async fn complete(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let _permit = self.gate.acquire().await;
+            if self.panic_once.swap(false, Ordering::SeqCst) {
+                panic!("test double: the provider call panics");
+            }
             Ok(liquid_llm::OfflineClient.respond(request, None))
         }
 
@@ -611,6 +757,7 @@ mod tests {
         let gated = Arc::new(Gated {
             calls: AtomicUsize::new(0),
             gate: tokio::sync::Semaphore::new(0),
+            panic_once: AtomicBool::new(false),
         });
         let settings = CoalescingSettings {
             cache_ttl_secs: ttl,
@@ -705,5 +852,113 @@ mod tests {
         // Outside a scope nothing is coalesced.
         c.complete(&request).await.unwrap();
         assert_eq!(gated.calls.load(Ordering::SeqCst), 5);
+    }
+
+    /// Asks `c` for `request` as `tenant` on a task, streaming or not.
+    fn ask(
+        c: &Coalescer,
+        tenant: &'static str,
+        request: &ChatRequest,
+        streaming: bool,
+    ) -> tokio::task::JoinHandle<(Result<ChatResponse, LlmError>, Option<Outcome>)> {
+        let (c, request) = (c.clone(), request.clone());
+        tokio::spawn(async move {
+            scoped(tenant, async {
+                if streaming {
+                    completed(c.stream(&request).await?).await
+                } else {
+                    c.complete(&request).await
+                }
+            })
+            .await
+        })
+    }
+
+    #[tokio::test]
+    async fn a_call_that_panics_fails_its_waiters_and_frees_its_key() {
+        let (c, gated) = coalescer(60).await;
+        gated.panic_once.store(true, Ordering::SeqCst);
+        let request = ChatRequest::new("offline", "explode");
+        let tasks: Vec<_> = [false, true, false]
+            .into_iter()
+            .map(|streaming| ask(&c, "a", &request, streaming))
+            .collect();
+        while c.waiting() < 3 {
+            tokio::task::yield_now().await;
+        }
+        gated.gate.add_permits(10);
+        for task in tasks {
+            // The limit only turns a hang (the defect) into a failure.
+            let (answer, outcome) = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("a waiter of a panicked call was left hanging")
+                .unwrap();
+            let error = answer.unwrap_err();
+            assert_eq!(error.error_code().as_str(), "internal", "{error}");
+            assert!(error.to_string().contains("retry the request"), "{error}");
+            assert!(matches!(outcome, Some(Outcome::Upstream | Outcome::Joined)));
+        }
+        assert_eq!((c.in_flight(), c.waiting()), (0, 0));
+        let (again, outcome) =
+            tokio::time::timeout(Duration::from_secs(10), scoped("a", c.complete(&request)))
+                .await
+                .expect("a later identical request joined the dead flight");
+        assert!(again.unwrap().text.contains("explode"));
+        assert_eq!(outcome, Some(Outcome::Upstream), "a fresh upstream call");
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_is_no_longer_counted_as_waiting() {
+        let (c, gated) = coalescer(0).await;
+        let request = ChatRequest::new("offline", "patience");
+        let leaving = ask(&c, "a", &request, true);
+        let staying = ask(&c, "a", &request, false);
+        while c.waiting() < 2 {
+            tokio::task::yield_now().await;
+        }
+        leaving.abort();
+        assert!(leaving.await.unwrap_err().is_cancelled());
+        assert_eq!(c.waiting(), 1);
+        assert_eq!(c.in_flight(), 1, "the others still share the call");
+        gated.gate.add_permits(10);
+        let (answer, _) = staying.await.unwrap();
+        assert!(answer.unwrap().text.contains("patience"));
+        assert_eq!(c.waiting(), 0);
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_in_flight_during_invalidation_is_not_cached() {
+        let (c, gated) = coalescer(60).await;
+        for streaming in [false, true] {
+            let request =
+                ChatRequest::new("offline", format!("stale soon, streaming: {streaming}"));
+            let before = gated.calls.load(Ordering::SeqCst);
+            let task = ask(&c, "a", &request, streaming);
+            while gated.calls.load(Ordering::SeqCst) == before {
+                tokio::task::yield_now().await;
+            }
+            c.invalidate_tenant("a").await.unwrap();
+            gated.gate.add_permits(1);
+            let (answer, outcome) = task.await.unwrap();
+            assert!(
+                answer.unwrap().text.contains("stale soon"),
+                "its caller is answered"
+            );
+            assert_eq!(outcome, Some(Outcome::Upstream));
+            let (_, after) = scoped("a", c.complete(&request)).await;
+            assert_eq!(
+                after,
+                Some(Outcome::Upstream),
+                "cached, streaming: {streaming}"
+            );
+            // A call started after the invalidation caches as usual.
+            let (_, again) = scoped("a", c.complete(&request)).await;
+            assert_eq!(again, Some(Outcome::Cached));
+            // Closes the gate again for the next round.
+            gated.gate.acquire().await.unwrap().forget();
+        }
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 4);
     }
 }
