@@ -119,7 +119,7 @@ pub async fn publish(
         return ApiError::new(
             ErrorCode::PermissionDenied,
             format!(
-                "`{channel}` is read by every tenant; publishing to it needs the {} scope (tenant channels chat:, cowork: and media: need only {})",
+                "`{channel}` is read by every tenant; publishing to it needs the {} scope (tenant channels cowork: and media: need only {})",
                 scopes::ADMIN,
                 scopes::GATEWAY_WRITE
             ),

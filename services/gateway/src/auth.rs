@@ -7,16 +7,22 @@
 //! the shared layer's rules.
 //!
 //! Refusals are the shared layer's: the same codes, reasons, `WWW-Authenticate` and security
-//! log line.
+//! log line. Each refusal is also charged to the client address (the IP tier of the route's
+//! class), as an anonymous request would be, and becomes 429 once that quota is spent: refused
+//! tokens are not a way around the limits. Only refusals pay for this; a verified request does
+//! no extra work.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{Method, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use liquid_auth::{AuthError, BearerToken, Claims, Verifier, bearer_from_headers};
 use liquid_kit::telemetry::target;
+
+use crate::ratelimit::{self, RateLimiter};
 
 /// The edge's token checks: the shared verifier and the public paths; cheap to clone.
 #[derive(Clone)]
@@ -24,6 +30,8 @@ pub struct EdgeAuth {
     verifier: Arc<Verifier>,
     /// `routing.public_paths`: read without a token.
     public: Arc<Vec<String>>,
+    /// Charges refusals to the client address, when set.
+    limiter: Option<RateLimiter>,
 }
 
 impl EdgeAuth {
@@ -32,7 +40,14 @@ impl EdgeAuth {
         EdgeAuth {
             verifier,
             public: Arc::new(Vec::new()),
+            limiter: None,
         }
+    }
+
+    /// Charges every refusal to the client address in `limiter` (429 once spent).
+    pub fn with_refusals_charged(mut self, limiter: RateLimiter) -> EdgeAuth {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// Lets `GET`/`HEAD` of these path patterns through without a token.
@@ -47,9 +62,29 @@ impl EdgeAuth {
     }
 }
 
-fn refuse(error: &AuthError, path: &str) -> Response {
-    tracing::info!(target: target::SECURITY, path, grpc = false, reason = error.reason(), %error, "request refused");
-    error.clone().into_response()
+impl EdgeAuth {
+    /// The refusal of a request for `path` from `peer`: logged, charged to the client address
+    /// when a limiter is set, and 429 instead of 401 once the address's quota is spent.
+    pub async fn refuse(
+        &self,
+        error: &AuthError,
+        path: &str,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Response {
+        tracing::info!(target: target::SECURITY, path, grpc = false, reason = error.reason(), %error, "request refused");
+        let mut response = error.clone().into_response();
+        if let Some(limiter) = &self.limiter {
+            let charge = limiter.charge_address(None, headers, peer);
+            if let Some(outcome) = limiter.check(limiter.class_of(path), charge).await {
+                if !outcome.decision.allowed {
+                    return ratelimit::refusal(&outcome);
+                }
+                ratelimit::write_headers(response.headers_mut(), &outcome);
+            }
+        }
+        response
+    }
 }
 
 /// Middleware: the verified caller's [`Claims`] and [`BearerToken`] into the extensions, or
@@ -70,19 +105,25 @@ pub async fn authenticate(
     {
         return next.run(request).await;
     }
-    let token = match bearer_from_headers(request.headers()) {
-        Ok(Some(token)) => token.to_owned(),
-        Ok(None) if !tokens.verifier.required() => return next.run(request).await,
-        Ok(None) => return refuse(&AuthError::MissingToken, request.uri().path()),
-        Err(error) => return refuse(&error, request.uri().path()),
-    };
-    match tokens.verify(&token).await {
-        Ok(claims) => {
-            let extensions = request.extensions_mut();
-            extensions.insert(claims);
-            extensions.insert(BearerToken::new(token));
-            next.run(request).await
+    let refused = match bearer_from_headers(request.headers()) {
+        Ok(Some(token)) => {
+            let token = token.to_owned();
+            match tokens.verify(&token).await {
+                Ok(claims) => {
+                    let extensions = request.extensions_mut();
+                    extensions.insert(claims);
+                    extensions.insert(BearerToken::new(token));
+                    return next.run(request).await;
+                }
+                Err(error) => error,
+            }
         }
-        Err(error) => refuse(&error, request.uri().path()),
-    }
+        Ok(None) if !tokens.verifier.required() => return next.run(request).await,
+        Ok(None) => AuthError::MissingToken,
+        Err(error) => error,
+    };
+    let peer = ratelimit::peer_of(&request);
+    tokens
+        .refuse(&refused, request.uri().path(), request.headers(), peer)
+        .await
 }

@@ -12,7 +12,8 @@
 //! identical ticks from several simulated feeds (one per replica) reach clients once. A tick
 //! stamped more than [`MAX_TICK_SKEW_MS`] ahead of this replica's clock is dropped (one such
 //! tick would otherwise hold back every later one of its symbol), and at most
-//! [`MAX_TRACKED_SYMBOLS`] symbols are tracked.
+//! [`MAX_TRACKED_SYMBOLS`] symbols are tracked (a new one takes the place of the symbol with
+//! the oldest tick, so a feed that floods symbols cannot lock a real one out).
 //!
 //! Each connection has a bounded queue; a message that does not fit marks the connection slow
 //! and its task closes it (`ws::CLOSE_SLOW`), so a stalled client costs at most its queue.
@@ -37,7 +38,8 @@ use crate::error::GatewayError;
 
 /// How far ahead of this replica's clock a price tick may be stamped, in milliseconds.
 pub const MAX_TICK_SKEW_MS: u64 = 60_000;
-/// Most symbols whose newest tick a replica keeps; ticks of further symbols are dropped.
+/// Most symbols whose newest tick a replica keeps; a further symbol replaces the one whose
+/// tick is oldest.
 pub const MAX_TRACKED_SYMBOLS: usize = 10_000;
 
 fn now_ms() -> u64 {
@@ -369,8 +371,16 @@ impl Hub {
                 .lock()
                 .is_ok_and(|mut last| match last.get(&tick.symbol) {
                     Some(seen) if seen.ts_ms >= tick.ts_ms => false,
-                    None if last.len() >= MAX_TRACKED_SYMBOLS => false,
-                    _ => {
+                    seen => {
+                        if seen.is_none() && last.len() >= MAX_TRACKED_SYMBOLS {
+                            let stalest = last
+                                .values()
+                                .min_by_key(|t| t.ts_ms)
+                                .map(|t| t.symbol.clone());
+                            if let Some(symbol) = stalest {
+                                last.remove(&symbol);
+                            }
+                        }
                         last.insert(tick.symbol.clone(), tick.clone());
                         true
                     }
@@ -572,9 +582,13 @@ mod tests {
     #[tokio::test]
     async fn the_symbols_tracked_are_bounded() {
         let hub = hub(8, 10);
-        for i in 0..MAX_TRACKED_SYMBOLS + 5 {
+        for i in 0..MAX_TRACKED_SYMBOLS {
             hub.on_price_tick(&tick_of(&format!("S{i}"), 1));
         }
-        assert_eq!(hub.latest_prices().len(), MAX_TRACKED_SYMBOLS);
+        // A new symbol still gets through, in the place of one with the oldest tick.
+        hub.on_price_tick(&tick_of("REAL", 2));
+        let prices = hub.latest_prices();
+        assert_eq!(prices.len(), MAX_TRACKED_SYMBOLS);
+        assert!(prices.iter().any(|t| t.symbol == "REAL"));
     }
 }

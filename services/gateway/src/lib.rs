@@ -3,7 +3,7 @@
 //! What it does per request, outermost first: CORS for the allowed origins (preflights are
 //! answered before authentication, as browsers send them without credentials), token
 //! verification with the shared verifier behind a cache of verified tokens ([`auth`]; the
-//! shared layer's refusals, charged to the client address: [`ratelimit::limit_refused`])
+//! shared layer's refusals, charged to the client address)
 //! (except the WebSocket endpoint,
 //! the session endpoint and public discovery paths, which verify or need nothing themselves),
 //! the tiered rate limit ([`ratelimit`]; creating a session is charged to the client address,
@@ -159,7 +159,8 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
 
     let chat = chat_service(foundation, settings, &hub, &sessions)?;
     let tokens = auth::EdgeAuth::new(foundation.verifier.clone())
-        .with_public_paths(settings.routing.public_paths.clone());
+        .with_public_paths(settings.routing.public_paths.clone())
+        .with_refusals_charged(limiter.clone());
     let trusted = settings
         .rate_limit
         .trusted()
@@ -199,8 +200,6 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         shutdown: foundation.shutdown.clone(),
     });
     let limit = axum::middleware::from_fn_with_state(limiter.clone(), ratelimit::limit);
-    let limit_refused =
-        axum::middleware::from_fn_with_state(limiter.clone(), ratelimit::limit_refused);
     let limit_session_creation =
         axum::middleware::from_fn_with_state(limiter, ratelimit::limit_session_creation);
 
@@ -243,8 +242,7 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         .layer(axum::middleware::from_fn_with_state(
             tokens,
             auth::authenticate,
-        ))
-        .layer(limit_refused);
+        ));
     // Creating a session is charged to the client address, never to a session token.
     let sessions = Router::new()
         .route("/api/v1/gateway/sessions", post(api::create_session))

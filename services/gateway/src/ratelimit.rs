@@ -10,12 +10,11 @@
 //! logs the transition once, and tries Redis again after `rate_limit.redis_retry_secs`.
 //! Without a Redis URL (embedded mode) every decision is local.
 //!
-//! Three middlewares: [`limit`] charges every request that passed authentication to its tier;
+//! Two middlewares: [`limit`] charges every request that passed authentication to its tier;
 //! [`limit_session_creation`] charges `POST /api/v1/gateway/sessions` to the client address
 //! (a session token presented there is ignored, else each session could mint more sessions
-//! and the address quota would bound nothing); [`limit_refused`], outside the auth layer,
-//! charges a request whose token was refused to the client address, so refused tokens are not
-//! a way around the limits.
+//! and the address quota would bound nothing). A request whose token is refused is charged to
+//! the client address by the auth layer itself ([`crate::auth`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use liquid_auth::Claims;
 use liquid_kit::secret::redact_url;
 use liquid_kit::telemetry::target;
@@ -512,8 +511,7 @@ pub fn peer_of(request: &Request) -> IpAddr {
 }
 
 /// Middleware: charges every request to its tier; refuses with 429 or passes and adds the
-/// headers (every response it passes carries [`TIER_HEADER`], which [`limit_refused`] relies
-/// on). Runs inside the auth layer, so verified claims are in the extensions.
+/// headers. Runs inside the auth layer, so verified claims are in the extensions.
 pub async fn limit(State(limiter): State<RateLimiter>, request: Request, next: Next) -> Response {
     let charge = limiter.charge(
         request.extensions().get::<Claims>(),
@@ -549,53 +547,6 @@ async fn limit_as(limiter: &RateLimiter, charge: Charge, request: Request, next:
         return refusal(&outcome);
     }
     let mut response = next.run(request).await;
-    write_headers(response.headers_mut(), &outcome);
-    response
-}
-
-/// Middleware outside the auth layer: a request the auth layer refused with 401 (no token, a
-/// forged, expired or malformed one) is charged to its client address, as an anonymous
-/// request is, and answered 429 once the address's quota is spent. Without it refused tokens
-/// would never be charged, as [`limit`] runs only after authentication.
-///
-/// The refusal is told apart from a 401 a service answered by [`TIER_HEADER`]: [`limit`]
-/// stamps every response it passes, so a 401 without it never reached the limiter. The token
-/// has been checked by then (a refusal needs the check); what this bounds is how many answers
-/// an address gets, not the cost of the check itself.
-pub async fn limit_refused(
-    State(limiter): State<RateLimiter>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if !limiter.inner.enabled {
-        return next.run(request).await;
-    }
-    let class = limiter.class_of(request.uri().path());
-    let peer = peer_of(&request);
-    // The address is worked out only for a refusal; until then the header values are kept
-    // (shared buffers; nothing allocated when there are none).
-    let forwarded: Vec<HeaderValue> = request
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .cloned()
-        .collect();
-    let mut response = next.run(request).await;
-    if response.status() != StatusCode::UNAUTHORIZED || response.headers().contains_key(TIER_HEADER)
-    {
-        return response;
-    }
-    let client = tier::client_address(
-        peer,
-        forwarded.iter().filter_map(|v| v.to_str().ok()),
-        &limiter.inner.trusted,
-    );
-    let Some(outcome) = limiter.check(class, tier::select(None, None, client)).await else {
-        return response;
-    };
-    if !outcome.decision.allowed {
-        return refusal(&outcome);
-    }
     write_headers(response.headers_mut(), &outcome);
     response
 }

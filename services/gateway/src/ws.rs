@@ -158,20 +158,28 @@ fn expiry_instant(claims: &Claims) -> Instant {
 pub async fn upgrade(State(state): State<WsState>, request: Request) -> Response {
     let peer = ratelimit::peer_of(&request);
     let (mut parts, _body) = request.into_parts();
+    // A refused token is charged to the client address like any refusal at the edge.
     let claims = match token_at_connect(&parts.headers) {
         Ok(Some(token)) => match state.tokens.verify(&token).await {
             Ok(claims) => Some(claims),
             Err(error) => {
-                tracing::info!(target: target::SECURITY, reason = error.reason(), %error, "websocket connect refused");
-                return error.into_response();
+                return state
+                    .tokens
+                    .refuse(&error, parts.uri.path(), &parts.headers, peer)
+                    .await;
             }
         },
         Ok(None) => None,
-        Err(error) => return error.into_response(),
+        Err(error) => {
+            return state
+                .tokens
+                .refuse(&error, parts.uri.path(), &parts.headers, peer)
+                .await;
+        }
     };
-    let class = state.limiter.class_of(parts.uri.path()).to_owned();
+    let class = state.limiter.class_of(parts.uri.path());
     let charge = state.limiter.charge(claims.as_ref(), &parts.headers, peer);
-    let outcome = state.limiter.check(&class, charge).await;
+    let outcome = state.limiter.check(class, charge).await;
     if let Some(outcome) = &outcome
         && !outcome.decision.allowed
     {
@@ -613,14 +621,14 @@ impl Connection {
     /// frame when the quota is spent.
     async fn charge_action(&self, route: &str, claims: &Claims, id: &Value) -> Result<(), Value> {
         let limiter = &self.state.limiter;
-        let class = limiter.class_of(route).to_owned();
+        let class = limiter.class_of(route);
         // A verified token always selects the user tier; headers and address play no part.
         let charge = limiter.charge(
             Some(claims),
             &HeaderMap::new(),
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         );
-        let Some(outcome) = limiter.check(&class, charge).await else {
+        let Some(outcome) = limiter.check(class, charge).await else {
             return Ok(());
         };
         if outcome.decision.allowed {

@@ -653,12 +653,12 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let reader = s.keys.token("carol", "acme", &["read:prices"]);
     // Price channels are platform-wide: publishing on one takes admin:*.
     let publisher = s.keys.token("feed", "ops", &["admin:*"]);
+    // Counters only go up, and the process may hold other connections (`cargo test` runs
+    // tests side by side): the test watches this one count grow, not a gauge reach zero.
+    let slow = "liquid_gateway_ws_closed_total{reason=\"slow\"} ";
+    let before = metric_or_zero(&s, slow).await;
     let mut ws = ws_with_token(&s.gw.ws, &reader).await;
     subscribe(&mut ws, "prices:FLOOD").await;
-    assert_eq!(
-        metric_or_zero(&s, "liquid_gateway_ws_connections ").await,
-        1.0
-    );
     // From here on the client reads nothing; the channel stays busy until the server gives up.
     let big = "x".repeat(200 * 1024);
     let mut closed = false;
@@ -675,7 +675,7 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
             .await
             .unwrap();
         assert_eq!(r.status(), 202);
-        if i % 10 == 9 && metric_or_zero(&s, "liquid_gateway_ws_connections ").await == 0.0 {
+        if i % 10 == 9 && metric_or_zero(&s, slow).await > before {
             closed = true;
             break;
         }
@@ -685,15 +685,11 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        closed = metric_or_zero(&s, "liquid_gateway_ws_connections ").await == 0.0;
+        closed = metric_or_zero(&s, slow).await > before;
     }
     assert!(
         closed,
         "the server never closed a client that stopped reading"
-    );
-    assert_eq!(
-        metric_or_zero(&s, "liquid_gateway_ws_closed_total{reason=\"slow\"} ").await,
-        1.0
     );
     drop(ws);
 }

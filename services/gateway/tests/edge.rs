@@ -39,6 +39,9 @@ async fn every_entry_point_refuses_forged_expired_wrong_audience_and_wrong_scope
     cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
     cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
     cfg.settings.websocket.auth_deadline_secs = 1;
+    // Every refusal is charged to this one address: room for all of them, so each answer is the
+    // refusal itself (tests/config.rs checks the 429 once an address's quota is spent).
+    quotas(&mut cfg, 100, 50, 1_000);
     let gw = start(&cfg).await;
     let http = reqwest::Client::new();
 
