@@ -26,7 +26,9 @@
 //!
 //! Limits: a `POST` body is bounded by `server.body_limit_bytes` (413) and is JSON only
 //! (multipart is 415); the WebSocket takes the `[websocket]` section's message size, auth
-//! deadline, heartbeats and `max_subscriptions` active streams, and closes with `/ws`'s codes.
+//! deadline, heartbeats, write timeout and `max_subscriptions` active streams, and closes with
+//! `/ws`'s codes (a client that does not take a frame within `websocket.write_timeout_secs` is
+//! a slow consumer: 4008, counted in `/ws`'s slow-consumer metrics).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -72,7 +74,9 @@ use crate::domain::gcra;
 use crate::domain::price::PriceTick;
 use crate::hub::Hub;
 use crate::ratelimit::{self, Outcome as RateOutcome, RateLimiter};
-use crate::ws::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED};
+use crate::ws::{
+    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED,
+};
 
 /// graphql-transport-ws's close code for a refused `connection_init`.
 pub const CLOSE_FORBIDDEN: u16 = 4403;
@@ -2316,6 +2320,9 @@ impl GraphqlSocket {
         tokio::pin!(auth_deadline);
         let mut awaiting_auth = !authenticated;
         let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
+        // Every frame is bounded by the write timeout, as on /ws: a client that stops reading
+        // is closed as a slow consumer instead of holding its task until the idle timeout.
+        let write_timeout = Duration::from_secs(settings.write_timeout_secs);
         let every = Duration::from_secs(settings.heartbeat_secs);
         let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -2327,8 +2334,10 @@ impl GraphqlSocket {
                     // None: the executor ended and everything it wrote is sent.
                     let Some(message) = message else { break None };
                     let close = matches!(message, Message::Close(_));
-                    if !send_within(&mut socket_sink, message, idle_timeout).await || close {
-                        break None;
+                    match send_within(&mut socket_sink, message, write_timeout).await {
+                        Ok(()) if !close => {}
+                        Ok(()) | Err(Unsent::Gone) => break None,
+                        Err(Unsent::Slow) => break Some(SLOW_CONSUMER),
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -2336,8 +2345,10 @@ impl GraphqlSocket {
                     if quiet > idle_timeout {
                         break Some((CLOSE_IDLE, "heartbeat timeout"));
                     }
-                    if !send_within(&mut socket_sink, Message::Ping(Bytes::new()), idle_timeout).await {
-                        break None;
+                    match send_within(&mut socket_sink, Message::Ping(Bytes::new()), write_timeout).await {
+                        Ok(()) => {}
+                        Err(Unsent::Gone) => break None,
+                        Err(Unsent::Slow) => break Some(SLOW_CONSUMER),
                     }
                 }
                 () = &mut auth_deadline, if awaiting_auth => {
@@ -2354,11 +2365,18 @@ impl GraphqlSocket {
         };
         if let Some((code, reason)) = closing {
             tracing::debug!(target: target::GRAPHQL, code, reason, "graphql websocket closed");
+            if code == CLOSE_SLOW {
+                // The series /ws counts its slow consumers in (`crate::ws`).
+                metrics::counter!("liquid_gateway_ws_slow_consumers_total").increment(1);
+                metrics::counter!("liquid_gateway_ws_closed_total", "reason" => "slow")
+                    .increment(1);
+            }
             let frame = Message::Close(Some(CloseFrame {
                 code,
                 reason: reason.into(),
             }));
-            let _ = send_within(&mut socket_sink, frame, idle_timeout).await;
+            // Short, as on /ws: a client that does not read must not hold the task any longer.
+            let _ = send_within(&mut socket_sink, frame, CLOSE_FRAME_BOUND).await;
         }
     }
 }
@@ -2382,20 +2400,58 @@ async fn token_expiry(mut expiry: tokio::sync::watch::Receiver<Option<u64>>) {
     }
 }
 
-/// Sends one frame; false when the socket failed or the client did not take it in `within`.
-async fn send_within<S>(sink: &mut S, message: Message, within: Duration) -> bool
+/// The close of a client that did not take a frame within `websocket.write_timeout_secs`.
+const SLOW_CONSUMER: (u16, &str) = (CLOSE_SLOW, "slow consumer: a write timed out");
+
+/// How long the final close frame may take to write (as on `/ws`).
+const CLOSE_FRAME_BOUND: Duration = Duration::from_secs(1);
+
+/// Why a frame was not written.
+#[derive(Debug, PartialEq, Eq)]
+enum Unsent {
+    /// The socket failed: the peer is gone.
+    Gone,
+    /// The client did not take the frame in time: a slow consumer.
+    Slow,
+}
+
+/// Sends one frame, bounded by `within`.
+async fn send_within<S>(sink: &mut S, message: Message, within: Duration) -> Result<(), Unsent>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    matches!(
-        tokio::time::timeout(within, sink.send(message)).await,
-        Ok(Ok(()))
-    )
+    match tokio::time::timeout(within, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Unsent::Gone),
+        Err(_) => Err(Unsent::Slow),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_write_that_times_out_is_told_apart_from_a_failed_one() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Message>(1);
+        tx.try_send(Message::Ping(Bytes::new())).unwrap();
+        let mut sink = tokio_util::sync::PollSender::new(tx);
+        let stalled = send_within(
+            &mut sink,
+            Message::Ping(Bytes::new()),
+            Duration::from_millis(20),
+        )
+        .await;
+        assert_eq!(stalled, Err(Unsent::Slow));
+        drop(rx);
+        let gone = send_within(
+            &mut sink,
+            Message::Ping(Bytes::new()),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(gone, Err(Unsent::Gone));
+    }
 
     #[test]
     fn tokens_come_from_the_init_payload() {

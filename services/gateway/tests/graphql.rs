@@ -632,7 +632,12 @@ async fn post_bodies_are_bounded_and_chat_fields_cost_a_service_call() {
     cfg.server.body_limit_bytes = 16 * 1024;
     let gw = start(&cfg).await;
     let token = keys.token("alice", "acme", &["write:chat", "read:prices"]);
-    let client = reqwest::Client::new();
+    // A fresh connection per request: the server may drop one whose oversized body it refused
+    // unread, and a pooled client would send the next request on it.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
 
     // Over the server's body limit: 413 with a stable code, whatever the query.
     let padding = "x".repeat(64 * 1024);
@@ -859,14 +864,20 @@ async fn graphql_sockets_close_with_the_codes_of_ws() {
         "http://127.0.0.1:9",
     );
     cfg.settings.rate_limit.enabled = false;
-    cfg.settings.websocket.auth_deadline_secs = 1;
     cfg.settings.websocket.max_message_bytes = 4 * 1024;
-    let gw = start(&cfg).await;
     let token = keys.token("alice", "acme", &["read:prices"]);
 
-    // No connection_init by the deadline: 4001, as /ws.
-    let mut silent = gql_ws(&gw, &[]).await;
+    // No connection_init by the deadline: 4001, as /ws. The short deadline is only for this
+    // case: it needs nothing from the client, so no scheduling delay can change its outcome.
+    cfg.settings.websocket.auth_deadline_secs = 1;
+    let strict = start(&cfg).await;
+    let mut silent = gql_ws(&strict, &[]).await;
     assert_eq!(close_code(&mut silent).await, 4001);
+    strict.running.stop().await.unwrap();
+
+    // The other cases send connection_init: a deadline no loaded machine misses.
+    cfg.settings.websocket.auth_deadline_secs = 60;
+    let gw = start(&cfg).await;
 
     // A message over websocket.max_message_bytes ends the connection.
     let mut big = gql_ws(&gw, &[]).await;
@@ -896,7 +907,8 @@ async fn graphql_sockets_close_with_the_codes_of_ws() {
         "the oversized message did not end the connection"
     );
 
-    // A token that expires: 4002, as /ws.
+    // A token that expires: 4002, as /ws. Its lifetime leaves the connect and init seconds of
+    // margin, so the token is still valid at connection_init and only its expiry closes.
     let short = keys
         .key
         .mint(
@@ -904,7 +916,7 @@ async fn graphql_sockets_close_with_the_codes_of_ws() {
                 .tenant("acme")
                 .issuer(ISSUER)
                 .audience(AUDIENCE)
-                .ttl(std::time::Duration::from_secs(2)),
+                .ttl(std::time::Duration::from_secs(5)),
         )
         .unwrap();
     let mut expiring = gql_ws(&gw, &[]).await;
@@ -944,4 +956,123 @@ async fn service_calls_carry_the_request_id() {
         Some("graphql-trace-1"),
         "{seen:?}"
     );
+}
+
+/// The value of the first metric line starting with `prefix`, 0 when there is none yet.
+async fn metric_or_zero(gw: &Gateway, prefix: &str) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Publishes one price tick of `symbol` whose `source` carries `pad`.
+async fn publish_tick(gw: &Gateway, publisher: &str, symbol: &str, pad: &str) {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/gateway/channels/prices:{symbol}/messages",
+            gw.base
+        ))
+        .bearer_auth(publisher)
+        .json(&json!({"data": {"symbol": symbol, "price": 1.0, "ts_ms": 1, "source": pad}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graphql_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    const SLOW_CLOSES: &str = "liquid_gateway_ws_closed_total{reason=\"slow\"} ";
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    let ws = &mut cfg.settings.websocket;
+    ws.write_timeout_secs = 1;
+    // The hub queue never overflows here (that would only end the stream): only a bounded
+    // write can notice the stalled reader. Heartbeats and the idle timeout stay out of the way.
+    ws.send_queue = 100_000;
+    ws.heartbeat_secs = 60;
+    ws.idle_timeout_secs = 120;
+    let gw = start(&cfg).await;
+    let reader = keys.token("carol", "acme", &["read:prices"]);
+    // Price channels are platform-wide: publishing on one takes admin:*.
+    let publisher = keys.token("feed", "ops", &["admin:*"]);
+    // The metrics are the process's, shared with the other tests: only an increase counts.
+    let before = metric_or_zero(&gw, SLOW_CLOSES).await;
+
+    let mut ws = gql_ws(&gw, &[]).await;
+    init(&mut ws, &reader).await;
+    send(
+        &mut ws,
+        json!({"id": "p", "type": "subscribe", "payload": {"query": r#"subscription { prices(symbols: ["FLOOD"]) { symbol source } }"#}}),
+    )
+    .await;
+    // The subscription follows the channel once a tick comes through.
+    let mut live = false;
+    for _ in 0..100 {
+        publish_tick(&gw, &publisher, "FLOOD", "small").await;
+        let tick = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            payload_of(&mut ws, "p"),
+        )
+        .await;
+        if let Ok(tick) = tick {
+            assert_eq!(tick["data"]["prices"]["symbol"], "FLOOD", "{tick}");
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "the subscription never delivered a tick");
+
+    // From here on the client reads nothing; the channel stays busy until the server gives up.
+    let big = "x".repeat(200 * 1024);
+    let mut closed = false;
+    for i in 0..600 {
+        publish_tick(&gw, &publisher, "FLOOD", &big).await;
+        if i % 10 == 9 && metric_or_zero(&gw, SLOW_CLOSES).await > before {
+            closed = true;
+            break;
+        }
+    }
+    for _ in 0..100 {
+        if closed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        closed = metric_or_zero(&gw, SLOW_CLOSES).await > before;
+    }
+    assert!(
+        closed,
+        "the server never closed a graphql client that stopped reading"
+    );
+    // Reading again, the client finds the connection ended.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match futures_util::StreamExt::next(&mut ws).await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_)) | None => {
+                    return;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the slow consumer's connection stayed open");
 }
