@@ -31,7 +31,6 @@
 //! a slow consumer: 4008, counted in `/ws`'s slow-consumer metrics).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,7 +69,6 @@ use crate::chat::{ChatBody, ChatService, MessageInput, reply_json};
 use crate::coalesce::Outcome;
 use crate::config::{GraphqlSettings, WebSocketSettings};
 use crate::domain::channel::Channel;
-use crate::domain::gcra;
 use crate::domain::price::PriceTick;
 use crate::hub::Hub;
 use crate::ratelimit::{self, Outcome as RateOutcome, RateLimiter};
@@ -152,19 +150,13 @@ fn api_error(e: ApiError) -> Error {
 /// The `rate_limited` error of a refused chat turn, with the figures `POST /api/v1/chat`'s 429
 /// carries (`retryAfterSeconds` among them) in its extensions.
 fn rate_limited(outcome: &RateOutcome) -> Error {
-    let retry = gcra::ceil_secs(outcome.decision.retry_after_ms).max(1);
+    let retry = outcome.retry_after_secs();
     tracing::info!(target: target::SECURITY, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = retry, "graphql chat rate limited");
-    let message = format!(
-        "rate limit of {} requests per {}s for this {} reached; retry after {retry}s",
-        outcome.decision.limit,
-        outcome.period_secs,
-        outcome.charge.tier.as_str()
-    );
     let tier = outcome.charge.tier.as_str();
     let class = outcome.class.to_string();
     let limit = outcome.decision.limit;
     let period = outcome.period_secs;
-    Error::new(message).extend_with(move |_, e| {
+    Error::new(outcome.refusal_message()).extend_with(move |_, e| {
         e.set("code", ErrorCode::RateLimited.as_str());
         e.set("tier", tier);
         e.set("class", class.as_str());
@@ -184,14 +176,7 @@ async fn charge_chat_turn(ctx: &Context<'_>, c: &Caller) -> Result<(), Error> {
             "this graphql request has no rate limiter; chat is refused",
         )
     })?;
-    let class = limiter.class_of(CHAT_ROUTE).to_owned();
-    // With verified claims the charge is the user's; headers and address are not consulted.
-    let charge = limiter.charge(
-        Some(&c.claims),
-        &http::HeaderMap::new(),
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    );
-    match limiter.check(&class, charge).await {
+    match limiter.check_user(CHAT_ROUTE, &c.claims).await {
         Some(outcome) if !outcome.decision.allowed => Err(rate_limited(&outcome)),
         _ => Ok(()),
     }

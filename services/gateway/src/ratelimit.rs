@@ -96,6 +96,35 @@ pub struct Outcome {
     pub backend: Backend,
 }
 
+impl Outcome {
+    /// Whole seconds to wait before retrying, at least 1 (`Retry-After`).
+    pub fn retry_after_secs(&self) -> u64 {
+        gcra::ceil_secs(self.decision.retry_after_ms).max(1)
+    }
+
+    /// What a refusal says, on every surface (REST, WebSocket frames, GraphQL errors).
+    pub fn refusal_message(&self) -> String {
+        format!(
+            "rate limit of {} requests per {}s for this {} reached; retry after {}s",
+            self.decision.limit,
+            self.period_secs,
+            self.charge.tier.as_str(),
+            self.retry_after_secs()
+        )
+    }
+
+    /// The figures a refusal carries (`details` of the error).
+    pub fn refusal_details(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tier": self.charge.tier.as_str(),
+            "class": self.class,
+            "limit": self.decision.limit,
+            "period_seconds": self.period_secs,
+            "retry_after_seconds": self.retry_after_secs(),
+        })
+    }
+}
+
 struct SharedLimits {
     connection: ConnectionManager,
     script: redis::Script,
@@ -354,6 +383,18 @@ impl RateLimiter {
         )
     }
 
+    /// Charges one action of a verified caller (a WebSocket frame, a GraphQL field) as a
+    /// request to `route` would be charged: to the user, in `route`'s class. Headers and the
+    /// address play no part, as verified claims always select the user tier.
+    pub async fn check_user(&self, route: &str, claims: &Claims) -> Option<Outcome> {
+        let charge = tier::select(
+            Some((claims.tenant_id(), claims.sub.as_str())),
+            None,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        );
+        self.check(self.class_of(route), charge).await
+    }
+
     /// Charges one request of `class` to `charge`; `None` when limits are disabled.
     pub async fn check(&self, class: &str, charge: Charge) -> Option<Outcome> {
         let inner = &self.inner;
@@ -479,25 +520,10 @@ pub fn write_headers(headers: &mut HeaderMap, outcome: &Outcome) {
 
 /// The 429 answer for a refused request, with `Retry-After`.
 pub fn refusal(outcome: &Outcome) -> Response {
-    let retry = gcra::ceil_secs(outcome.decision.retry_after_ms).max(1);
-    tracing::info!(target: target::SECURITY, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = retry, "rate limited");
-    let mut response = ApiError::new(
-        ErrorCode::RateLimited,
-        format!(
-            "rate limit of {} requests per {}s for this {} reached; retry after {retry}s",
-            outcome.decision.limit,
-            outcome.period_secs,
-            outcome.charge.tier.as_str()
-        ),
-    )
-    .with_details(serde_json::json!({
-        "tier": outcome.charge.tier.as_str(),
-        "class": outcome.class,
-        "limit": outcome.decision.limit,
-        "period_seconds": outcome.period_secs,
-        "retry_after_seconds": retry,
-    }))
-    .into_response();
+    tracing::info!(target: target::SECURITY, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = outcome.retry_after_secs(), "rate limited");
+    let mut response = ApiError::new(ErrorCode::RateLimited, outcome.refusal_message())
+        .with_details(outcome.refusal_details())
+        .into_response();
     write_headers(response.headers_mut(), outcome);
     response
 }

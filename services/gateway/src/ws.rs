@@ -27,7 +27,6 @@
 //! closes.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,7 +51,6 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::EdgeAuth;
 use crate::config::WebSocketSettings;
 use crate::domain::channel::{Action, Channel, authorize, encode_tenant};
-use crate::domain::gcra;
 use crate::hub::{Hub, Registration};
 use crate::ratelimit::{self, RateLimiter};
 
@@ -620,40 +618,17 @@ impl Connection {
     /// Charges one action of `route`'s class to the verified user; the `rate_limited` error
     /// frame when the quota is spent.
     async fn charge_action(&self, route: &str, claims: &Claims, id: &Value) -> Result<(), Value> {
-        let limiter = &self.state.limiter;
-        let class = limiter.class_of(route);
-        // A verified token always selects the user tier; headers and address play no part.
-        let charge = limiter.charge(
-            Some(claims),
-            &HeaderMap::new(),
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        );
-        let Some(outcome) = limiter.check(class, charge).await else {
+        let Some(outcome) = self.state.limiter.check_user(route, claims).await else {
             return Ok(());
         };
         if outcome.decision.allowed {
             return Ok(());
         }
-        let retry = gcra::ceil_secs(outcome.decision.retry_after_ms).max(1);
+        let retry = outcome.retry_after_secs();
         tracing::info!(target: target::SECURITY, connection = self.registration.id, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = retry, "websocket action rate limited");
-        let mut frame = error_frame(
-            id,
-            ErrorCode::RateLimited,
-            format!(
-                "rate limit of {} requests per {}s for this {} reached; retry after {retry}s",
-                outcome.decision.limit,
-                outcome.period_secs,
-                outcome.charge.tier.as_str()
-            ),
-        );
+        let mut frame = error_frame(id, ErrorCode::RateLimited, outcome.refusal_message());
         frame["retry_after_seconds"] = json!(retry);
-        frame["details"] = json!({
-            "tier": outcome.charge.tier.as_str(),
-            "class": outcome.class,
-            "limit": outcome.decision.limit,
-            "period_seconds": outcome.period_secs,
-            "retry_after_seconds": retry,
-        });
+        frame["details"] = outcome.refusal_details();
         Err(frame)
     }
 
