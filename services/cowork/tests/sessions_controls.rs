@@ -184,9 +184,12 @@ async fn a_person_rejects_replans_pauses_resumes_and_cancels_a_session() {
             .find(|s| s["key"] == "b")
             .unwrap()["step_id"]
             .clone();
+        // The latest of each: an attempt that lost its container to a loaded machine is
+        // retried with a new claim, and the claim to check is the one held now.
         let of_b = |kind: &str| {
             events
                 .iter()
+                .rev()
                 .filter(|e| e["type"] == "subtask:progress" && e["data"]["step_id"] == b_step)
                 .find(|e| e["data"]["kind"] == kind)
                 .cloned()
