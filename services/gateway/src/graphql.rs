@@ -2153,22 +2153,33 @@ fn token_in_payload(payload: &Value) -> Option<String> {
 pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> Response {
     let peer = ratelimit::peer_of(&request);
     let (mut parts, _body) = request.into_parts();
-    let at_connect = match bearer_from_headers(&parts.headers) {
+    // A refused token is charged to the client address like any refusal at the edge.
+    let verified = match bearer_from_headers(&parts.headers) {
         Ok(Some(token)) => match state.tokens.verify(token).await {
-            Ok(claims) => Some(Caller::new(claims, BearerToken::new(token), &parts.headers)),
-            Err(error) => {
-                tracing::info!(target: target::SECURITY, reason = error.reason(), %error, "graphql websocket connect refused");
-                return error.into_response();
-            }
+            Ok(claims) => Ok(Some(Caller::new(
+                claims,
+                BearerToken::new(token),
+                &parts.headers,
+            ))),
+            Err(error) => Err(error),
         },
-        Ok(None) => None,
-        Err(error) => return error.into_response(),
+        Ok(None) => Ok(None),
+        Err(error) => Err(error),
     };
-    let class = state.limiter.class_of(parts.uri.path()).to_owned();
+    let at_connect = match verified {
+        Ok(caller) => caller,
+        Err(error) => {
+            return state
+                .tokens
+                .refuse(&error, parts.uri.path(), &parts.headers, peer)
+                .await;
+        }
+    };
+    let class = state.limiter.class_of(parts.uri.path());
     let charge = state
         .limiter
         .charge(at_connect.as_ref().map(|c| &c.claims), &parts.headers, peer);
-    let outcome = state.limiter.check(&class, charge).await;
+    let outcome = state.limiter.check(class, charge).await;
     if let Some(outcome) = &outcome
         && !outcome.decision.allowed
     {
