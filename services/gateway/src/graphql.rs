@@ -73,7 +73,8 @@ use crate::domain::price::PriceTick;
 use crate::hub::Hub;
 use crate::ratelimit::{self, Outcome as RateOutcome, RateLimiter};
 use crate::ws::{
-    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED,
+    CLOSE_FRAME_BOUND, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED,
+    CLOSE_UNAUTHENTICATED, Unsent, send_within,
 };
 
 /// graphql-transport-ws's close code for a refused `connection_init`.
@@ -2399,55 +2400,9 @@ async fn token_expiry(mut expiry: tokio::sync::watch::Receiver<Option<u64>>) {
 /// The close of a client that did not take a frame within `websocket.write_timeout_secs`.
 const SLOW_CONSUMER: (u16, &str) = (CLOSE_SLOW, "slow consumer: a write timed out");
 
-/// How long the final close frame may take to write (as on `/ws`).
-const CLOSE_FRAME_BOUND: Duration = Duration::from_secs(1);
-
-/// Why a frame was not written.
-#[derive(Debug, PartialEq, Eq)]
-enum Unsent {
-    /// The socket failed: the peer is gone.
-    Gone,
-    /// The client did not take the frame in time: a slow consumer.
-    Slow,
-}
-
-/// Sends one frame, bounded by `within`.
-async fn send_within<S>(sink: &mut S, message: Message, within: Duration) -> Result<(), Unsent>
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    match tokio::time::timeout(within, sink.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Unsent::Gone),
-        Err(_) => Err(Unsent::Slow),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_write_that_times_out_is_told_apart_from_a_failed_one() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Message>(1);
-        tx.try_send(Message::Ping(Bytes::new())).unwrap();
-        let mut sink = tokio_util::sync::PollSender::new(tx);
-        let stalled = send_within(
-            &mut sink,
-            Message::Ping(Bytes::new()),
-            Duration::from_millis(20),
-        )
-        .await;
-        assert_eq!(stalled, Err(Unsent::Slow));
-        drop(rx);
-        let gone = send_within(
-            &mut sink,
-            Message::Ping(Bytes::new()),
-            Duration::from_secs(30),
-        )
-        .await;
-        assert_eq!(gone, Err(Unsent::Gone));
-    }
 
     #[test]
     fn tokens_come_from_the_init_payload() {

@@ -286,14 +286,43 @@ async fn send_bounded(
         () = shutdown.cancelled() => {
             Err(Some(Closing::new(CLOSE_GOING_AWAY, "shutdown", "server shutting down")))
         }
-        sent = tokio::time::timeout(limit, sink.send(message)) => match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(None),
-            Err(_) => {
+        sent = send_within(sink, message, limit) => match sent {
+            Ok(()) => Ok(()),
+            Err(Unsent::Gone) => Err(None),
+            Err(Unsent::Slow) => {
                 metrics::counter!("liquid_gateway_ws_slow_consumers_total").increment(1);
                 Err(Some(Closing::new(CLOSE_SLOW, "slow", "slow consumer: a write timed out")))
             }
         },
+    }
+}
+
+/// How long the final close frame may take to write: a client that does not read must not
+/// hold its task any longer (`/ws` and the GraphQL socket).
+pub(crate) const CLOSE_FRAME_BOUND: Duration = Duration::from_secs(1);
+
+/// Why a frame was not written.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unsent {
+    /// The socket failed: the peer is gone.
+    Gone,
+    /// The client did not take the frame in time: a slow consumer.
+    Slow,
+}
+
+/// Sends one frame, bounded by `within` (`/ws` and the GraphQL socket).
+pub(crate) async fn send_within<S>(
+    sink: &mut S,
+    message: Message,
+    within: Duration,
+) -> Result<(), Unsent>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    match tokio::time::timeout(within, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Unsent::Gone),
+        Err(_) => Err(Unsent::Slow),
     }
 }
 
@@ -462,11 +491,7 @@ impl Connection {
                 code: c.code,
                 reason: Utf8Bytes::from_static(c.reason),
             };
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                sink.send(Message::Close(Some(frame))),
-            )
-            .await;
+            let _ = send_within(&mut sink, Message::Close(Some(frame)), CLOSE_FRAME_BOUND).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     }
@@ -802,6 +827,28 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_write_that_times_out_is_told_apart_from_a_failed_one() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Message>(1);
+        tx.try_send(Message::Ping(Bytes::new())).unwrap();
+        let mut sink = tokio_util::sync::PollSender::new(tx);
+        let stalled = send_within(
+            &mut sink,
+            Message::Ping(Bytes::new()),
+            Duration::from_millis(20),
+        )
+        .await;
+        assert_eq!(stalled, Err(Unsent::Slow));
+        drop(rx);
+        let gone = send_within(
+            &mut sink,
+            Message::Ping(Bytes::new()),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(gone, Err(Unsent::Gone));
+    }
 
     #[test]
     fn a_token_comes_from_the_header_or_the_subprotocol() {
