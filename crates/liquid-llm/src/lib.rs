@@ -9,7 +9,9 @@
 //!   coalescing ([`ChatRequest::coalescing_key`]) and cowork's planner and agent loop hold an
 //!   `Arc<dyn ModelClient>`.
 //! - [`SessionClients`] hands each chat session its own [`ModelSession`] (history, model,
-//!   tools), expiring idle ones.
+//!   tools), expiring idle ones, and counts a shared or cached answer apart from what the
+//!   session spent ([`AnswerSource`]).
+//! - [`batch_deltas`] merges runs of small streamed deltas before they are sent on.
 //! - Provider clients ([`providers`]) speak the vendors' real wire formats over reqwest; the
 //!   shared [`transport`] retries and maps errors to stable codes ([`LlmError`]).
 //!
@@ -17,6 +19,7 @@
 //! any service: callers pass tenant and session ids in, and get answers out.
 
 pub mod assemble;
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -31,6 +34,7 @@ pub mod transport;
 pub mod types;
 
 pub use assemble::{ChatStream, collect_stream};
+pub use batch::{DeltaBatching, batch_deltas};
 pub use client::ModelClient;
 pub use config::{
     LlmConfig, ProviderConfig, ProviderKind, RetryConfig, RouteConfig, SessionConfig,
@@ -41,7 +45,8 @@ pub use offline::{OFFLINE_MARKER, OFFLINE_MODEL, OFFLINE_PROVIDER, OfflineClient
 pub use pricing::{ModelPrice, PriceTable};
 pub use router::{ModelRouter, RouteTarget};
 pub use session::{
-    ModelSession, SessionClients, SessionKey, SessionOptions, SessionPolicy, SessionUsage,
+    AnswerSource, ModelSession, PendingTurn, SessionClients, SessionKey, SessionOptions,
+    SessionPolicy, SessionUsage, SharedUsage,
 };
 pub use types::{
     ChatRequest, ChatResponse, FinishReason, Message, Parameters, StreamEvent, ToolCall,

@@ -24,6 +24,14 @@
 //! until it fits, at boundaries that keep it a valid conversation, so a long session costs
 //! bounded memory and a bounded request. The system prompt, tools and parameters are session
 //! options, not history, and are never dropped.
+//!
+//! Spend: a turn's answer may not have been paid for by its session. When a client shares one
+//! upstream answer between identical requests (the gateway's request coalescing) or serves an
+//! earlier answer from a cache, only the turn whose request went upstream spent its tokens
+//! and cost. A caller that knows where an answer came from runs the turn in two steps
+//! ([`ModelSession::begin`], then [`PendingTurn::finish`] with an [`AnswerSource`]); such
+//! answers are counted in [`SessionUsage::shared`], not in the session's spend, so summing
+//! [`SessionUsage::cost_usd`] over sessions gives what was really spent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +39,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use moka::notification::RemovalCause;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use crate::assemble::ChatStream;
@@ -180,20 +188,50 @@ pub struct SessionOptions {
 #[derive(Debug, Default)]
 struct Conversation {
     messages: Vec<Message>,
-    usage: Usage,
-    cost_usd: f64,
-    turns: u64,
+    totals: SessionUsage,
+}
+
+/// Where a turn's answer came from, which decides whether the session spent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnswerSource {
+    /// The turn's own request went to the provider (alone, or as the one whose call others
+    /// shared): its tokens and cost were spent for this session.
+    #[default]
+    Upstream,
+    /// An identical request's upstream call answered it too (request coalescing): spent
+    /// once, by the session of that request.
+    Shared,
+    /// An earlier identical request's answer, from a cache: nothing was spent now.
+    Cached,
+}
+
+/// Answers a session received without spending them (see [`AnswerSource`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SharedUsage {
+    /// Turns answered by another request's call or from a cache.
+    pub turns: u64,
+    /// Tokens those answers consumed where they were produced (not again here).
+    pub usage: Usage,
+    /// What those answers cost where they were produced: saved here, not spent.
+    pub cost_usd: f64,
 }
 
 /// Totals of one session.
+///
+/// `usage` and `cost_usd` are this session's spend: turns whose request went upstream. Answers
+/// it shared with an identical request in flight, or got from the answer cache, are in
+/// `shared` instead, so the sum of `cost_usd` over sessions is the real spend and each
+/// provider call is counted once.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct SessionUsage {
-    /// Completed turns.
+    /// Completed turns, however they were answered.
     pub turns: u64,
-    /// Tokens over all turns.
+    /// Tokens of the turns whose request went upstream.
     pub usage: Usage,
-    /// Cost over all priced turns.
+    /// Cost of the priced turns whose request went upstream.
     pub cost_usd: f64,
+    /// Turns answered by another request's upstream call or from a cache.
+    pub shared: SharedUsage,
 }
 
 /// One session's client handle and conversation.
@@ -236,14 +274,10 @@ impl ModelSession {
         self.conversation.lock().await.messages.clone()
     }
 
-    /// Turns, tokens and cost so far.
+    /// Turns, tokens and cost so far: what the session spent, and what it received from
+    /// shared or cached answers ([`SessionUsage::shared`]).
     pub async fn usage(&self) -> SessionUsage {
-        let c = self.conversation.lock().await;
-        SessionUsage {
-            turns: c.turns,
-            usage: c.usage,
-            cost_usd: c.cost_usd,
-        }
+        self.conversation.lock().await.totals
     }
 
     fn request(&self, messages: Vec<Message>) -> ChatRequest {
@@ -257,39 +291,38 @@ impl ModelSession {
         }
     }
 
-    /// Adds `message` (a user message or tool results) and asks the model; the answer joins
-    /// the history. On failure the history is unchanged.
-    pub async fn send(&self, message: Message) -> Result<ChatResponse, LlmError> {
-        let mut conversation = self.conversation.lock().await;
+    /// Starts a turn with `message` (a user message or tool results) for a caller that asks
+    /// the model itself, through a client that may share or cache answers: waits for the
+    /// session's previous turn, then holds the session until the returned turn is finished
+    /// or dropped. Dropping it unfinished leaves the history as it was.
+    pub async fn begin(&self, message: Message) -> PendingTurn {
+        let conversation = self.conversation.clone().lock_owned().await;
         let mut messages = conversation.messages.clone();
         messages.push(message);
-        let response = self
-            .client
-            .complete(&self.request(messages.clone()))
-            .await?;
-        messages.push(response.to_message());
-        record(&mut conversation, messages, &response, self.history_limit);
+        PendingTurn {
+            request: self.request(messages.clone()),
+            conversation,
+            messages,
+            limit: self.history_limit,
+        }
+    }
+
+    /// Adds `message` (a user message or tool results) and asks the model through the
+    /// session's client; the answer joins the history and is counted as spent by this session
+    /// ([`AnswerSource::Upstream`]). On failure the history is unchanged.
+    pub async fn send(&self, message: Message) -> Result<ChatResponse, LlmError> {
+        let turn = self.begin(message).await;
+        let response = self.client.complete(turn.request()).await?;
+        turn.finish(&response, AnswerSource::Upstream);
         Ok(response)
     }
 
     /// Like [`ModelSession::send`], streaming. The session stays locked until the stream ends
     /// or is dropped; the answer joins the history only if the stream completed.
     pub async fn send_stream(&self, message: Message) -> Result<ChatStream, LlmError> {
-        let mut conversation = self.conversation.clone().lock_owned().await;
-        let mut messages = conversation.messages.clone();
-        messages.push(message);
-        let inner = self.client.stream(&self.request(messages.clone())).await?;
-        let mut pending = Some(messages);
-        let limit = self.history_limit;
-        Ok(Box::pin(inner.map(move |item| {
-            if let Ok(StreamEvent::Completed { response }) = &item
-                && let Some(mut messages) = pending.take()
-            {
-                messages.push(response.to_message());
-                record(&mut conversation, messages, response, limit);
-            }
-            item
-        })))
+        let turn = self.begin(message).await;
+        let stream = self.client.stream(turn.request()).await?;
+        Ok(turn.finish_stream(stream, AnswerSource::Upstream))
     }
 
     /// Forgets the conversation, keeping the session.
@@ -298,10 +331,64 @@ impl ModelSession {
     }
 }
 
+/// A session turn under way ([`ModelSession::begin`]): holds the session (its turns are
+/// serialised) until it is finished or dropped.
+pub struct PendingTurn {
+    request: ChatRequest,
+    conversation: OwnedMutexGuard<Conversation>,
+    /// The history with the turn's message, the answer still to come.
+    messages: Vec<Message>,
+    limit: HistoryLimit,
+}
+
+impl std::fmt::Debug for PendingTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingTurn")
+            .field("model", &self.request.model)
+            .field("messages", &self.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingTurn {
+    /// What to ask the model: the session's options and history plus the turn's message.
+    pub fn request(&self) -> &ChatRequest {
+        &self.request
+    }
+
+    /// Adds `response` to the history and counts it as answered from `source`.
+    pub fn finish(mut self, response: &ChatResponse, source: AnswerSource) {
+        let mut messages = std::mem::take(&mut self.messages);
+        messages.push(response.to_message());
+        record(
+            &mut self.conversation,
+            messages,
+            response,
+            source,
+            self.limit,
+        );
+    }
+
+    /// Passes `stream` on; its answer joins the history, counted as answered from `source`,
+    /// when the stream completes. The session stays held until the stream ends or is dropped.
+    pub fn finish_stream(self, stream: ChatStream, source: AnswerSource) -> ChatStream {
+        let mut turn = Some(self);
+        Box::pin(stream.map(move |item| {
+            if let Ok(StreamEvent::Completed { response }) = &item
+                && let Some(turn) = turn.take()
+            {
+                turn.finish(response, source);
+            }
+            item
+        }))
+    }
+}
+
 fn record(
     conversation: &mut Conversation,
     mut messages: Vec<Message>,
     response: &ChatResponse,
+    source: AnswerSource,
     limit: HistoryLimit,
 ) {
     let dropped = trim_history(&mut messages, limit.max_messages, limit.max_bytes);
@@ -310,9 +397,20 @@ fn record(
         tracing::debug!(target: "ai", dropped, kept = messages.len(), "session history trimmed");
     }
     conversation.messages = messages;
-    conversation.usage.add(response.usage);
-    conversation.cost_usd += response.cost_usd.unwrap_or(0.0);
-    conversation.turns += 1;
+    let totals = &mut conversation.totals;
+    totals.turns += 1;
+    let cost = response.cost_usd.unwrap_or(0.0);
+    match source {
+        AnswerSource::Upstream => {
+            totals.usage.add(response.usage);
+            totals.cost_usd += cost;
+        }
+        AnswerSource::Shared | AnswerSource::Cached => {
+            totals.shared.turns += 1;
+            totals.shared.usage.add(response.usage);
+            totals.shared.cost_usd += cost;
+        }
+    }
 }
 
 /// Counts of sessions removed, by cause.

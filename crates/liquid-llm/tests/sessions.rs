@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::{router, server};
 use liquid_kit::HasErrorCode;
 use liquid_llm::{
-    Message, ModelClient, SessionClients, SessionKey, SessionOptions, SessionPolicy, collect_stream,
+    AnswerSource, Message, ModelClient, SessionClients, SessionKey, SessionOptions, SessionPolicy,
+    collect_stream,
 };
 use liquid_testkit::model_servers::{Reply, Vendor};
 use tokio_util::sync::CancellationToken;
@@ -299,4 +300,79 @@ async fn old_turns_are_trimmed_from_a_long_session() {
         ]
     );
     assert_eq!(session.usage().await.turns, 4);
+}
+
+#[tokio::test]
+async fn an_answer_shared_between_sessions_is_spent_once() {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client.clone(),
+        policy(Duration::from_secs(60)),
+        CancellationToken::new(),
+    );
+    server.push(Reply::text("four"));
+    server.push(Reply::text("four, streamed"));
+    let mut handles = Vec::new();
+    for id in ["a", "b", "c"] {
+        handles.push(sessions.session(&SessionKey::new("t", id), options()).await);
+    }
+    let [leader, joiner, cached] = <[_; 3]>::try_from(handles).unwrap();
+
+    // One upstream call answers three sessions, as a coalescing client would hand it out.
+    let first = leader.begin(Message::user("2+2?")).await;
+    let response = client.complete(first.request()).await.unwrap();
+    let cost = response.cost_usd.unwrap();
+    assert!(cost > 0.0);
+    first.finish(&response, AnswerSource::Upstream);
+    let second = joiner.begin(Message::user("2+2?")).await;
+    assert_eq!(second.request().messages, [Message::user("2+2?")]);
+    second.finish(&response, AnswerSource::Shared);
+    cached
+        .begin(Message::user("2+2?"))
+        .await
+        .finish(&response, AnswerSource::Cached);
+
+    let spent = leader.usage().await;
+    assert_eq!((spent.turns, spent.cost_usd), (1, cost));
+    assert_eq!(spent.usage, response.usage);
+    assert_eq!(spent.shared.turns, 0);
+    for received in [&joiner, &cached] {
+        let usage = received.usage().await;
+        assert_eq!(usage.turns, 1);
+        assert_eq!(usage.cost_usd, 0.0, "not spent by this session");
+        assert_eq!(usage.usage.total(), 0);
+        assert_eq!(usage.shared.turns, 1);
+        assert_eq!(usage.shared.usage, response.usage);
+        assert_eq!(usage.shared.cost_usd, cost);
+        assert_eq!(
+            received.history().await,
+            vec![Message::user("2+2?"), Message::assistant("four")],
+            "a shared answer joins the history like any other"
+        );
+    }
+    let mut total = 0.0;
+    for s in [&leader, &joiner, &cached] {
+        total += s.usage().await.cost_usd;
+    }
+    assert_eq!(total, cost, "summed over sessions, the spend is one call");
+
+    // A streamed turn is counted the same way, once its answer completes.
+    let turn = joiner.begin(Message::user("and streamed?")).await;
+    let stream = client.stream(turn.request()).await.unwrap();
+    let streamed = collect_stream(turn.finish_stream(stream, AnswerSource::Shared))
+        .await
+        .unwrap();
+    let usage = joiner.usage().await;
+    assert_eq!((usage.turns, usage.shared.turns), (2, 2));
+    assert_eq!(usage.cost_usd, 0.0);
+    assert_eq!(
+        usage.shared.cost_usd,
+        cost + streamed.cost_usd.unwrap(),
+        "{usage:?}"
+    );
+    // `send` asks through the session's own client: the session spent it.
+    server.push(Reply::text("five"));
+    cached.send(Message::user("3+2?")).await.unwrap();
+    assert!(cached.usage().await.cost_usd > 0.0);
 }

@@ -14,7 +14,17 @@
 //! - **stateless**: `messages` is the whole conversation; nothing is kept.
 //!
 //! Every model call runs inside a [`coalesce::scoped`] tenant scope, so identical concurrent
-//! requests of a tenant share one upstream call ([`crate::coalesce`]).
+//! requests of a tenant share one upstream call ([`crate::coalesce`]). A session turn is asked
+//! in two steps ([`ModelSession::begin`]) so that the scope's [`Outcome`] reaches the session:
+//! only the turn whose request went upstream counts the answer's tokens and cost as its
+//! session's spend; a joined or cached answer is counted as shared ([`answer_source`]), and
+//! the session's figures show both (`cost_usd` spent, `shared`).
+//!
+//! Streamed turns (SSE, GraphQL, WebSocket chat) send runs of text deltas in batches
+//! ([`DELTA_BATCHING`]: up to 4 KiB, at most 25 ms after their first delta, flushed by any
+//! other event), so a burst — a provider streaming word by word, a late joiner of a shared
+//! call replaying its log — is a few events and bus messages rather than one per word, and a
+//! WebSocket client's bounded send queue is not filled by one answer's words.
 //!
 //! WebSocket chat does not hold the connection's loop while the model answers: the action is
 //! acknowledged at once with the turn id, and the turn's deltas, reply or error arrive on the
@@ -39,9 +49,9 @@ use liquid_kit::error::HasErrorCode;
 use liquid_kit::telemetry::target;
 use liquid_kit::{ApiError, ErrorCode};
 use liquid_llm::{
-    ChatRequest, ChatResponse, ChatStream, LlmError, Message, ModelClient, ModelRouter,
-    ModelSession, Parameters, SessionClients, SessionKey, SessionOptions, StreamEvent, ToolChoice,
-    ToolDefinition,
+    AnswerSource, ChatRequest, ChatResponse, ChatStream, DeltaBatching, LlmError, Message,
+    ModelClient, ModelRouter, ModelSession, Parameters, SessionClients, SessionKey, SessionOptions,
+    StreamEvent, ToolChoice, ToolDefinition, batch_deltas,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -59,6 +69,10 @@ use crate::ws::{ChatHandler, TurnScope};
 
 /// Longest chat session id (the channel name `chat:<session>` must fit the hub's limit).
 pub const MAX_SESSION_LEN: usize = 128;
+
+/// How streamed text deltas are batched before they are sent to a client or published on a
+/// session's channel (liquid-llm's defaults: 4 KiB, 25 ms).
+pub const DELTA_BATCHING: DeltaBatching = DeltaBatching::DEFAULT;
 
 /// What the offline label says.
 pub const OFFLINE_NOTICE: &str = "answered by the built-in offline provider because no API key is configured for this model's provider; it is not a language model. Set GEMINI_API_KEY, ANTHROPIC_API_KEY or OPENAI_API_KEY (or llm.providers.<name>.api_key) for real answers";
@@ -169,6 +183,17 @@ pub fn llm_error(error: &LlmError) -> ApiError {
         } => ApiError::new(error.error_code(), error.to_string())
             .with_details(json!({"retry_after_seconds": wait.as_secs().max(1)})),
         other => ApiError::new(other.error_code(), other.to_string()),
+    }
+}
+
+/// Whose spend an answer is, from how the coalescer answered its request: the request that
+/// went upstream (or was not coalesced) spent it; a joined or cached answer was spent once
+/// elsewhere.
+pub fn answer_source(outcome: Option<Outcome>) -> AnswerSource {
+    match outcome {
+        Some(Outcome::Joined) => AnswerSource::Shared,
+        Some(Outcome::Cached) => AnswerSource::Cached,
+        Some(Outcome::Upstream | Outcome::Bypass) | None => AnswerSource::Upstream,
     }
 }
 
@@ -389,14 +414,19 @@ impl ChatService {
             session,
             turn,
         } = prepared;
-        let client = self.inner.coalescer.clone();
-        let (result, outcome) = coalesce::scoped(&tenant, async move {
-            match turn {
-                Turn::Session(handle, message) => handle.send(message).await,
-                Turn::Stateless(request) => client.complete(&request).await,
+        let client = &self.inner.coalescer;
+        let (result, outcome) = match turn {
+            Turn::Session(handle, message) => {
+                let pending = handle.begin(message).await;
+                let (result, outcome) =
+                    coalesce::scoped(&tenant, client.complete(pending.request())).await;
+                if let Ok(response) = &result {
+                    pending.finish(response, answer_source(outcome));
+                }
+                (result, outcome)
             }
-        })
-        .await;
+            Turn::Stateless(request) => coalesce::scoped(&tenant, client.complete(&request)).await,
+        };
         let response = result.map_err(|e| llm_error(&e))?;
         let reply = reply_json(
             &response,
@@ -410,7 +440,8 @@ impl ChatService {
         Ok(reply)
     }
 
-    /// Starts a turn as a stream of events; the last is `Completed` or an error.
+    /// Starts a turn as a stream of events, text deltas batched ([`DELTA_BATCHING`]); the
+    /// last is `Completed` or an error.
     pub async fn stream(
         &self,
         prepared: &mut Option<PreparedChat>,
@@ -421,16 +452,22 @@ impl ChatService {
                 "chat turn already started",
             ));
         };
-        let client = self.inner.coalescer.clone();
-        let (result, outcome) = coalesce::scoped(&tenant, async move {
-            match turn {
-                Turn::Session(handle, message) => handle.send_stream(message).await,
-                Turn::Stateless(request) => client.stream(&request).await,
+        let client = &self.inner.coalescer;
+        let (result, outcome) = match turn {
+            Turn::Session(handle, message) => {
+                let pending = handle.begin(message).await;
+                let (result, outcome) =
+                    coalesce::scoped(&tenant, client.stream(pending.request())).await;
+                let source = answer_source(outcome);
+                (result.map(|s| pending.finish_stream(s, source)), outcome)
             }
-        })
-        .await;
+            Turn::Stateless(request) => coalesce::scoped(&tenant, client.stream(&request)).await,
+        };
         let stream = result.map_err(|e| llm_error(&e))?;
-        Ok((stream, outcome.unwrap_or(Outcome::Bypass)))
+        Ok((
+            batch_deltas(stream, DELTA_BATCHING),
+            outcome.unwrap_or(Outcome::Bypass),
+        ))
     }
 
     /// Publishes `data` (with `type`) on the `chat:<session>` channel of `owner` of `tenant`.
@@ -464,7 +501,10 @@ impl ChatService {
         }
     }
 
-    /// The history of `caller`'s session; another user's session is not found.
+    /// The history of `caller`'s session, with its turns, tokens and cost; another user's
+    /// session is not found. `usage` and `cost_usd` are what the session spent (turns whose
+    /// request went upstream); `shared` counts the answers it got from an identical request's
+    /// call or the answer cache (their cost was spent once, elsewhere, or saved).
     pub async fn history(&self, caller: &Claims, session: &str) -> Result<Value, ApiError> {
         check_session_id(session)?;
         let handle = self
@@ -481,6 +521,11 @@ impl ChatService {
             "turns": usage.turns,
             "usage": usage.usage,
             "cost_usd": usage.cost_usd,
+            "shared": {
+                "turns": usage.shared.turns,
+                "usage": usage.shared.usage,
+                "cost_usd": usage.shared.cost_usd,
+            },
         }))
     }
 

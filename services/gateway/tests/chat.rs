@@ -852,3 +852,194 @@ async fn a_narrower_fresh_token_drops_the_subscriptions_it_no_longer_allows() {
     let next = next_json(&mut ws).await;
     assert_eq!(next["channel"], "prices:BTC", "{next}");
 }
+
+/// A 1,000-word answer and how many text deltas the vendor streams it in (the local OpenAI
+/// server sends five characters per chunk).
+fn long_answer() -> (String, usize) {
+    let text = (0..1000)
+        .map(|i| format!("word{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let deltas = text.chars().count().div_ceil(5);
+    (text, deltas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chat_answer_streams_whole_and_in_few_messages_over_sse_and_the_websocket() {
+    let s = setup(|_| {}).await;
+    let alice = s.token("alice", "acme");
+    let (answer, upstream_deltas) = long_answer();
+    assert!(upstream_deltas > 1000, "{upstream_deltas}");
+    // Batches are counted, not timed: ten vendor deltas per message on average is far below
+    // what batching gives (about one message per 4 KiB) and far above one per delta.
+    let most = upstream_deltas / 10;
+
+    // Server-sent events.
+    s.openai.push(Reply::text(answer.clone()));
+    let r = s
+        .http
+        .post(format!("{}/api/v1/chat", s.gw.base))
+        .bearer_auth(&alice)
+        .json(&json!({"model": "gpt-4o-mini", "message": "a long answer over sse", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = sse_events(&r.text().await.unwrap());
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|(e, _)| e == "delta")
+        .map(|(_, d)| d["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas.concat(), answer, "every word, in order");
+    assert!(
+        !deltas.is_empty() && deltas.len() <= most,
+        "{} delta events for {upstream_deltas} vendor deltas",
+        deltas.len()
+    );
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done");
+    assert_eq!(done["text"], answer.as_str());
+
+    // WebSocket chat: the turn's deltas are messages on the session's channel.
+    s.openai.push(Reply::text(answer.clone()));
+    let mut ws = ws_with_token(&s.gw.ws, &alice).await;
+    subscribe(&mut ws, "chat:long").await;
+    send(
+        &mut ws,
+        json!({"type": "chat", "id": 1, "session": "long",
+               "message": {"text": "a long answer over the socket", "model": "gpt-4o-mini"}}),
+    )
+    .await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let mut text = String::new();
+    let mut frames = 0;
+    loop {
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["type"], "message", "{m}");
+        match m["data"]["type"].as_str().unwrap() {
+            "delta" => {
+                frames += 1;
+                text.push_str(m["data"]["text"].as_str().unwrap());
+            }
+            "reply" => {
+                assert_eq!(m["data"]["text"], answer.as_str());
+                break;
+            }
+            other => panic!("unexpected {other}: {m}"),
+        }
+    }
+    assert_eq!(text, answer, "every word, in order");
+    assert!(
+        frames > 0 && frames <= most,
+        "{frames} delta frames for {upstream_deltas} vendor deltas"
+    );
+    assert_eq!(s.openai.request_count(), 2);
+}
+
+/// A session's figures as `GET /api/v1/chat/sessions/{session}` shows them.
+async fn session_figures(s: &Setup, token: &str, session: &str) -> Value {
+    let r = s
+        .http
+        .get(format!("{}/api/v1/chat/sessions/{session}", s.gw.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_or_cached_chat_answer_counts_once_in_the_sessions_spend() {
+    let s = setup(|_| {}).await;
+    let alice = s.token("alice", "acme");
+    let bob = s.token("bob", "acme");
+    let ask = |session: &str| json!({"session": session, "model": "gpt-4o-mini", "message": "what is 2+2?"});
+
+    // Two sessions ask the same first question at once: one upstream call answers both.
+    s.openai.hold_replies();
+    s.openai.push(Reply::text("four"));
+    let joined = r#"liquid_gateway_coalescing_requests_total{outcome="joined"}"#;
+    let joined_before = s.metric(joined).await;
+    let mut calls = Vec::new();
+    for (token, session) in [(&alice, "spend-a"), (&bob, "spend-b")] {
+        let http = s.http.clone();
+        let url = format!("{}/api/v1/chat", s.gw.base);
+        let (token, body) = (token.clone(), ask(session));
+        calls.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        }));
+    }
+    s.openai
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while s.metric(joined).await < joined_before + 1.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the second request never joined the call in flight");
+    s.openai.release_replies();
+    let mut replies = Vec::new();
+    for call in calls {
+        replies.push(call.await.unwrap());
+    }
+    let outcomes: Vec<&str> = replies
+        .iter()
+        .map(|r| r["coalesced"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes == ["upstream", "joined"] || outcomes == ["joined", "upstream"],
+        "{outcomes:?}"
+    );
+    let cost = replies[0]["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{}", replies[0]);
+    // A third session gets the same answer from the cache.
+    let (status, reply, _) = s.chat(&alice, ask("spend-c")).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["coalesced"], "cached");
+    assert_eq!(s.openai.request_count(), 1);
+
+    let a = session_figures(&s, &alice, "spend-a").await;
+    let b = session_figures(&s, &bob, "spend-b").await;
+    let c = session_figures(&s, &alice, "spend-c").await;
+    let (upstream, joined) = if outcomes[0] == "upstream" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    for figures in [&a, &b, &c] {
+        assert_eq!(figures["turns"], 1, "{figures}");
+        assert_eq!(figures["messages"].as_array().unwrap().len(), 2);
+    }
+    // The session whose request went upstream spent the answer; the others received it.
+    assert_eq!(upstream["cost_usd"].as_f64(), Some(cost), "{upstream}");
+    assert_eq!(upstream["shared"]["turns"], 0);
+    assert_eq!(
+        upstream["usage"]["output_tokens"],
+        replies[0]["usage"]["output_tokens"]
+    );
+    for received in [joined, &c] {
+        assert_eq!(received["cost_usd"].as_f64(), Some(0.0), "{received}");
+        assert_eq!(received["usage"]["output_tokens"], 0);
+        assert_eq!(received["shared"]["turns"], 1);
+        assert_eq!(received["shared"]["cost_usd"].as_f64(), Some(cost));
+    }
+    // Summed over sessions, the spend is the one upstream call's cost.
+    let spent: f64 = [&a, &b, &c]
+        .iter()
+        .map(|f| f["cost_usd"].as_f64().unwrap())
+        .sum();
+    assert_eq!(spent, cost);
+}
