@@ -148,6 +148,14 @@ fn api_error(e: ApiError) -> Error {
     error(e.code, e.message)
 }
 
+/// The `unavailable` error of a service that did not answer: its name only, never its address.
+fn unavailable(service: &str) -> Error {
+    error(
+        ErrorCode::Unavailable,
+        format!("the {service} service is unavailable; retry later"),
+    )
+}
+
 /// The `rate_limited` error of a refused chat turn, with the figures `POST /api/v1/chat`'s 429
 /// carries (`retryAfterSeconds` among them) in its extensions.
 fn rate_limited(outcome: &RateOutcome) -> Error {
@@ -328,9 +336,13 @@ impl Backends {
         }
         let channel = Endpoint::from_shared(url.to_owned())
             .map_err(|e| {
+                tracing::warn!(target: target::GRAPHQL, service = key, url, error = %e, "peer grpc address is not a url");
                 error(
                     ErrorCode::InvalidConfig,
-                    format!("peers.{key}.grpc `{url}` is not a url: {e}"),
+                    format!(
+                        "the {} service is misconfigured on this gateway (peers.{key}.grpc is not a url)",
+                        service_name(key)
+                    ),
                 )
             })?
             .connect_timeout(Duration::from_secs(2))
@@ -375,16 +387,17 @@ impl Backends {
                 _ => ErrorCode::Internal,
             });
         let name = service_name(key);
-        let message = if code == ErrorCode::Unavailable {
-            format!(
-                "the {name} service did not answer at {url}: {}",
-                status.message()
-            )
-        } else {
-            format!("the {name} service refused: {}", status.message())
-        };
+        // The address and the transport's words stay in the log: clients never see where a
+        // service runs.
+        if code == ErrorCode::Unavailable {
+            tracing::warn!(target: target::GRAPHQL, service = %name, url, message = status.message(), "service did not answer");
+            return unavailable(&name);
+        }
         tracing::debug!(target: target::GRAPHQL, service = %name, code = code.as_str(), "service call failed");
-        error(code, message)
+        error(
+            code,
+            format!("the {name} service refused: {}", status.message()),
+        )
     }
 
     async fn get_info(&self, caller: &Caller, key: &str) -> Result<ServiceInfo, Error> {
@@ -497,10 +510,8 @@ impl Backends {
             .send()
             .await
             .map_err(|e| {
-                error(
-                    ErrorCode::Unavailable,
-                    format!("the a2a service did not answer at {}: {e}", peer.http),
-                )
+                tracing::warn!(target: target::GRAPHQL, service = "a2a", %url, error = %e, "service did not answer");
+                unavailable("a2a")
             })?;
         let status = response.status();
         if status == http::StatusCode::NOT_FOUND {
@@ -516,9 +527,10 @@ impl Backends {
             ));
         }
         let card: a2a::AgentCard = response.json().await.map_err(|e| {
+            tracing::warn!(target: target::GRAPHQL, service = "a2a", %url, error = %e, "agent card unreadable");
             error(
                 ErrorCode::Unavailable,
-                format!("the a2a service sent an unreadable agent card: {e}"),
+                "the a2a service sent an unreadable agent card",
             )
         })?;
         Ok(AgentCard::from_pb(name.unwrap_or(""), card))
@@ -547,16 +559,15 @@ impl Backends {
             .send()
             .await
             .map_err(|e| {
-                error(
-                    ErrorCode::Unavailable,
-                    format!("the cowork service did not answer at {}: {e}", peer.http),
-                )
+                tracing::warn!(target: target::GRAPHQL, service = "cowork", %url, error = %e, "service did not answer");
+                unavailable("cowork")
             })?;
         let status = response.status();
         let body: Value = response.json().await.map_err(|e| {
+            tracing::warn!(target: target::GRAPHQL, service = "cowork", %url, %status, error = %e, "cowork answer unreadable");
             error(
                 ErrorCode::Unavailable,
-                format!("the cowork service sent an unreadable answer ({status}): {e}"),
+                format!("the cowork service sent an unreadable answer ({status})"),
             )
         })?;
         if status.is_success() {

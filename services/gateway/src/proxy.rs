@@ -19,7 +19,8 @@
 //! covers the wait for the response head; a streaming body may run longer. A call that failed
 //! to connect never reached the service, so it is retried whatever its method; a call that got
 //! 502/503/504 is retried only when it is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, or
-//! POST/PATCH with `Idempotency-Key`).
+//! POST/PATCH with `Idempotency-Key`). The gateway's own answers about a service (unavailable,
+//! circuit open, timed out) name the service, never its address: that goes to the log.
 //!
 //! Forwarded calls name the public address the client used, so a service can build public URLs
 //! (a2a's agent cards): `X-Forwarded-Host` (the request's `Host`) and `X-Forwarded-Proto`
@@ -432,13 +433,11 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
             upstreams.with_breaker(&service, |b| b.on_failure(Instant::now()));
             metrics::histogram!("liquid_gateway_upstream_request_duration_seconds", "upstream" => service.clone(), "status" => "unreachable")
                 .record(elapsed);
-            tracing::warn!(target: target::HTTP, %service, attempts = attempt, error = %e, "upstream unreachable");
+            // The address stays in the log: clients never see where a service runs.
+            tracing::warn!(target: target::HTTP, %service, url = %peer.http, attempts = attempt, error = %e, "upstream unreachable");
             error(
                 ErrorCode::Unavailable,
-                format!(
-                    "the {service} service is unreachable at {}; check that it runs and that peers.{service}.http points to it",
-                    peer.http
-                ),
+                format!("the {service} service is unavailable; retry later"),
             )
         }
         Err(_) => {

@@ -2,7 +2,8 @@
 //! two replicas in this process where the behaviour spans replicas. What a client sees:
 //! refused tokens on every entry point, tiered limits that hold across replicas, a message
 //! published on one replica reaching subscribers on the other, limits that keep serving when
-//! Redis dies, and forwarding with retries, circuit breaking, body limits and CORS.
+//! Redis dies, and forwarding with retries, circuit breaking, body limits and CORS, and errors
+//! that name a service that is down without giving away its address.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -924,5 +925,43 @@ async fn only_retries_actually_sent_are_counted() {
     };
     assert_eq!(retries("healer"), 0.0, "a retry the deadline prevented");
     assert_eq!(retries("media"), 1.0);
+    gw.running.stop().await.unwrap();
+}
+
+/// An address nothing listens on: a port the system handed out, then freed.
+async fn unreachable_address() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_service_is_named_but_its_address_is_not() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let down = unreachable_address().await;
+    let mut cfg = config(&keys, db.url(), "memory://", "memory://", &down);
+    cfg.settings.rate_limit.enabled = false;
+    let gw = start(&cfg).await;
+    let token = keys.token("bob", "acme", &["admin:*"]);
+
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/cowork/sessions", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    let host = down.trim_start_matches("http://");
+    assert!(!body.contains(host), "{body}");
+    assert!(!body.contains("127.0.0.1"), "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(
+        body["error"]["message"], "the cowork service is unavailable; retry later",
+        "{body}"
+    );
     gw.running.stop().await.unwrap();
 }

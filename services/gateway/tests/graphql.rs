@@ -162,11 +162,8 @@ async fn queries_reach_the_services_with_the_callers_token_and_name_what_is_miss
     .await;
     assert!(v["data"].is_null(), "{v}");
     assert_eq!(error_codes(&v), ["unavailable"], "{v}");
-    assert!(
-        v["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("the cowork service did not answer at http://127.0.0.1:9"),
+    assert_eq!(
+        v["errors"][0]["message"], "the cowork service is unavailable; retry later",
         "{v}"
     );
     assert!(
@@ -357,6 +354,48 @@ async fn gql_ws(gw: &Gateway, headers: &[(&str, &str)]) -> Ws {
     let mut all = vec![("sec-websocket-protocol", "graphql-transport-ws")];
     all.extend_from_slice(headers);
     ws_connect(&url, &all).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_that_do_not_answer_are_named_but_their_addresses_are_not() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    // An address nothing listens on: a port the system handed out, then freed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let mut cfg = config(&keys, db.url(), "memory://", "memory://", &down);
+    cfg.settings.rate_limit.enabled = false;
+    for peer in cfg.peers.values_mut() {
+        peer.grpc = down.clone();
+    }
+    let gw = start(&cfg).await;
+    let admin = keys.token("alice", "acme", &["admin:*"]);
+    let host = down.trim_start_matches("http://");
+
+    // gRPC (status), a2a's cards over HTTP (agents) and cowork's REST API (coworkSessions).
+    for (q, service) in [
+        ("{ status { service info { version } } }", "cowork"),
+        (
+            r#"{ service(name: "container-pool") { info { version } } }"#,
+            "container-pool",
+        ),
+        (r#"{ agent(name: "echo") { name } }"#, "a2a"),
+        ("{ coworkSessions { sessions { sessionId } } }", "cowork"),
+    ] {
+        let v = query(&gw, &admin, q, json!({})).await;
+        let text = v.to_string();
+        assert!(!text.contains(host), "{q}: {text}");
+        assert!(!text.contains("127.0.0.1"), "{q}: {text}");
+        let named = format!("the {service} service is unavailable; retry later");
+        let errors = v["errors"].as_array().unwrap_or_else(|| panic!("{q}: {v}"));
+        let error = errors
+            .iter()
+            .find(|e| e["message"] == named.as_str())
+            .unwrap_or_else(|| panic!("{q}: {v}"));
+        assert_eq!(error["extensions"]["code"], "unavailable", "{q}: {v}");
+    }
+    gw.running.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
