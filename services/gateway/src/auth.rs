@@ -11,18 +11,26 @@
 //! class), as an anonymous request would be, and becomes 429 once that quota is spent: refused
 //! tokens are not a way around the limits. Only refusals pay for this; a verified request does
 //! no extra work.
+//!
+//! The two WebSocket endpoints (`/ws` and `/graphql`) admit a connect through one function,
+//! [`EdgeAuth::verify_at_connect`]: the token at connect, its refusal, the connect's own
+//! charge. A token refused later on the socket (`/ws`'s `auth` message, GraphQL's
+//! `connection_init`) is charged to the same address through the [`RefusalCharge`] the connect
+//! hands over, so no way of sending a token escapes the charge.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use liquid_auth::{AuthError, BearerToken, Claims, Verifier, bearer_from_headers};
 use liquid_kit::telemetry::target;
 
-use crate::ratelimit::{self, RateLimiter};
+use crate::domain::tier::Charge;
+use crate::ratelimit::{self, Outcome, RateLimiter};
 
 /// The edge's token checks: the shared verifier and the public paths; cheap to clone.
 #[derive(Clone)]
@@ -74,16 +82,126 @@ impl EdgeAuth {
     ) -> Response {
         tracing::info!(target: target::SECURITY, path, grpc = false, reason = error.reason(), %error, "request refused");
         let mut response = error.clone().into_response();
-        if let Some(limiter) = &self.limiter {
-            let charge = limiter.charge_address(None, headers, peer);
-            if let Some(outcome) = limiter.check(limiter.class_of(path), charge).await {
-                if !outcome.decision.allowed {
-                    return ratelimit::refusal(&outcome);
-                }
-                ratelimit::write_headers(response.headers_mut(), &outcome);
+        if let Some(outcome) = self.refusals_at(path, headers, peer).charge().await {
+            if !outcome.decision.allowed {
+                return ratelimit::refusal(&outcome);
             }
+            ratelimit::write_headers(response.headers_mut(), &outcome);
         }
         response
+    }
+
+    /// How a token refused on behalf of a request for `path` from `peer` is charged: to the
+    /// client address, in `path`'s class (nothing when no limiter is set).
+    pub fn refusals_at(&self, path: &str, headers: &HeaderMap, peer: IpAddr) -> RefusalCharge {
+        let to = self.limiter.as_ref().map(|limiter| {
+            (
+                limiter.clone(),
+                limiter.class_of(path).to_owned(),
+                limiter.charge_address(None, headers, peer),
+            )
+        });
+        RefusalCharge { to }
+    }
+
+    /// Admits a WebSocket connect (`/ws`, `/graphql`): verifies the token it brings in
+    /// `sources`, refuses it as [`EdgeAuth::refuse`] does (charged to the client address, 429
+    /// once spent), then charges the connect itself to `limiter` like a request (429 once
+    /// spent). The refusal's answer is the `Err`.
+    pub async fn verify_at_connect(
+        &self,
+        limiter: &RateLimiter,
+        parts: &Parts,
+        peer: IpAddr,
+        sources: ConnectToken,
+    ) -> Result<Admitted, Response> {
+        let path = parts.uri.path();
+        let headers = &parts.headers;
+        let verified = match sources.token_in(headers) {
+            Ok(Some(token)) => match self.verify(&token).await {
+                Ok(claims) => Ok(Some((claims, BearerToken::new(token)))),
+                Err(error) => Err(error),
+            },
+            Ok(None) => Ok(None),
+            Err(error) => Err(error),
+        };
+        let caller = match verified {
+            Ok(caller) => caller,
+            Err(error) => return Err(self.refuse(&error, path, headers, peer).await),
+        };
+        let charge = limiter.charge(caller.as_ref().map(|(claims, _)| claims), headers, peer);
+        let outcome = limiter.check(limiter.class_of(path), charge).await;
+        if let Some(outcome) = &outcome
+            && !outcome.decision.allowed
+        {
+            return Err(ratelimit::refusal(outcome));
+        }
+        Ok(Admitted {
+            caller,
+            refusals: self.refusals_at(path, headers, peer),
+            outcome,
+        })
+    }
+}
+
+/// Where a WebSocket connect may carry its token.
+#[derive(Debug, Clone, Copy)]
+pub enum ConnectToken {
+    /// `Authorization: Bearer` only.
+    Header,
+    /// `Authorization: Bearer`, else an offered subprotocol `<prefix><jwt>` (browsers cannot
+    /// set headers on a WebSocket).
+    HeaderOrSubprotocol(&'static str),
+}
+
+impl ConnectToken {
+    /// The token `headers` carry, if any; an `Authorization` header that is not a bearer token
+    /// is an error.
+    fn token_in(self, headers: &HeaderMap) -> Result<Option<String>, AuthError> {
+        if let Some(token) = bearer_from_headers(headers)? {
+            return Ok(Some(token.to_owned()));
+        }
+        let ConnectToken::HeaderOrSubprotocol(prefix) = self else {
+            return Ok(None);
+        };
+        let offered = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix(prefix))
+            .map(str::to_owned);
+        Ok(offered)
+    }
+}
+
+/// A WebSocket connect that [`EdgeAuth::verify_at_connect`] admitted.
+pub struct Admitted {
+    /// The verified caller of a token sent at connect, and that token.
+    pub caller: Option<(Claims, BearerToken)>,
+    /// Charges a token refused later on the socket to the connect's client address.
+    pub refusals: RefusalCharge,
+    /// The connect's rate-limit decision (`None` when limits are off), for the upgrade's
+    /// `RateLimit-*` headers.
+    pub outcome: Option<Outcome>,
+}
+
+/// Charges tokens refused after the upgrade (`/ws`'s `auth` message, GraphQL's
+/// `connection_init`) to the client address of the connect, as [`EdgeAuth::refuse`] charges
+/// those refused at connect. Holds the charge, not the request's headers.
+#[derive(Clone)]
+pub struct RefusalCharge {
+    /// The limiter, the route class and the address; `None` when refusals are not charged.
+    to: Option<(RateLimiter, String, Charge)>,
+}
+
+impl RefusalCharge {
+    /// Charges one refused token: the decision (`None` when refusals are not charged or
+    /// limits are off); not allowed once the address's quota is spent.
+    pub async fn charge(&self) -> Option<Outcome> {
+        let (limiter, class, charge) = self.to.as_ref()?;
+        limiter.check(class, charge.clone()).await
     }
 }
 
@@ -126,4 +244,34 @@ pub async fn authenticate(
     tokens
         .refuse(&refused, request.uri().path(), request.headers(), peer)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_comes_from_the_header_or_the_subprotocol_where_one_is_named() {
+        let sources = ConnectToken::HeaderOrSubprotocol("bearer.");
+        let mut h = HeaderMap::new();
+        assert_eq!(sources.token_in(&h).unwrap(), None);
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "liquid.v1, bearer.aaa.bbb.ccc".parse().unwrap(),
+        );
+        assert_eq!(
+            sources.token_in(&h).unwrap().as_deref(),
+            Some("aaa.bbb.ccc")
+        );
+        assert_eq!(ConnectToken::Header.token_in(&h).unwrap(), None);
+        h.insert(header::AUTHORIZATION, "Bearer hdr".parse().unwrap());
+        assert_eq!(sources.token_in(&h).unwrap().as_deref(), Some("hdr"));
+        assert_eq!(
+            ConnectToken::Header.token_in(&h).unwrap().as_deref(),
+            Some("hdr")
+        );
+        h.insert(header::AUTHORIZATION, "Basic x".parse().unwrap());
+        assert!(sources.token_in(&h).is_err());
+        assert!(ConnectToken::Header.token_in(&h).is_err());
+    }
 }

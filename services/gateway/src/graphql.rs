@@ -8,13 +8,16 @@
 //! ticks); chat is the gateway's own chat service ([`crate::chat`]); cowork sessions, plans,
 //! steps, agents and event logs from cowork's REST API (cowork has no gRPC API of its own), its
 //! live events from the hub's `cowork:<session>` channel. A field whose service is
-//! not configured or does not answer resolves to an error naming the service and its address
-//! (`extensions.code` is the platform's error code); nothing is made up.
+//! not configured or does not answer resolves to an error naming the service, never its
+//! address (that goes to the log; `extensions.code` is the platform's error code); nothing is
+//! made up.
 //!
 //! Authentication: an HTTP request passes the gateway's token verification like every other
-//! route; a WebSocket connection sends its token in the `Authorization` header at connect or
-//! in `connection_init`'s payload (`{"Authorization": "Bearer <jwt>"}` or `{"token": "<jwt>"}`)
-//! and is closed when that token expires. Scopes are those of REST: the gateway checks its own
+//! route; a WebSocket connection sends its token in the `Authorization` header at connect
+//! (admitted as `/ws` is, [`EdgeAuth::verify_at_connect`]) or in `connection_init`'s payload
+//! (`{"Authorization": "Bearer <jwt>"}` or `{"token": "<jwt>"}`) and is closed when that token
+//! expires. A token refused in `connection_init` is charged to the client address like any
+//! refusal at the edge: the socket closes with 4403, or with 4029 once that quota is spent. Scopes are those of REST: the gateway checks its own
 //! fields (`write:chat` for chat, `read:prices` for prices), and the caller's token is
 //! forwarded on every service call (gRPC metadata `authorization`, with W3C trace context from
 //! [`GrpcTraceInjector`]) so each service authorises the caller itself. Depth and complexity
@@ -47,7 +50,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, Stream, StreamExt};
 use liquid_a2a::pb as a2a;
-use liquid_auth::{Authenticated, BearerToken, Claims, bearer_from_headers, scopes, unix_now};
+use liquid_auth::{Authenticated, BearerToken, Claims, scopes, unix_now};
 use liquid_kit::error::HasErrorCode;
 use liquid_kit::server::REQUEST_ID_HEADER;
 use liquid_kit::telemetry::{GrpcTraceInjector, target};
@@ -64,7 +67,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 use tracing::Instrument;
 
-use crate::auth::EdgeAuth;
+use crate::auth::{Admitted, ConnectToken, EdgeAuth, RefusalCharge};
 use crate::chat::{ChatBody, ChatService, MessageInput, reply_json};
 use crate::coalesce::Outcome;
 use crate::config::{GraphqlSettings, WebSocketSettings};
@@ -73,12 +76,31 @@ use crate::domain::price::PriceTick;
 use crate::hub::Hub;
 use crate::ratelimit::{self, Outcome as RateOutcome, RateLimiter};
 use crate::ws::{
-    CLOSE_FRAME_BOUND, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED,
-    CLOSE_UNAUTHENTICATED, Unsent, send_within,
+    CLOSE_FRAME_BOUND, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_RATE_LIMITED, CLOSE_SLOW,
+    CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED, Unsent, send_within,
 };
 
 /// graphql-transport-ws's close code for a refused `connection_init`.
 pub const CLOSE_FORBIDDEN: u16 = 4403;
+
+/// How the reason of a `connection_init` refused for its token begins (closed with
+/// [`CLOSE_FORBIDDEN`]).
+const UNAUTHENTICATED_REASON: &str = "unauthenticated";
+
+/// How the reason of a `connection_init` refused because the client address's quota is spent
+/// begins (closed with [`CLOSE_RATE_LIMITED`], as `/ws`).
+const RATE_LIMITED_REASON: &str = "rate_limited";
+
+/// The close code of a `connection_init` refusal, told by its reason.
+fn init_refusal_code(reason: &str) -> Option<u16> {
+    if reason.starts_with(UNAUTHENTICATED_REASON) {
+        Some(CLOSE_FORBIDDEN)
+    } else if reason.starts_with(RATE_LIMITED_REASON) {
+        Some(CLOSE_RATE_LIMITED)
+    } else {
+        None
+    }
+}
 
 /// Complexity of a field that makes one call to a service (or a model) on top of its
 /// selection's, so `graphql.max_complexity` bounds the calls a query can fan out to, not only
@@ -2165,38 +2187,19 @@ fn token_in_payload(payload: &Value) -> Option<String> {
 pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> Response {
     let peer = ratelimit::peer_of(&request);
     let (mut parts, _body) = request.into_parts();
-    // A refused token is charged to the client address like any refusal at the edge.
-    let verified = match bearer_from_headers(&parts.headers) {
-        Ok(Some(token)) => match state.tokens.verify(token).await {
-            Ok(claims) => Ok(Some(Caller::new(
-                claims,
-                BearerToken::new(token),
-                &parts.headers,
-            ))),
-            Err(error) => Err(error),
-        },
-        Ok(None) => Ok(None),
-        Err(error) => Err(error),
-    };
-    let at_connect = match verified {
-        Ok(caller) => caller,
-        Err(error) => {
-            return state
-                .tokens
-                .refuse(&error, parts.uri.path(), &parts.headers, peer)
-                .await;
-        }
-    };
-    let class = state.limiter.class_of(parts.uri.path());
-    let charge = state
-        .limiter
-        .charge(at_connect.as_ref().map(|c| &c.claims), &parts.headers, peer);
-    let outcome = state.limiter.check(class, charge).await;
-    if let Some(outcome) = &outcome
-        && !outcome.decision.allowed
+    let Admitted {
+        caller,
+        refusals,
+        outcome,
+    } = match state
+        .tokens
+        .verify_at_connect(&state.limiter, &parts, peer, ConnectToken::Header)
+        .await
     {
-        return ratelimit::refusal(outcome);
-    }
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let at_connect = caller.map(|(claims, token)| Caller::new(claims, token, &parts.headers));
     let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
         Ok(p) => p,
         Err(rejection) => return rejection.into_response(),
@@ -2214,6 +2217,7 @@ pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> R
         shutdown: state.shutdown,
         protocol,
         at_connect,
+        refusals,
         headers: parts.headers,
     };
     // The connection outlives this handler: it carries the request's span, so the service
@@ -2240,6 +2244,8 @@ struct GraphqlSocket {
     protocol: GraphQLProtocol,
     /// The caller of a token sent at connect; else `connection_init` must bring one.
     at_connect: Option<Caller>,
+    /// Charges a token refused in `connection_init` to the connect's client address.
+    refusals: RefusalCharge,
     /// The upgrade request's headers (host and request id of a caller from `connection_init`).
     headers: http::HeaderMap,
 }
@@ -2257,6 +2263,7 @@ impl GraphqlSocket {
             shutdown,
             protocol,
             at_connect,
+            refusals,
             headers,
         } = self;
         let (expiry_tx, expiry_rx) =
@@ -2273,9 +2280,9 @@ impl GraphqlSocket {
                 return Ok(Data::default());
             }
             let Some(token) = token_in_payload(&payload) else {
-                return Err(Error::new(
-                    "unauthenticated: send {\"Authorization\": \"Bearer <jwt>\"} in connection_init",
-                ));
+                return Err(Error::new(format!(
+                    "{UNAUTHENTICATED_REASON}: send {{\"Authorization\": \"Bearer <jwt>\"}} in connection_init"
+                )));
             };
             match tokens.verify(&token).await {
                 Ok(claims) => {
@@ -2286,7 +2293,17 @@ impl GraphqlSocket {
                 }
                 Err(e) => {
                     tracing::info!(target: target::SECURITY, reason = e.reason(), %e, "graphql websocket token refused");
-                    Err(Error::new(format!("unauthenticated: {e}")))
+                    // Charged to the client address like a token refused at connect.
+                    if let Some(outcome) = refusals.charge().await
+                        && !outcome.decision.allowed
+                    {
+                        let retry = outcome.retry_after_secs();
+                        tracing::info!(target: target::SECURITY, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = retry, "graphql websocket token refusal rate limited");
+                        return Err(Error::new(format!(
+                            "{RATE_LIMITED_REASON}: this address's quota is spent; retry after {retry}s"
+                        )));
+                    }
+                    Err(Error::new(format!("{UNAUTHENTICATED_REASON}: {e}")))
                 }
             }
         };
@@ -2300,18 +2317,17 @@ impl GraphqlSocket {
             heard_in.store(at, Ordering::Relaxed);
         });
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(SEND_QUEUE);
-        // graphql-transport-ws closes a refused connection_init with 4403 Forbidden;
-        // async-graphql sends 1002 with the reason, so the reason decides the code here.
+        // graphql-transport-ws closes a refused connection_init with 4403 Forbidden, and this
+        // gateway with 4029 once the address's quota is spent (as /ws); async-graphql sends
+        // 1002 with the reason, so the reason decides the code here.
         let sink = tokio_util::sync::PollSender::new(out_tx)
             .sink_map_err(axum::Error::new)
             .with(|message: Message| async move {
                 Ok::<_, axum::Error>(match message {
-                    Message::Close(Some(frame)) if frame.reason.starts_with("unauthenticated") => {
-                        Message::Close(Some(CloseFrame {
-                            code: CLOSE_FORBIDDEN,
-                            reason: frame.reason,
-                        }))
-                    }
+                    Message::Close(Some(frame)) => Message::Close(Some(CloseFrame {
+                        code: init_refusal_code(&frame.reason).unwrap_or(frame.code),
+                        reason: frame.reason,
+                    })),
                     other => other,
                 })
             });

@@ -4,7 +4,11 @@
 //! A token comes at connect in `Authorization: Bearer`, or as the subprotocol `bearer.<jwt>`
 //! offered beside `liquid.v1` (browsers cannot set headers), or as the first message
 //! `{"type":"auth","token":"..."}` within `websocket.auth_deadline_secs`. A token sent at
-//! connect that does not verify refuses the upgrade with the usual 401 envelope. With
+//! connect that does not verify refuses the upgrade with the usual 401 envelope
+//! ([`EdgeAuth::verify_at_connect`], shared with the GraphQL socket). Every refused token, at
+//! connect or in an `auth` message, is charged to the client address like any refusal at the
+//! edge; once that quota is spent an `auth` refusal is a `rate_limited` error (and the first
+//! one closes with 4029 instead of 4001). With
 //! `websocket.require_auth` off, a connection without a token holds
 //! `websocket.anonymous_scopes` and cannot follow tenant channels.
 //!
@@ -18,7 +22,8 @@
 //! answer. Server → client: `welcome`, `subscribed`, `unsubscribed`, `message {channel, data}`,
 //! `ack`, `pong`, `error {code, message}`. Close codes: 1001 shutdown, 4001 unauthenticated,
 //! 4002 token expired, 4003 heartbeat timeout, 4008 slow consumer (its queue overflowed, or one
-//! frame took longer than `websocket.write_timeout_secs` to write because it stopped reading).
+//! frame took longer than `websocket.write_timeout_secs` to write because it stopped reading),
+//! 4029 rate limited (a refused first token once the address's quota is spent).
 //!
 //! `chat` and `trade` actions are charged to the rate limiter like requests (the verified
 //! user's tier; chat in the class of `POST /api/v1/chat`, trades in the class of `/ws`); a
@@ -37,8 +42,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use http::HeaderMap;
-use liquid_auth::{AuthError, Claims, bearer_from_headers, unix_now};
+use liquid_auth::{Claims, unix_now};
 use liquid_bus::{EventBus, Headers};
 use liquid_kit::telemetry::target;
 use liquid_kit::{ApiError, ErrorCode};
@@ -48,11 +52,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::EdgeAuth;
+use crate::auth::{Admitted, ConnectToken, EdgeAuth, RefusalCharge};
 use crate::config::WebSocketSettings;
 use crate::domain::channel::{Action, Channel, authorize, encode_tenant};
 use crate::hub::{Hub, Registration};
-use crate::ratelimit::{self, RateLimiter};
+use crate::ratelimit::{self, Outcome, RateLimiter};
 
 /// The subprotocol the gateway speaks.
 pub const PROTOCOL: &str = "liquid.v1";
@@ -68,6 +72,9 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 pub const CLOSE_IDLE: u16 = 4003;
 /// The client read too slowly; its queue overflowed.
 pub const CLOSE_SLOW: u16 = 4008;
+/// A refused token once the client address's quota is spent (`/ws` and the GraphQL socket):
+/// retry after the time the refusal names, not with another token.
+pub const CLOSE_RATE_LIMITED: u16 = 4029;
 /// Bus subject prefix of trade intents (`trades.intents.<tenant>`).
 pub const TRADE_SUBJECT_PREFIX: &str = "trades.intents";
 /// Chat turns one connection may have running at once.
@@ -123,21 +130,6 @@ pub struct WsState {
     pub replica: String,
 }
 
-fn token_at_connect(headers: &HeaderMap) -> Result<Option<String>, AuthError> {
-    if let Some(token) = bearer_from_headers(headers)? {
-        return Ok(Some(token.to_owned()));
-    }
-    let offered = headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
-        .map(str::to_owned);
-    Ok(offered)
-}
-
 /// The instant `secs` from now; a wait longer than [`FAR_FUTURE`] (a token expiring in the
 /// far future, a huge setting) is that far, never an overflow.
 fn instant_after(secs: u64) -> Instant {
@@ -156,33 +148,20 @@ fn expiry_instant(claims: &Claims) -> Instant {
 pub async fn upgrade(State(state): State<WsState>, request: Request) -> Response {
     let peer = ratelimit::peer_of(&request);
     let (mut parts, _body) = request.into_parts();
-    // A refused token is charged to the client address like any refusal at the edge.
-    let claims = match token_at_connect(&parts.headers) {
-        Ok(Some(token)) => match state.tokens.verify(&token).await {
-            Ok(claims) => Some(claims),
-            Err(error) => {
-                return state
-                    .tokens
-                    .refuse(&error, parts.uri.path(), &parts.headers, peer)
-                    .await;
-            }
-        },
-        Ok(None) => None,
-        Err(error) => {
-            return state
-                .tokens
-                .refuse(&error, parts.uri.path(), &parts.headers, peer)
-                .await;
-        }
-    };
-    let class = state.limiter.class_of(parts.uri.path());
-    let charge = state.limiter.charge(claims.as_ref(), &parts.headers, peer);
-    let outcome = state.limiter.check(class, charge).await;
-    if let Some(outcome) = &outcome
-        && !outcome.decision.allowed
+    let sources = ConnectToken::HeaderOrSubprotocol(BEARER_PROTOCOL_PREFIX);
+    let Admitted {
+        caller,
+        refusals,
+        outcome,
+    } = match state
+        .tokens
+        .verify_at_connect(&state.limiter, &parts, peer, sources)
+        .await
     {
-        return ratelimit::refusal(outcome);
-    }
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let claims = caller.map(|(claims, _)| claims);
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
@@ -204,7 +183,7 @@ pub async fn upgrade(State(state): State<WsState>, request: Request) -> Response
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
         .on_upgrade(move |socket| {
-            tasks.track_future(Connection::new(state, registration, claims).run(socket))
+            tasks.track_future(Connection::new(state, registration, claims, refusals).run(socket))
         });
     if let Some(outcome) = &outcome {
         ratelimit::write_headers(response.headers_mut(), outcome);
@@ -330,6 +309,8 @@ struct Connection {
     state: WsState,
     registration: Registration,
     claims: Option<Claims>,
+    /// Charges a refused `auth` token to the connect's client address.
+    refusals: RefusalCharge,
     /// Waiting for the first-message token until this instant.
     pending_auth: bool,
     deadline: Instant,
@@ -345,8 +326,22 @@ fn error_frame(id: &Value, code: ErrorCode, message: impl Into<String>) -> Value
     json!({"type": "error", "id": id, "code": code.as_str(), "message": message.into()})
 }
 
+/// The `rate_limited` error frame of a refusal, with `retry_after_seconds` and the figures of
+/// a REST 429 in `details`.
+fn rate_limited_frame(id: &Value, outcome: &Outcome) -> Value {
+    let mut frame = error_frame(id, ErrorCode::RateLimited, outcome.refusal_message());
+    frame["retry_after_seconds"] = json!(outcome.retry_after_secs());
+    frame["details"] = outcome.refusal_details();
+    frame
+}
+
 impl Connection {
-    fn new(state: WsState, registration: Registration, claims: Option<Claims>) -> Connection {
+    fn new(
+        state: WsState,
+        registration: Registration,
+        claims: Option<Claims>,
+        refusals: RefusalCharge,
+    ) -> Connection {
         let (pending_auth, deadline) = match &claims {
             Some(c) => (false, expiry_instant(c)),
             None if state.settings.require_auth => {
@@ -359,6 +354,7 @@ impl Connection {
             state,
             registration,
             claims,
+            refusals,
             pending_auth,
             deadline,
             following: Vec::new(),
@@ -598,6 +594,23 @@ impl Connection {
             }
             Err(error) => {
                 tracing::info!(target: target::SECURITY, connection = self.registration.id, reason = error.reason(), %error, "websocket token refused");
+                // Charged to the client address like a token refused at connect.
+                if let Some(outcome) = self.refusals.charge().await
+                    && !outcome.decision.allowed
+                {
+                    tracing::info!(target: target::SECURITY, connection = self.registration.id, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = outcome.retry_after_secs(), "websocket token refusal rate limited");
+                    let reply = rate_limited_frame(&id, &outcome);
+                    let step = if self.pending_auth {
+                        Step::Close(Closing::new(
+                            CLOSE_RATE_LIMITED,
+                            "rate_limited",
+                            "rate limited; retry after the error's retry_after_seconds",
+                        ))
+                    } else {
+                        Step::Continue
+                    };
+                    return (Some(reply), step);
+                }
                 let reply = error_frame(&id, ErrorCode::Unauthenticated, error.to_string());
                 if self.pending_auth {
                     (
@@ -649,12 +662,8 @@ impl Connection {
         if outcome.decision.allowed {
             return Ok(());
         }
-        let retry = outcome.retry_after_secs();
-        tracing::info!(target: target::SECURITY, connection = self.registration.id, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = retry, "websocket action rate limited");
-        let mut frame = error_frame(id, ErrorCode::RateLimited, outcome.refusal_message());
-        frame["retry_after_seconds"] = json!(retry);
-        frame["details"] = outcome.refusal_details();
-        Err(frame)
+        tracing::info!(target: target::SECURITY, connection = self.registration.id, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = outcome.retry_after_secs(), "websocket action rate limited");
+        Err(rate_limited_frame(id, &outcome))
     }
 
     fn check(&self, action: &Action, id: &Value) -> Result<(), Value> {
@@ -848,24 +857,6 @@ mod tests {
         )
         .await;
         assert_eq!(gone, Err(Unsent::Gone));
-    }
-
-    #[test]
-    fn a_token_comes_from_the_header_or_the_subprotocol() {
-        let mut h = HeaderMap::new();
-        assert_eq!(token_at_connect(&h).unwrap(), None);
-        h.insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            "liquid.v1, bearer.aaa.bbb.ccc".parse().unwrap(),
-        );
-        assert_eq!(
-            token_at_connect(&h).unwrap().as_deref(),
-            Some("aaa.bbb.ccc")
-        );
-        h.insert(http::header::AUTHORIZATION, "Bearer hdr".parse().unwrap());
-        assert_eq!(token_at_connect(&h).unwrap().as_deref(), Some("hdr"));
-        h.insert(http::header::AUTHORIZATION, "Basic x".parse().unwrap());
-        assert!(token_at_connect(&h).is_err());
     }
 
     #[test]

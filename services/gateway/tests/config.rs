@@ -1,8 +1,8 @@
 //! The gateway's sections load from the environment beside the shared ones, as the Helm chart
 //! sets them, and a misspelt key or a bad value stops start-up naming the key. Then what the
 //! configured limits and permissions mean to a client of a running gateway: the address quota
-//! bounds session minting and refused tokens, and platform-wide channels take an admin to
-//! publish on.
+//! bounds session minting and refused tokens (at connect and on an open socket), and
+//! platform-wide channels take an admin to publish on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
 mod support;
@@ -202,6 +202,83 @@ async fn refused_tokens_are_charged_to_the_address() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-ratelimit-tier"], "user");
+    gw.running.stop().await.unwrap();
+}
+
+/// Reads until the server closes: its close code and reason.
+async fn closed(ws: &mut Ws) -> (u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("websocket error before close: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no close within 30 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_refused_on_an_open_socket_are_charged_to_the_address() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    // Each connect without a token costs one of the address's three requests, and so does each
+    // refused token: connect, refusal, connect, refusal (the one past the quota).
+    let gw = gateway_with_quotas(&keys, &db, &upstream, 3).await;
+    let forged = json!({"type": "auth", "token": keys.forged(), "id": 1});
+
+    // /ws, a token in the first message.
+    let mut ws = ws_connect(&gw.ws, &[]).await.unwrap();
+    send(&mut ws, forged.clone()).await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["code"], "unauthenticated", "{refused}");
+    assert_eq!(closed(&mut ws).await.0, 4001);
+    let mut ws = ws_connect(&gw.ws, &[]).await.unwrap();
+    send(&mut ws, forged.clone()).await;
+    let limited = next_json(&mut ws).await;
+    assert_eq!(limited["code"], "rate_limited", "{limited}");
+    assert_eq!(limited["details"]["tier"], "ip", "{limited}");
+    assert!(limited["retry_after_seconds"].as_u64().unwrap() >= 1);
+    assert_eq!(closed(&mut ws).await.0, 4029);
+    assert_eq!(ws_connect(&gw.ws, &[]).await.err(), Some(429));
+    // A verified connection is charged to its user; a refused fresh token on it is still
+    // charged to the address, which has nothing left: refused as rate limited, and the
+    // connection goes on with the token it has.
+    let mut ws = ws_with_token(&gw.ws, &keys.token("bob", "acme", &["read:prices"])).await;
+    send(&mut ws, forged.clone()).await;
+    let limited = next_json(&mut ws).await;
+    assert_eq!(limited["code"], "rate_limited", "{limited}");
+    assert_eq!(limited["id"], 1, "{limited}");
+    send(&mut ws, json!({"type": "ping", "id": 2})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "pong");
+    gw.running.stop().await.unwrap();
+
+    // The GraphQL socket, a token in connection_init: 4403, then 4029 once the quota is spent.
+    let gw = gateway_with_quotas(&keys, &db, &upstream, 3).await;
+    let graphql = gw.ws.replace("/ws", "/graphql");
+    let protocol = [("sec-websocket-protocol", "graphql-transport-ws")];
+    let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", keys.forged())}});
+    let mut ws = ws_connect(&graphql, &protocol).await.unwrap();
+    send(&mut ws, init.clone()).await;
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 4403, "{reason}");
+    assert!(reason.starts_with("unauthenticated"), "{reason}");
+    let mut ws = ws_connect(&graphql, &protocol).await.unwrap();
+    send(&mut ws, init).await;
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 4029, "{reason}");
+    assert!(reason.starts_with("rate_limited"), "{reason}");
+    assert!(reason.contains("retry after"), "{reason}");
+    assert_eq!(ws_connect(&graphql, &protocol).await.err(), Some(429));
+    assert_eq!(upstream.total_hits(), 0);
     gw.running.stop().await.unwrap();
 }
 
