@@ -112,6 +112,65 @@ async fn set_nx_has_one_winner_under_contention(b: &Backend) {
     assert_eq!(winners, 1);
 }
 
+async fn set_if_guard_writes_only_while_the_guard_holds(b: &Backend) {
+    let c = b.mine.as_ref();
+    // An absent guard is expected as None.
+    assert!(
+        c.set_if_guard("a", b"1", MINUTE, "gen", None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(c.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(
+        !c.set_if_guard("a", b"2", MINUTE, "gen", Some(b"g1"))
+            .await
+            .unwrap(),
+        "the guard is absent, not g1"
+    );
+    c.set("gen", b"g1", MINUTE).await.unwrap();
+    assert!(
+        !c.set_if_guard("b", b"stale", MINUTE, "gen", None)
+            .await
+            .unwrap(),
+        "a writer that read the guard before it was set"
+    );
+    assert_eq!(c.get("b").await.unwrap(), None);
+    assert!(
+        c.set_if_guard(
+            "b",
+            b"fresh",
+            Duration::from_millis(300),
+            "gen",
+            Some(b"g1")
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(c.get("b").await.unwrap().as_deref(), Some(&b"fresh"[..]));
+    // The value keeps the TTL it was written with.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(c.get("b").await.unwrap(), None);
+    // The guard of another namespace is another key.
+    b.theirs.set("gen", b"g2", MINUTE).await.unwrap();
+    assert!(
+        c.set_if_guard("c", b"x", MINUTE, "gen", Some(b"g1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        c.set_if_guard("c", b"y", MINUTE, "gen", Some(b"g1"))
+            .await
+            .unwrap(),
+        "a value is replaced like set replaces it"
+    );
+    assert_eq!(c.get("c").await.unwrap().as_deref(), Some(&b"y"[..]));
+    let err = c
+        .set_if_guard("c", b"x", Duration::ZERO, "gen", Some(b"g1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code(), ErrorCode::InvalidArgument, "{err}");
+}
+
 async fn incr_counts_in_a_fixed_window(b: &Backend) {
     let c = b.mine.as_ref();
     assert_eq!(c.incr("n", 1, Duration::from_millis(300)).await.unwrap(), 1);
@@ -222,6 +281,7 @@ on_both_backends!(
     entries_expire_after_their_ttl,
     set_nx_writes_only_when_absent,
     set_nx_has_one_winner_under_contention,
+    set_if_guard_writes_only_while_the_guard_holds,
     incr_counts_in_a_fixed_window,
     incr_is_atomic,
     incr_refuses_values_that_are_not_integers,

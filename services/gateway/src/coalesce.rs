@@ -23,15 +23,21 @@
 //!
 //! A flight always finishes: if its call panics (or its task is dropped), a guard frees its key
 //! and fails it with `internal`, so participants get an error instead of waiting forever and
-//! the next identical request makes a fresh call. A flight is stamped with its tenant's
-//! invalidation generation when it starts; an answer that arrives after
-//! [`Coalescer::invalidate_tenant`] on this replica is handed to its participants but not
-//! cached (generations are per replica: another replica's call in flight is not stopped).
+//! the next identical request makes a fresh call.
+//!
+//! Invalidation holds for every replica, calls in flight included. Each tenant has a
+//! generation in the shared cache (`<coalescing.key_prefix>!generation:<tenant>`, outside every
+//! tenant's prefix); [`Coalescer::invalidate_tenant`] replaces it with a fresh random value
+//! before it removes the tenant's answers. A flight reads the generation when it starts, and
+//! its answer is cached with [`Cache::set_if_guard`]: written only while the generation is
+//! still the one read, checked and written in one step (one Redis round trip, a Lua script).
+//! So an answer whose call started before an invalidation, on this replica or any other, is
+//! handed to its participants but never cached: its write either comes before the new
+//! generation (and the removal that follows takes it away) or is refused.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -51,6 +57,11 @@ use crate::domain::channel::encode_tenant;
 
 /// `kind` of the [`LlmError::StreamError`] a shared flight's failure is handed on as.
 pub const SHARED_FAILURE_KIND: &str = "coalesced";
+
+/// How long a tenant's invalidation generation is kept after its last invalidation. It must
+/// outlive every call in flight when it was set (a call that outlived it could cache a stale
+/// answer); a model call lasts minutes at most.
+pub const GENERATION_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// How a model request was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,42 +311,15 @@ struct Inner {
     settings: CoalescingSettings,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     shutdown: CancellationToken,
-    /// Invalidation generations, one slot per hash bucket of tenants: a bounded array rather
-    /// than a map that grows with every tenant ever invalidated. Tenants sharing a slot only
-    /// cost each other a cache write of an answer in flight during an invalidation.
-    generations: [AtomicU64; GENERATION_SLOTS],
 }
 
-/// Slots of [`Inner::generations`].
-const GENERATION_SLOTS: usize = 256;
-
-/// The invalidation generation of a tenant's slot, taken when a flight starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A tenant's invalidation generation as a flight read it when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
-    slot: usize,
-    generation: u64,
-}
-
-impl Inner {
-    fn stamp(&self, tenant: &str) -> Stamp {
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(tenant);
-        let slot = usize::try_from(hash % GENERATION_SLOTS as u64).unwrap_or_default();
-        Stamp {
-            slot,
-            generation: self.generation(slot),
-        }
-    }
-
-    fn generation(&self, slot: usize) -> u64 {
-        self.generations
-            .get(slot)
-            .map_or(0, |g| g.load(Ordering::SeqCst))
-    }
-
-    /// True while no invalidation of the stamped tenant happened since the stamp.
-    fn still_valid(&self, stamp: Stamp) -> bool {
-        self.generation(stamp.slot) == stamp.generation
-    }
+    /// The generation's key in the cache.
+    key: String,
+    /// Its value then (`None`: never invalidated, or longer ago than [`GENERATION_TTL`]).
+    generation: Option<Vec<u8>>,
 }
 
 impl Coalescer {
@@ -363,7 +347,6 @@ impl Coalescer {
                 settings: settings.clone(),
                 flights: Mutex::new(HashMap::new()),
                 shutdown,
-                generations: std::array::from_fn(|_| AtomicU64::new(0)),
             }),
         }
     }
@@ -376,15 +359,44 @@ impl Coalescer {
         )
     }
 
-    /// Removes every cached answer of `tenant`; returns how many. Calls of `tenant` still in
-    /// flight answer their participants but do not cache their answers.
-    pub async fn invalidate_tenant(&self, tenant: &str) -> Result<u64, liquid_store::StoreError> {
-        // Bumped before the delete: a flight's write either sees the new generation and skips
-        // (or removes) its entry, or finished before the bump and is removed by the delete.
-        let slot = self.inner.stamp(tenant).slot;
-        if let Some(generation) = self.inner.generations.get(slot) {
-            generation.fetch_add(1, Ordering::SeqCst);
+    /// The key of `tenant`'s invalidation generation: under the key prefix but outside every
+    /// tenant's prefix (an encoded tenant never starts with `!`), so no invalidation removes it.
+    fn generation_key(&self, tenant: &str) -> String {
+        format!(
+            "{}!generation:{}",
+            self.inner.settings.key_prefix,
+            encode_tenant(tenant)
+        )
+    }
+
+    /// Reads `tenant`'s generation for a flight about to start; `None` when the cache does not
+    /// answer (the flight's answer is then not cached).
+    async fn stamp(&self, tenant: &str) -> Option<Stamp> {
+        let key = self.generation_key(tenant);
+        match self.inner.cache.get(&key).await {
+            Ok(generation) => Some(Stamp { key, generation }),
+            Err(error) => {
+                tracing::debug!(target: target::CACHE, %error, "invalidation generation unreadable; the answer will not be cached");
+                None
+            }
         }
+    }
+
+    /// Removes every cached answer of `tenant`, on every replica sharing the cache; returns
+    /// how many. Calls of `tenant` in flight, on any replica, answer their participants but do
+    /// not cache their answers.
+    pub async fn invalidate_tenant(&self, tenant: &str) -> Result<u64, liquid_store::StoreError> {
+        // A new generation before the delete: a flight's conditional write either came first
+        // (and the delete removes it) or finds a generation other than the one it read.
+        let generation = uuid::Uuid::new_v4().simple().to_string();
+        self.inner
+            .cache
+            .set(
+                &self.generation_key(tenant),
+                generation.as_bytes(),
+                GENERATION_TTL,
+            )
+            .await?;
         let removed = self
             .inner
             .cache
@@ -448,7 +460,11 @@ impl Coalescer {
             note(Some(scope), Outcome::Cached);
             return Err(response);
         }
-        let stamp = self.inner.stamp(&scope.tenant);
+        let stamp = if self.inner.settings.cache_ttl_secs == 0 {
+            None
+        } else {
+            self.stamp(&scope.tenant).await
+        };
         let call = Call {
             cache_key,
             stamp,
@@ -516,7 +532,8 @@ impl Coalescer {
 /// What a flight's task asks upstream and where the answer is cached.
 struct Call {
     cache_key: String,
-    stamp: Stamp,
+    /// The tenant's generation at the start; `None` caches nothing.
+    stamp: Option<Stamp>,
     request: ChatRequest,
     streaming: bool,
 }
@@ -609,35 +626,38 @@ async fn drive(inner: &Inner, call: &Call, flight: &Flight) -> Option<SharedFail
 
 /// Caches a finished answer. It runs before the answer reaches any participant, so a caller
 /// who has the answer finds it cached on every replica (a failed write only costs a later
-/// identical request an upstream call). An answer whose tenant was invalidated since the
-/// call started is not cached, and is removed again if the invalidation came during the write.
+/// identical request an upstream call). The write is conditional on the tenant's generation
+/// read when the call started: an answer whose tenant was invalidated since, on any replica,
+/// is not cached.
 async fn store(inner: &Inner, call: &Call, response: &ChatResponse) {
     let ttl = inner.settings.cache_ttl_secs;
-    if ttl == 0 {
+    let Some(stamp) = call.stamp.as_ref().filter(|_| ttl > 0) else {
         return;
-    }
-    if !inner.still_valid(call.stamp) {
-        tracing::debug!(target: target::CACHE, "tenant invalidated during the call; answer not cached");
-        return;
-    }
+    };
     let Ok(bytes) = serde_json::to_vec(response) else {
         return;
     };
     if bytes.len() > inner.settings.max_cached_bytes {
         return;
     }
-    if let Err(error) = inner
+    match inner
         .cache
-        .set(&call.cache_key, &bytes, Duration::from_secs(ttl))
+        .set_if_guard(
+            &call.cache_key,
+            &bytes,
+            Duration::from_secs(ttl),
+            &stamp.key,
+            stamp.generation.as_deref(),
+        )
         .await
     {
-        tracing::debug!(target: target::CACHE, %error, "coalescing cache write failed");
-        return;
-    }
-    if !inner.still_valid(call.stamp)
-        && let Err(error) = inner.cache.delete(&call.cache_key).await
-    {
-        tracing::warn!(target: target::CACHE, %error, "cannot remove an answer cached during its tenant's invalidation");
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(target: target::CACHE, "tenant invalidated during the call; answer not cached");
+        }
+        Err(error) => {
+            tracing::debug!(target: target::CACHE, %error, "coalescing cache write failed");
+        }
     }
 }
 
@@ -731,6 +751,17 @@ mod tests {
         }
         async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
             self.0.set_nx(key, value, ttl).await
+        }
+        async fn set_if_guard(
+            &self,
+            key: &str,
+            value: &[u8],
+            ttl: Duration,
+            guard: &str,
+            expected: Option<&[u8]>,
+        ) -> Result<bool, StoreError> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.0.set_if_guard(key, value, ttl, guard, expected).await
         }
         async fn delete(&self, key: &str) -> Result<bool, StoreError> {
             self.0.delete(key).await
@@ -960,5 +991,43 @@ mod tests {
             gated.gate.acquire().await.unwrap().forget();
         }
         assert_eq!(gated.calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn an_answer_in_flight_on_another_replica_during_invalidation_is_not_cached() {
+        let shared = liquid_store::cache::connect("memory://", "t:")
+            .await
+            .unwrap();
+        let (a, gated_a) = coalescer_on(shared.clone(), 60);
+        let (b, gated_b) = coalescer_on(shared, 60);
+        gated_a.gate.add_permits(100);
+        for streaming in [false, true] {
+            let request =
+                ChatRequest::new("offline", format!("stale on b, streaming: {streaming}"));
+            let before = gated_b.calls.load(Ordering::SeqCst);
+            let on_b = ask(&b, "t", &request, streaming);
+            while gated_b.calls.load(Ordering::SeqCst) == before {
+                tokio::task::yield_now().await;
+            }
+            // Invalidated on replica a while replica b's call is in flight.
+            a.invalidate_tenant("t").await.unwrap();
+            gated_b.gate.add_permits(1);
+            let (answer, outcome) = on_b.await.unwrap();
+            assert!(answer.unwrap().text.contains("stale on b"));
+            assert_eq!(outcome, Some(Outcome::Upstream));
+            let (_, on_a) = scoped("t", a.complete(&request)).await;
+            assert_eq!(
+                on_a,
+                Some(Outcome::Upstream),
+                "b's stale answer was cached, streaming: {streaming}"
+            );
+            // A's fresh answer is cached for both replicas.
+            let (_, again) = scoped("t", b.complete(&request)).await;
+            assert_eq!(again, Some(Outcome::Cached));
+            // Closes b's gate again for the next round.
+            gated_b.gate.acquire().await.unwrap().forget();
+        }
+        assert_eq!(gated_a.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(gated_b.calls.load(Ordering::SeqCst), 2);
     }
 }

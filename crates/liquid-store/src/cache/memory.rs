@@ -79,6 +79,17 @@ impl MemoryCache {
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+
+    /// True when `guard` holds `expected` (`None`: absent or expired).
+    async fn guard_holds(&self, guard: &str, expected: Option<&[u8]>) -> bool {
+        let now = Instant::now();
+        let current = self
+            .entries
+            .get(&self.full_key(guard))
+            .await
+            .filter(|e| e.is_live(now));
+        current.as_ref().map(|e| &*e.value) == expected
+    }
 }
 
 fn parse_counter(key: &str, value: &[u8]) -> Result<i64, StoreError> {
@@ -133,6 +144,38 @@ impl Cache for MemoryCache {
             result,
             CompResult::Inserted(_) | CompResult::ReplacedWith(_)
         ))
+    }
+
+    async fn set_if_guard(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        guard: &str,
+        expected: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let entry = Entry::new(value, ttl_millis(ttl)?);
+        if !self.guard_holds(guard, expected).await {
+            return Ok(false);
+        }
+        let full = self.full_key(key);
+        let written = entry.value.clone();
+        self.entries.insert(full.clone(), entry).await;
+        if self.guard_holds(guard, expected).await {
+            return Ok(true);
+        }
+        // The guard changed while the value went in: take this value out again, not one a
+        // later writer put there meanwhile.
+        self.entries
+            .entry(full)
+            .and_compute_with(|existing| async move {
+                match existing {
+                    Some(e) if Arc::ptr_eq(&e.value().value, &written) => Op::Remove,
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+        Ok(false)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {

@@ -45,6 +45,22 @@ pub trait Cache: Send + Sync {
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError>;
     /// Writes a key only when it is absent (or expired); true when this call wrote it.
     async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError>;
+    /// Writes a key like [`Cache::set`], but only while the key `guard` holds `expected`
+    /// (`None`: while `guard` is absent); true when the value was written and kept.
+    ///
+    /// A writer that reads `guard` (a generation, a fencing token) before a long piece of work
+    /// thus cannot store a result made stale by a change of `guard` meanwhile. Redis checks and
+    /// writes in one step (one round trip). The memory cache lives in one process: it checks,
+    /// writes and checks again, and removes its value when `guard` changed in between, so a
+    /// writer that changes `guard` and then deletes the keys it guards leaves none of them.
+    async fn set_if_guard(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        guard: &str,
+        expected: Option<&[u8]>,
+    ) -> Result<bool, StoreError>;
     /// Removes a key; true when it existed.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
     /// Removes every key of this namespace that starts with `prefix`; returns how many.

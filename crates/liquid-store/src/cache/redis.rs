@@ -19,6 +19,20 @@ use crate::StoreError;
 /// Keys asked for per SCAN round trip (a hint to the server, not a limit).
 const SCAN_BATCH: usize = 500;
 
+/// [`Cache::set_if_guard`] as one step: KEYS[1] the key, KEYS[2] the guard; ARGV[1] the
+/// value, ARGV[2] its TTL in milliseconds, ARGV[3] `1` when the guard must hold ARGV[4] (`0`:
+/// when it must be absent). Returns 1 when written.
+const SET_IF_GUARD: &str = r"
+local current = redis.call('GET', KEYS[2])
+if ARGV[3] == '1' then
+  if current ~= ARGV[4] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
 /// A Redis client for `url` whose TCP connections set `TCP_NODELAY`.
 ///
 /// redis-rs leaves Nagle's algorithm on, so on a shared multiplexed connection a command written
@@ -36,6 +50,8 @@ pub fn client(url: &str) -> redis::RedisResult<redis::Client> {
 pub struct RedisCache {
     prefix: String,
     connection: ConnectionManager,
+    /// [`SET_IF_GUARD`], called by hash (`EVALSHA`, loaded on the first `NOSCRIPT`).
+    guarded_set: redis::Script,
 }
 
 impl RedisCache {
@@ -73,6 +89,7 @@ impl RedisCache {
         let cache = RedisCache {
             prefix: config.prefix.clone(),
             connection,
+            guarded_set: redis::Script::new(SET_IF_GUARD),
         };
         cache.ping().await.map_err(|e| unreachable(e.to_string()))?;
         Ok(cache)
@@ -140,6 +157,30 @@ impl Cache for RedisCache {
             .await
             .map_err(StoreError::redis)?;
         Ok(written.is_some())
+    }
+
+    async fn set_if_guard(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        guard: &str,
+        expected: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let millis = ttl_millis(ttl)?;
+        let mut c = self.connection.clone();
+        let mut invocation = self.guarded_set.key(self.full_key(key));
+        invocation
+            .key(self.full_key(guard))
+            .arg(value)
+            .arg(millis)
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default());
+        let written: i64 = invocation
+            .invoke_async(&mut c)
+            .await
+            .map_err(StoreError::redis)?;
+        Ok(written == 1)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {

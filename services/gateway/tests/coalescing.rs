@@ -1,0 +1,146 @@
+//! Request coalescing across gateway replicas sharing one Redis, through the chat API: an
+//! invalidation on one replica holds for a call in flight on another (its answer reaches its
+//! caller but is never cached).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use liquid_kit::Secret;
+use liquid_llm::{ProviderConfig, ProviderKind};
+use liquid_testkit::model_servers::{ModelServer, Reply};
+use liquid_testkit::nats::NatsServer;
+use liquid_testkit::postgres::TestDatabase;
+use liquid_testkit::redis::TestRedis;
+use serde_json::{Value, json};
+use support::*;
+
+const OPENAI_KEY: &str = "sk-local-openai";
+
+/// A chat request to the gateway at `base`: status and body.
+async fn chat(base: &str, token: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/chat"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_an_answer_in_flight_on_one_replica_is_not_cached_after_an_invalidation_on_another()
+ {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let redis = TestRedis::new().await.unwrap();
+    let openai = ModelServer::openai(OPENAI_KEY).await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        redis.url(),
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.coalescing.key_prefix = redis.prefix().to_owned();
+    cfg.settings.rate_limit.enabled = false;
+    cfg.settings.llm.retry.max_attempts = 1;
+    cfg.settings.llm.providers.insert(
+        "openai".into(),
+        ProviderConfig {
+            kind: ProviderKind::Openai,
+            api_key: Secret::new(OPENAI_KEY.into()),
+            base_url: openai.base_url(),
+        },
+    );
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    let acme = keys.token("alice", "acme", &["write:chat"]);
+    let body = json!({"model": "gpt-4o-mini", "message": "what is the price list?", "params": {"temperature": 0.0}});
+
+    // Replica b asks the model; the answer is held until after the invalidation.
+    openai.hold_replies();
+    openai.push(Reply::text("the old price list"));
+    let in_flight = {
+        let (base, token, body) = (b.base.clone(), acme.clone(), body.clone());
+        tokio::spawn(async move { chat(&base, &token, &body).await })
+    };
+    openai
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    // Acme invalidates its answers through replica a.
+    let removed: Value = reqwest::Client::new()
+        .delete(format!("{}/api/v1/chat/cache", a.base))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(removed["removed"], 0, "nothing was cached yet");
+    openai.release_replies();
+    let (status, reply) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["coalesced"], "upstream");
+    assert_eq!(
+        reply["text"], "the old price list",
+        "its caller is answered"
+    );
+
+    // The answer that was in flight during the invalidation is cached on neither replica: the
+    // next request asks the model again, and that fresh answer is what both then serve.
+    openai.push(Reply::text("the new price list"));
+    let (status, reply) = chat(&a.base, &acme, &body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        (reply["coalesced"].as_str(), reply["text"].as_str()),
+        (Some("upstream"), Some("the new price list")),
+        "the stale answer was cached after the invalidation: {reply}"
+    );
+    let (status, reply) = chat(&b.base, &acme, &body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        (reply["coalesced"].as_str(), reply["text"].as_str()),
+        (Some("cached"), Some("the new price list")),
+        "{reply}"
+    );
+    assert_eq!(openai.request_count(), 2);
+
+    // The gateway's keys sit under its own namespace, not the fixture's: removed here.
+    let mut c = redis.connection().await.unwrap();
+    let pattern = format!("liquid:gateway:{}*", redis.prefix());
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert!(
+        keys.iter().any(|k| k.contains("!generation:acme")),
+        "{keys:?}"
+    );
+    let _: u64 = redis::cmd("UNLINK")
+        .arg(&keys)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
