@@ -17,6 +17,12 @@
 //!
 //! Each connection has a bounded queue; a message that does not fit marks the connection slow
 //! and its task closes it (`ws::CLOSE_SLOW`), so a stalled client costs at most its queue.
+//!
+//! Two gauges, because a registration is not a socket: [`HUB_SUBSCRIBERS`] counts the hub's
+//! registrations (one per `/ws` connection, one per active GraphQL subscription stream, the
+//! ones `websocket.max_connections` bounds), and [`WS_CONNECTIONS`] counts open WebSockets by
+//! endpoint (`ws`, `graphql`; idle GraphQL sockets included), each held by the
+//! [`SocketGauge`] its socket task opens.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -41,6 +47,56 @@ pub const MAX_TICK_SKEW_MS: u64 = 60_000;
 /// Most symbols whose newest tick a replica keeps; a further symbol replaces the one whose
 /// tick is oldest.
 pub const MAX_TRACKED_SYMBOLS: usize = 10_000;
+
+/// Gauge of open WebSockets on this replica, labelled `endpoint` ([`SocketEndpoint`]).
+pub const WS_CONNECTIONS: &str = "liquid_gateway_ws_connections";
+/// Gauge of hub registrations on this replica: `/ws` connections plus active GraphQL
+/// subscription streams (what `websocket.max_connections` bounds).
+pub const HUB_SUBSCRIBERS: &str = "liquid_gateway_hub_subscribers";
+
+/// The WebSocket endpoint a [`SocketGauge`] counts a socket of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketEndpoint {
+    /// `/ws`, the channel protocol.
+    Ws,
+    /// `/graphql`, GraphQL subscriptions over `graphql-transport-ws`.
+    Graphql,
+}
+
+impl SocketEndpoint {
+    /// Every endpoint, for registering their series at zero.
+    pub const ALL: [SocketEndpoint; 2] = [SocketEndpoint::Ws, SocketEndpoint::Graphql];
+
+    /// The `endpoint` label: `ws` or `graphql`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketEndpoint::Ws => "ws",
+            SocketEndpoint::Graphql => "graphql",
+        }
+    }
+}
+
+/// One open WebSocket, counted in [`WS_CONNECTIONS`] from [`SocketGauge::open`] until the
+/// guard is dropped; the socket's task holds it for as long as it serves the socket.
+#[derive(Debug)]
+#[must_use = "the socket is counted only while the guard lives"]
+pub struct SocketGauge {
+    endpoint: SocketEndpoint,
+}
+
+impl SocketGauge {
+    /// Counts one more open socket of `endpoint` until the returned guard is dropped.
+    pub fn open(endpoint: SocketEndpoint) -> SocketGauge {
+        metrics::gauge!(WS_CONNECTIONS, "endpoint" => endpoint.as_str()).increment(1.0);
+        SocketGauge { endpoint }
+    }
+}
+
+impl Drop for SocketGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(WS_CONNECTIONS, "endpoint" => self.endpoint.as_str()).decrement(1.0);
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -121,7 +177,18 @@ impl Hub {
     /// `max_connections`.
     pub fn new(bus: Arc<dyn EventBus>, queue: usize, max_connections: usize) -> Hub {
         // Registered from the start (an increment of zero keeps other replicas' counts).
-        metrics::gauge!("liquid_gateway_ws_connections").increment(0.0);
+        metrics::describe_gauge!(
+            WS_CONNECTIONS,
+            "open websockets on this replica by endpoint (ws, graphql), idle ones included"
+        );
+        metrics::describe_gauge!(
+            HUB_SUBSCRIBERS,
+            "hub registrations on this replica: one per /ws connection and per active graphql subscription stream, bounded by websocket.max_connections"
+        );
+        for endpoint in SocketEndpoint::ALL {
+            metrics::gauge!(WS_CONNECTIONS, "endpoint" => endpoint.as_str()).increment(0.0);
+        }
+        metrics::gauge!(HUB_SUBSCRIBERS).increment(0.0);
         metrics::counter!("liquid_gateway_ws_messages_sent_total").increment(0);
         metrics::counter!("liquid_gateway_ws_slow_consumers_total").increment(0);
         Hub {
@@ -145,7 +212,7 @@ impl Hub {
         &self.inner.tasks
     }
 
-    /// Open connections on this replica.
+    /// Registrations on this replica: `/ws` connections and GraphQL subscription streams.
     pub fn connection_count(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
     }
@@ -168,7 +235,7 @@ impl Hub {
         if let Ok(mut map) = inner.outboxes.lock() {
             map.insert(id, outbox);
         }
-        metrics::gauge!("liquid_gateway_ws_connections").increment(1.0);
+        metrics::gauge!(HUB_SUBSCRIBERS).increment(1.0);
         Some(Registration {
             id,
             inbox,
@@ -204,7 +271,7 @@ impl Hub {
             map.remove(&id);
         }
         inner.connections.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!("liquid_gateway_ws_connections").decrement(1.0);
+        metrics::gauge!(HUB_SUBSCRIBERS).decrement(1.0);
     }
 
     /// Makes connection `id` follow `subject`; false when it already did.

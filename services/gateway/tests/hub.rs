@@ -1,0 +1,140 @@
+//! What an operator reads on `/metrics` about the WebSocket hub, through a real gateway on
+//! PostgreSQL and NATS: `liquid_gateway_ws_connections{endpoint}` counts open sockets of `/ws`
+//! and `/graphql` (an idle GraphQL socket included), and `liquid_gateway_hub_subscribers`
+//! counts hub registrations (a `/ws` connection, or a GraphQL subscription stream) apart.
+//!
+//! One test in this binary: the metrics recorder is process-wide, so the gauges read here are
+//! this gateway's alone.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use liquid_testkit::nats::NatsServer;
+use liquid_testkit::postgres::TestDatabase;
+use serde_json::json;
+use support::*;
+
+const WS_SOCKETS: &str = r#"liquid_gateway_ws_connections{endpoint="ws"}"#;
+const GRAPHQL_SOCKETS: &str = r#"liquid_gateway_ws_connections{endpoint="graphql"}"#;
+const HUB_SUBSCRIBERS: &str = "liquid_gateway_hub_subscribers";
+
+async fn scrape(gw: &Gateway) -> String {
+    reqwest::get(format!("{}/metrics", gw.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the series `series` (name and labels exactly as exported), if exported.
+fn value_of(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The three gauges as `(ws sockets, graphql sockets, hub subscribers)`.
+async fn gauges(gw: &Gateway) -> (f64, f64, f64) {
+    let text = scrape(gw).await;
+    let read = |series| value_of(&text, series).unwrap_or_else(|| panic!("{series} not exported"));
+    (
+        read(WS_SOCKETS),
+        read(GRAPHQL_SOCKETS),
+        read(HUB_SUBSCRIBERS),
+    )
+}
+
+/// Waits until the gauges read `expected` (a socket's task ends a moment after its close).
+async fn gauges_reach(gw: &Gateway, expected: (f64, f64, f64), what: &str) {
+    // The limit only turns a gauge that never gets there (the defect) into a failure.
+    let reached = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if gauges(gw).await == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if reached.is_err() {
+        panic!(
+            "{what}: (ws sockets, graphql sockets, hub subscribers) = {:?}, expected {expected:?}",
+            gauges(gw).await
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_metrics_count_open_sockets_by_endpoint_and_hub_subscribers_apart() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    let gw = start(&cfg).await;
+    let token = keys.token("alice", "acme", &["read:prices"]);
+
+    // Every series is there from the start, at zero, and says what it counts.
+    let text = scrape(&gw).await;
+    assert_eq!(gauges(&gw).await, (0.0, 0.0, 0.0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("# HELP liquid_gateway_ws_connections open websockets")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("# HELP liquid_gateway_hub_subscribers hub registrations")),
+        "{text}"
+    );
+    assert!(
+        value_of(&text, "liquid_gateway_ws_connections").is_none(),
+        "an unlabelled series would be summed with the labelled ones: {text}"
+    );
+
+    // A /ws connection is one socket and one hub registration.
+    let mut ws = ws_with_token(&gw.ws, &token).await;
+    assert_eq!(gauges(&gw).await, (1.0, 0.0, 1.0));
+
+    // An idle GraphQL socket is an open socket that holds no registration.
+    let mut gql = ws_connect(
+        &gw.ws.replace("/ws", "/graphql"),
+        &[("sec-websocket-protocol", "graphql-transport-ws")],
+    )
+    .await
+    .unwrap();
+    send(
+        &mut gql,
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut gql).await["type"], "connection_ack");
+    assert_eq!(gauges(&gw).await, (1.0, 1.0, 1.0));
+
+    // Each subscription stream takes a registration; the socket is still one.
+    for (id, symbol) in [("p1", "BTC-USD"), ("p2", "ETH-USD")] {
+        send(
+            &mut gql,
+            json!({"id": id, "type": "subscribe", "payload": {"query": format!(r#"subscription {{ prices(symbols: ["{symbol}"]) {{ symbol }} }}"#)}}),
+        )
+        .await;
+    }
+    gauges_reach(&gw, (1.0, 1.0, 3.0), "two subscriptions on one socket").await;
+    send(&mut gql, json!({"id": "p1", "type": "complete"})).await;
+    gauges_reach(&gw, (1.0, 1.0, 2.0), "one subscription completed").await;
+
+    // Closing a socket frees what it held.
+    gql.close(None).await.unwrap();
+    gauges_reach(&gw, (1.0, 0.0, 1.0), "graphql socket closed").await;
+    ws.close(None).await.unwrap();
+    gauges_reach(&gw, (0.0, 0.0, 0.0), "/ws socket closed").await;
+}
