@@ -2255,6 +2255,7 @@ impl GraphqlSocket {
     /// loop owns the socket's sending half, so it can ping, and close with a code of its own
     /// (auth deadline, idle, expiry, shutdown) instead of dropping the connection.
     async fn run(self, socket: axum::extract::ws::WebSocket) {
+        let _open = crate::hub::SocketGauge::open(crate::hub::SocketEndpoint::Graphql);
         let GraphqlSocket {
             schema,
             tokens,

@@ -389,6 +389,7 @@ impl Connection {
     }
 
     async fn run(mut self, socket: WebSocket) {
+        let _open = crate::hub::SocketGauge::open(crate::hub::SocketEndpoint::Ws);
         let (mut sink, mut stream) = socket.split();
         // Every way out of this function stops the turns the connection started.
         let _turns = self.turns.clone().drop_guard();
