@@ -124,22 +124,6 @@ impl Setup {
         let headers = r.headers().clone();
         (status, r.json().await.unwrap_or(Value::Null), headers)
     }
-
-    async fn metric(&self, line_prefix: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.gw.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
 }
 
 /// `(event, data)` pairs of an SSE body.
@@ -504,7 +488,7 @@ async fn identical_concurrent_requests_share_one_upstream_call_per_tenant_and_ar
         .unwrap();
     let joined = r#"liquid_gateway_coalescing_requests_total{outcome="joined"}"#;
     tokio::time::timeout(Duration::from_secs(20), async {
-        while s.metric(joined).await < N as f64 {
+        while s.gw.metric_or_zero(joined).await < N as f64 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -622,23 +606,6 @@ async fn identical_concurrent_requests_share_one_upstream_call_per_tenant_and_ar
     assert_eq!(s.openai.request_count(), 3);
 }
 
-/// The value of the first metric line starting with `prefix`, 0 when there is none yet.
-async fn metric_or_zero(s: &Setup, prefix: &str) -> f64 {
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let s = setup(|c| {
@@ -656,7 +623,7 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     // Counters only go up, and the process may hold other connections (`cargo test` runs
     // tests side by side): the test watches this one count grow, not a gauge reach zero.
     let slow = "liquid_gateway_ws_closed_total{reason=\"slow\"} ";
-    let before = metric_or_zero(&s, slow).await;
+    let before = s.gw.metric_or_zero(slow).await;
     let mut ws = ws_with_token(&s.gw.ws, &reader).await;
     subscribe(&mut ws, "prices:FLOOD").await;
     // From here on the client reads nothing; the channel stays busy until the server gives up.
@@ -675,7 +642,7 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
             .await
             .unwrap();
         assert_eq!(r.status(), 202);
-        if i % 10 == 9 && metric_or_zero(&s, slow).await > before {
+        if i % 10 == 9 && s.gw.metric_or_zero(slow).await > before {
             closed = true;
             break;
         }
@@ -685,7 +652,7 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        closed = metric_or_zero(&s, slow).await > before;
+        closed = s.gw.metric_or_zero(slow).await > before;
     }
     assert!(
         closed,
@@ -962,7 +929,7 @@ async fn a_shared_or_cached_chat_answer_counts_once_in_the_sessions_spend() {
     s.openai.hold_replies();
     s.openai.push(Reply::text("four"));
     let joined = r#"liquid_gateway_coalescing_requests_total{outcome="joined"}"#;
-    let joined_before = s.metric(joined).await;
+    let joined_before = s.gw.metric_or_zero(joined).await;
     let mut calls = Vec::new();
     for (token, session) in [(&alice, "spend-a"), (&bob, "spend-b")] {
         let http = s.http.clone();
@@ -984,7 +951,7 @@ async fn a_shared_or_cached_chat_answer_counts_once_in_the_sessions_spend() {
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(20), async {
-        while s.metric(joined).await < joined_before + 1.0 {
+        while s.gw.metric_or_zero(joined).await < joined_before + 1.0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

@@ -357,6 +357,81 @@ async fn limits_hold_per_tier_across_replicas_and_ignore_spoofed_forwarded_for()
     }
 }
 
+/// Checks that arrive together on the shared connection are each one atomic decision, and a
+/// Redis that lost its scripts (restart, `SCRIPT FLUSH`) is given the script again without
+/// failing the checks over to local limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_are_each_decided_in_redis_even_after_its_scripts_are_flushed() {
+    use liquid_gateway::domain::session_token::SessionSigner;
+    use liquid_gateway::domain::tier::{Charge, Tier};
+    use liquid_gateway::ratelimit::{Backend, RateLimiter};
+
+    let keys = keys();
+    let redis = TestRedis::new().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        "sqlite::memory:",
+        "memory://",
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
+    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
+    quotas(&mut cfg, 10, 10, 10);
+    let limiter = RateLimiter::new(
+        &cfg.settings.rate_limit,
+        "batch:",
+        std::sync::Arc::new(SessionSigner::new(&[7; 32])),
+    )
+    .unwrap();
+    let charge = |user: &str| Charge {
+        tier: Tier::User,
+        key: format!("acme/{user}"),
+    };
+
+    // 40 checks of one user at once against a quota of 10: exactly 10 pass, each saw its own
+    // remaining count, and every decision was Redis's.
+    let checks: Vec<_> = (0..40)
+        .map(|_| {
+            let (limiter, charge) = (limiter.clone(), charge("dora"));
+            tokio::spawn(async move { limiter.check("default", charge).await.unwrap() })
+        })
+        .collect();
+    let mut remaining = Vec::new();
+    let mut refused = 0;
+    for check in checks {
+        let outcome = check.await.unwrap();
+        assert_eq!(outcome.backend, Backend::Redis);
+        if outcome.decision.allowed {
+            remaining.push(outcome.decision.remaining);
+        } else {
+            refused += 1;
+        }
+    }
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..10).collect::<Vec<u32>>());
+    assert_eq!(refused, 30);
+
+    // Redis forgets its scripts: the next checks are still decided there, and still counted.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let spent = limiter.check("default", charge("dora")).await.unwrap();
+    assert_eq!(spent.backend, Backend::Redis);
+    assert!(!spent.decision.allowed, "dora's quota is spent");
+    let fresh = limiter.check("default", charge("erin")).await.unwrap();
+    assert_eq!(fresh.backend, Backend::Redis);
+    assert!(fresh.decision.allowed);
+    assert_eq!(fresh.decision.remaining, 9);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_published_on_one_replica_reaches_subscribers_on_the_other() {
     let keys = keys();
@@ -481,10 +556,20 @@ async fn a_client_that_does_not_read_is_closed_as_slow() {
     let token = keys.token("ann", "acme", &["admin:*"]);
     let mut ws = ws_with_token(&gw.ws, &token).await;
     subscribe(&mut ws, "healing").await;
-    // The client stops reading; 64 KiB messages fill the socket, then the queue.
+    // The client stops reading; 64 KiB messages fill the socket, then the queue, until the
+    // gateway gives up on it. The client comes back to read as soon as it has: the close frame
+    // waits behind the frames already in the socket for a short bound only
+    // (`ws::CLOSE_FRAME_BOUND`), as a client that never reads must not hold the connection.
     let http = reqwest::Client::new();
     let blob = "x".repeat(64 * 1024);
-    for _ in 0..600 {
+    let slow = "liquid_gateway_ws_slow_consumers_total ";
+    let before = gw.metric_or_zero(slow).await;
+    let mut posts = 0;
+    while gw.metric_or_zero(slow).await == before {
+        assert!(
+            posts < 600,
+            "600 messages of 64 KiB did not fill the client's queue"
+        );
         let r = http
             .post(format!(
                 "{}/api/v1/gateway/channels/healing/messages",
@@ -496,6 +581,7 @@ async fn a_client_that_does_not_read_is_closed_as_slow() {
             .await
             .unwrap();
         assert_eq!(r.status(), 202);
+        posts += 1;
     }
     assert_eq!(close_code(&mut ws).await, 4008, "slow consumer close code");
     let metrics = http
@@ -510,7 +596,7 @@ async fn a_client_that_does_not_read_is_closed_as_slow() {
         metrics.contains("liquid_gateway_ws_slow_consumers_total"),
         "{metrics}"
     );
-    // One token for the connection and 600 posts: verified once, then answered by the cache.
+    // One token for the connection and every post: verified once, then answered by the cache.
     let count = |result: &str| {
         let series = format!("liquid_auth_verified_token_cache_total{{result=\"{result}\"}} ");
         metrics
@@ -519,7 +605,7 @@ async fn a_client_that_does_not_read_is_closed_as_slow() {
             .and_then(|v| v.trim().parse::<f64>().ok())
     };
     assert_eq!(count("miss"), Some(1.0), "{metrics}");
-    assert_eq!(count("hit"), Some(600.0), "{metrics}");
+    assert_eq!(count("hit"), Some(f64::from(posts)), "{metrics}");
     gw.running.stop().await.unwrap();
 }
 

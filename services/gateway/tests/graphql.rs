@@ -997,22 +997,6 @@ async fn service_calls_carry_the_request_id() {
     );
 }
 
-/// The value of the first metric line starting with `prefix`, 0 when there is none yet.
-async fn metric_or_zero(gw: &Gateway, prefix: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Publishes one price tick of `symbol` whose `source` carries `pad`.
 async fn publish_tick(gw: &Gateway, publisher: &str, symbol: &str, pad: &str) {
     let r = reqwest::Client::new()
@@ -1054,7 +1038,7 @@ async fn a_graphql_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     // Price channels are platform-wide: publishing on one takes admin:*.
     let publisher = keys.token("feed", "ops", &["admin:*"]);
     // The metrics are the process's, shared with the other tests: only an increase counts.
-    let before = metric_or_zero(&gw, SLOW_CLOSES).await;
+    let before = gw.metric_or_zero(SLOW_CLOSES).await;
 
     let mut ws = gql_ws(&gw, &[]).await;
     init(&mut ws, &reader).await;
@@ -1085,7 +1069,7 @@ async fn a_graphql_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let mut closed = false;
     for i in 0..600 {
         publish_tick(&gw, &publisher, "FLOOD", &big).await;
-        if i % 10 == 9 && metric_or_zero(&gw, SLOW_CLOSES).await > before {
+        if i % 10 == 9 && gw.metric_or_zero(SLOW_CLOSES).await > before {
             closed = true;
             break;
         }
@@ -1095,7 +1079,7 @@ async fn a_graphql_client_that_stops_reading_is_closed_as_a_slow_consumer() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        closed = metric_or_zero(&gw, SLOW_CLOSES).await > before;
+        closed = gw.metric_or_zero(SLOW_CLOSES).await > before;
     }
     assert!(
         closed,

@@ -165,6 +165,25 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
 }
 
+impl Gateway {
+    /// The value of the first line of `/metrics` starting with `prefix` (a series name with
+    /// its labels and a space), 0 when there is none yet.
+    pub async fn metric_or_zero(&self, prefix: &str) -> f64 {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
 pub async fn start(c: &ServiceConfig<Settings>) -> Gateway {
     let shutdown = CancellationToken::new();
     let running = liquid_runtime::start::<liquid_gateway::Gateway>(c, shutdown.clone())
