@@ -276,6 +276,49 @@ fn threads_cpu_ns(names: &[&str]) -> (u64, u64) {
     total
 }
 
+/// Counters of this process's `tokio-rt-worker` threads so far: voluntary context switches
+/// and write system calls. A voluntary switch is a worker that had nothing to run and slept
+/// until an event woke it, so switches per request count the wake-ups a request costs; writes
+/// per request count its sends (the HTTP answer, and each write to Redis that carried checks).
+fn server_counters() -> (u64, u64) {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != "tokio-rt-worker" {
+            continue;
+        }
+        let field = |file: &str, name: &str| -> u64 {
+            std::fs::read_to_string(task.path().join(file))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        total.0 += field("status", "voluntary_ctxt_switches:");
+        total.1 += field("io", "syscw:");
+    }
+    total
+}
+
+/// redis-server's `total_commands_processed` and `total_reads_processed` (`INFO stats`): their
+/// ratio over a run is how many commands one read event of Redis carried, i.e. how well the
+/// checks of concurrent requests were batched on the shared connection.
+fn redis_io(url: &str) -> (u64, u64) {
+    let info: String = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("INFO").arg("stats").query(&mut c))
+        .unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("total_commands_processed"),
+        field("total_reads_processed"),
+    )
+}
+
 /// The open-loop generator's threads (its runtime and its pacer).
 const GENERATOR_THREADS: &[&str] = &["edge-client", "edge-pacer"];
 
@@ -478,6 +521,13 @@ struct OpenLoop {
     /// Time the servers' threads were runnable but not running (another process had the CPU),
     /// per request, microseconds.
     server_wait_us: f64,
+    /// The servers' voluntary context switches per request (wake-ups from an idle sleep).
+    server_wakeups: f64,
+    /// The servers' write system calls per request.
+    server_writes: f64,
+    /// Redis commands per read event of redis-server (1.0: every check read on its own;
+    /// `None` when the run's target uses no Redis).
+    redis_batch: Option<f64>,
     /// The generator's threads' CPU time over the run's wall time (cores).
     generator_busy: f64,
     /// The whole machine's busy share over the run (every process, all CPUs).
@@ -499,11 +549,13 @@ impl OpenLoop {
 /// thread of its own (plus the pacer thread), apart from the servers' runtime.
 fn open_loop(
     target: Target,
+    redis_url: &str,
     rate: f64,
     conns: usize,
     warmup: Duration,
     measure: Duration,
 ) -> OpenLoop {
+    let redis_url = redis_url.to_owned();
     std::thread::Builder::new()
         .name("edge-client".into())
         .spawn(move || {
@@ -560,6 +612,8 @@ fn open_loop(
                         .unwrap()
                 };
                 let cpu_before = server_cpu_ns();
+                let switches_before = server_counters();
+                let redis_before = redis_io(&redis_url);
                 let generator_before = threads_cpu_ns(GENERATOR_THREADS).0;
                 let (machine_before, machine_since) = (machine_cpu_ns(), Instant::now());
                 let mut workers = Vec::with_capacity(conns);
@@ -604,6 +658,14 @@ fn open_loop(
                 }
                 pacer.join().unwrap();
                 let (cpu, wait) = server_cpu_ns();
+                let switches = server_counters();
+                let wakeups = switches.0 - switches_before.0;
+                let writes = switches.1 - switches_before.1;
+                let redis_after = redis_io(&redis_url);
+                let (commands, reads) = (
+                    redis_after.0.saturating_sub(redis_before.0),
+                    redis_after.1.saturating_sub(redis_before.1),
+                );
                 let (cpu, wait) = (cpu - cpu_before.0, wait - cpu_before.1);
                 let generator = threads_cpu_ns(GENERATOR_THREADS)
                     .0
@@ -616,6 +678,10 @@ fn open_loop(
                     server_cpu_us: cpu as f64 / 1000.0 / total as f64,
                     server_busy: cpu as f64 / (last - t0).as_nanos() as f64,
                     server_wait_us: wait as f64 / 1000.0 / total as f64,
+                    server_wakeups: wakeups as f64 / total as f64,
+                    server_writes: writes as f64 / total as f64,
+                    // Each run's INFO calls are one command and one read of their own.
+                    redis_batch: (commands > 10).then(|| commands as f64 / reads.max(1) as f64),
                     generator_busy: generator as f64 / (last - t0).as_nanos() as f64,
                     machine_busy,
                     histogram,
@@ -799,6 +865,7 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let paired_targets = (targets[0].1.clone(), targets[3].1.clone());
+    let redis_url = redis.url().to_owned();
     let started = load_average();
     let (closed, rate, open, paired) = tokio::task::spawn_blocking(move || {
         let closed = vec![
@@ -817,6 +884,7 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
         for (label, target) in targets {
             let run = open_loop(
                 target,
+                &redis_url,
                 rate,
                 conns as usize,
                 Duration::from_secs(2),
@@ -832,6 +900,7 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
                 let run = |target: &Target| {
                     open_loop(
                         target.clone(),
+                        &redis_url,
                         rate,
                         conns as usize,
                         Duration::from_secs(2),
@@ -873,12 +942,14 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
         "\n### HTTP, open loop at {rate:.0} requests/s ({chosen}; {conns} connections; {open_secs} s measured after 2 s; latency from the scheduled send time)\n"
     );
     println!(
-        "| route | answered/s | errors | p50 | p90 | p99 | p99.9 | max | server CPU per request | servers busy (cores) | server waited for a CPU, per request | generator busy (cores) | machine busy | load average after |"
+        "| route | answered/s | errors | p50 | p90 | p99 | p99.9 | max | server CPU per request | servers busy (cores) | server waited for a CPU, per request | server wake-ups per request | server writes per request | Redis commands per read | generator busy (cores) | machine busy | load average after |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for (label, r) in &open {
         println!(
-            "| {label} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.2} | {:.1} µs | {:.2} | {:.0}% | {} |",
+            "| {label} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.2} | {:.1} µs | {:.2} | {:.2} | {} | {:.2} | {:.0}% | {} |",
             r.rps,
             r.errors,
             r.ms(0.5),
@@ -889,6 +960,9 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
             r.server_cpu_us,
             r.server_busy,
             r.server_wait_us,
+            r.server_wakeups,
+            r.server_writes,
+            redis_batch(r),
             r.generator_busy,
             r.machine_busy * 100.0,
             r.load
@@ -910,6 +984,12 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
     std::mem::forget(full);
 }
 
+/// A run's Redis commands per read, or "-" when it used no Redis.
+fn redis_batch(run: &OpenLoop) -> String {
+    run.redis_batch
+        .map_or_else(|| "-".into(), |b| format!("{b:.2}"))
+}
+
 /// The paired rounds: each round's plain route and full edge at the same rate, the added
 /// latency per round, and the median over the rounds (the middle round for an odd count).
 fn print_paired(paired: &[(OpenLoop, OpenLoop)]) {
@@ -921,9 +1001,9 @@ fn print_paired(paired: &[(OpenLoop, OpenLoop)]) {
         paired.len()
     );
     println!(
-        "| round | plain p50 | plain p99 | edge p50 | edge p99 | added p50 | added p99 | edge: servers' CPU per request | machine busy |"
+        "| round | plain p50 | plain p99 | edge p50 | edge p99 | added p50 | added p99 | edge: servers' CPU per request | edge: wake-ups per request | edge: writes per request | edge: Redis commands per read | machine busy |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut added_p50 = Vec::new();
     let mut added_p99 = Vec::new();
     for (i, (plain, edge)) in paired.iter().enumerate() {
@@ -932,13 +1012,16 @@ fn print_paired(paired: &[(OpenLoop, OpenLoop)]) {
         added_p50.push(p50);
         added_p99.push(p99);
         println!(
-            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {p50:+.3} ms | {p99:+.3} ms | {:.1} µs | {:.0}% |",
+            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {p50:+.3} ms | {p99:+.3} ms | {:.1} µs | {:.2} | {:.2} | {} | {:.0}% |",
             i + 1,
             plain.ms(0.5),
             plain.ms(0.99),
             edge.ms(0.5),
             edge.ms(0.99),
             edge.server_cpu_us,
+            edge.server_wakeups,
+            edge.server_writes,
+            redis_batch(edge),
             edge.machine_busy * 100.0,
         );
     }
