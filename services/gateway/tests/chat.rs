@@ -544,29 +544,11 @@ async fn identical_concurrent_requests_share_one_upstream_call_per_tenant_and_ar
 
     // The answer is cached under the tenant's prefix in Redis, so a later identical request
     // makes no call either.
-    let keys: Vec<String> = {
-        let mut c = s.redis.connection().await.unwrap();
-        let pattern = format!("liquid:gateway:{}acme:*", s.redis.prefix());
-        let mut cursor: u64 = 0;
-        let mut found = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            found.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        found
-    };
+    let keys = scan_keys(
+        &s.redis,
+        &format!("liquid:gateway:{}acme:*", s.redis.prefix()),
+    )
+    .await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let (_, reply, headers) = s.chat(&acme, body.clone()).await;
     assert_eq!(reply["coalesced"], "cached");

@@ -114,30 +114,12 @@ async fn coalescing_an_answer_in_flight_on_one_replica_is_not_cached_after_an_in
     assert_eq!(openai.request_count(), 2);
 
     // The gateway's keys sit under its own namespace, not the fixture's: removed here.
-    let mut c = redis.connection().await.unwrap();
-    let pattern = format!("liquid:gateway:{}*", redis.prefix());
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let keys = scan_keys(&redis, &format!("liquid:gateway:{}*", redis.prefix())).await;
     assert!(
         keys.iter().any(|k| k.contains("!generation:acme")),
         "{keys:?}"
     );
+    let mut c = redis.connection().await.unwrap();
     let _: u64 = redis::cmd("UNLINK")
         .arg(&keys)
         .query_async(&mut c)

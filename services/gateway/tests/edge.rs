@@ -584,28 +584,12 @@ async fn a_client_that_does_not_read_is_closed_as_slow() {
         posts += 1;
     }
     assert_eq!(close_code(&mut ws).await, 4008, "slow consumer close code");
-    let metrics = http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("liquid_gateway_ws_slow_consumers_total"),
-        "{metrics}"
-    );
+    assert_eq!(gw.metric_or_zero(slow).await, before + 1.0);
     // One token for the connection and every post: verified once, then answered by the cache.
-    let count = |result: &str| {
-        let series = format!("liquid_auth_verified_token_cache_total{{result=\"{result}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
-    assert_eq!(count("miss"), Some(1.0), "{metrics}");
-    assert_eq!(count("hit"), Some(f64::from(posts)), "{metrics}");
+    let cache =
+        |result: &str| format!("liquid_auth_verified_token_cache_total{{result=\"{result}\"}} ");
+    assert_eq!(gw.metric_or_zero(&cache("miss")).await, 1.0);
+    assert_eq!(gw.metric_or_zero(&cache("hit")).await, f64::from(posts));
     gw.running.stop().await.unwrap();
 }
 

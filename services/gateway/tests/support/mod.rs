@@ -368,3 +368,26 @@ pub async fn subscribe(ws: &mut Ws, channel: &str) {
     let ack = next_json(ws).await;
     assert_eq!(ack["type"], "subscribed", "{ack}");
 }
+
+/// Every key of `redis` matching `pattern` (`SCAN`, so a large keyspace is not blocked).
+pub async fn scan_keys(redis: &liquid_testkit::redis::TestRedis, pattern: &str) -> Vec<String> {
+    let mut c = redis.connection().await.unwrap();
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
