@@ -277,9 +277,11 @@ fn threads_cpu_ns(names: &[&str]) -> (u64, u64) {
 }
 
 /// Counters of this process's `tokio-rt-worker` threads so far: voluntary context switches
-/// and write system calls. A voluntary switch is a worker that had nothing to run and slept
-/// until an event woke it, so switches per request count the wake-ups a request costs; writes
-/// per request count its sends (the HTTP answer, and each write to Redis that carried checks).
+/// and the kernel's `syscw` (write-class system calls). A voluntary switch is a worker that
+/// had nothing to run and slept until an event woke it, so switches per request count the
+/// wake-ups a request costs. `syscw` per request is 1.00 for the plain route (its answer);
+/// with Redis it reads higher than strace's count of write calls (BENCHMARKS.md, 2026-12-02),
+/// so read it as a relative figure.
 fn server_counters() -> (u64, u64) {
     let mut total = (0, 0);
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
