@@ -51,3 +51,9 @@ impl IntoResponse for GatewayError {
         ApiError::from_error(&self).into_response()
     }
 }
+
+/// What a client is told about a service that did not answer (REST proxy and GraphQL): its
+/// name only, never its address, which goes to the log.
+pub fn service_unavailable(service: &str) -> String {
+    format!("the {service} service is unavailable; retry later")
+}

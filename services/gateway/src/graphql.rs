@@ -174,7 +174,7 @@ fn api_error(e: ApiError) -> Error {
 fn unavailable(service: &str) -> Error {
     error(
         ErrorCode::Unavailable,
-        format!("the {service} service is unavailable; retry later"),
+        crate::error::service_unavailable(service),
     )
 }
 

@@ -437,7 +437,7 @@ async fn forward(State(upstreams): State<Upstreams>, request: Request) -> Respon
             tracing::warn!(target: target::HTTP, %service, url = %peer.http, attempts = attempt, error = %e, "upstream unreachable");
             error(
                 ErrorCode::Unavailable,
-                format!("the {service} service is unavailable; retry later"),
+                crate::error::service_unavailable(&service),
             )
         }
         Err(_) => {
