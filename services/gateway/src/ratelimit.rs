@@ -10,6 +10,12 @@
 //! logs the transition once, and tries Redis again after `rate_limit.redis_retry_secs`.
 //! Without a Redis URL (embedded mode) every decision is local.
 //!
+//! Refusals are held: a key Redis refused is refused by this replica, without a round trip,
+//! until its retry-after has passed ([`Decision::later`] says why that is exact, not an
+//! approximation), as Envoy's rate-limit service keeps over-limit keys in a local cache. A
+//! client that keeps sending once refused, the traffic limits exist for, then costs Redis
+//! nothing; such decisions are counted with `backend="held"`.
+//!
 //! Two middlewares: [`limit`] charges every request that passed authentication to its tier;
 //! [`limit_session_creation`] charges `POST /api/v1/gateway/sessions` to the client address
 //! (a session token presented there is ignored, else each session could mint more sessions
@@ -20,7 +26,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
@@ -69,6 +75,8 @@ pub enum Backend {
     Redis,
     /// In this replica's memory.
     Local,
+    /// A refusal from Redis this replica holds until its retry-after has passed.
+    Held,
 }
 
 impl Backend {
@@ -77,6 +85,7 @@ impl Backend {
         match self {
             Backend::Redis => "redis",
             Backend::Local => "local",
+            Backend::Held => "held",
         }
     }
 }
@@ -143,7 +152,7 @@ struct Class {
 }
 
 const TIERS: [Tier; 3] = [Tier::User, Tier::Session, Tier::Ip];
-const BACKENDS: [Backend; 2] = [Backend::Redis, Backend::Local];
+const BACKENDS: [Backend; 3] = [Backend::Redis, Backend::Local, Backend::Held];
 
 impl Class {
     fn new(name: &str, limits: ClassLimits) -> Class {
@@ -188,7 +197,16 @@ struct Inner {
     /// Unix milliseconds until which Redis is skipped; 0 while it answers.
     redis_down_until: AtomicU64,
     local: moka::sync::Cache<String, u64>,
+    /// Keys Redis refused, with the refusal and when it was given.
+    held: moka::sync::Cache<String, HeldRefusal>,
     sessions: Arc<SessionSigner>,
+}
+
+/// A refusal from Redis and the moment it was given.
+#[derive(Clone, Copy)]
+struct HeldRefusal {
+    decision: Decision,
+    at: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -282,6 +300,11 @@ impl RateLimiter {
                 local: moka::sync::Cache::builder()
                     .max_capacity(settings.local_max_keys)
                     .time_to_idle(Duration::from_secs(longest))
+                    .build(),
+                // A retry-after is at most one period, so nothing outlives that.
+                held: moka::sync::Cache::builder()
+                    .max_capacity(settings.local_max_keys)
+                    .time_to_live(Duration::from_secs(longest))
                     .build(),
                 sessions,
             }),
@@ -419,9 +442,16 @@ impl RateLimiter {
             charge.tier.as_str(),
             charge.key
         );
-        let (decision, backend) = match self.check_shared(&key, quota).await {
-            Some(decision) => (decision, Backend::Redis),
-            None => (self.check_local(key, quota), Backend::Local),
+        let (decision, backend) = if let Some(decision) = self.held(&key) {
+            (decision, Backend::Held)
+        } else if let Some(decision) = self.check_shared(&key, quota).await {
+            if !decision.allowed {
+                let at = Instant::now();
+                inner.held.insert(key, HeldRefusal { decision, at });
+            }
+            (decision, Backend::Redis)
+        } else {
+            (self.check_local(key, quota), Backend::Local)
         };
         class
             .decisions(charge.tier, backend, decision.allowed)
@@ -433,6 +463,17 @@ impl RateLimiter {
             period_secs: limits.period_secs,
             backend,
         })
+    }
+
+    /// The refusal Redis gave `key`, as it stands now, while it holds.
+    fn held(&self, key: &str) -> Option<Decision> {
+        let held = self.inner.held.get(key)?;
+        let elapsed = u64::try_from(held.at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let decision = held.decision.later(elapsed);
+        if decision.is_none() {
+            self.inner.held.invalidate(key);
+        }
+        decision
     }
 
     async fn check_shared(&self, key: &str, quota: Quota) -> Option<Decision> {

@@ -380,7 +380,7 @@ async fn concurrent_checks_are_each_decided_in_redis_even_after_its_scripts_are_
     quotas(&mut cfg, 10, 10, 10);
     let limiter = RateLimiter::new(
         &cfg.settings.rate_limit,
-        "batch:",
+        "",
         std::sync::Arc::new(SessionSigner::new(&[7; 32])),
     )
     .unwrap();
@@ -401,10 +401,12 @@ async fn concurrent_checks_are_each_decided_in_redis_even_after_its_scripts_are_
     let mut refused = 0;
     for check in checks {
         let outcome = check.await.unwrap();
-        assert_eq!(outcome.backend, Backend::Redis);
         if outcome.decision.allowed {
+            assert_eq!(outcome.backend, Backend::Redis);
             remaining.push(outcome.decision.remaining);
         } else {
+            // Refused by Redis, or by the replica holding an earlier refusal of Redis.
+            assert_ne!(outcome.backend, Backend::Local);
             refused += 1;
         }
     }
@@ -424,12 +426,102 @@ async fn concurrent_checks_are_each_decided_in_redis_even_after_its_scripts_are_
         .await
         .unwrap();
     let spent = limiter.check("default", charge("dora")).await.unwrap();
-    assert_eq!(spent.backend, Backend::Redis);
     assert!(!spent.decision.allowed, "dora's quota is spent");
     let fresh = limiter.check("default", charge("erin")).await.unwrap();
     assert_eq!(fresh.backend, Backend::Redis);
     assert!(fresh.decision.allowed);
     assert_eq!(fresh.decision.remaining, 9);
+}
+
+/// A key Redis refused is refused by the replica itself until the refusal's retry-after has
+/// passed: a client that keeps sending costs Redis nothing, and is told the same as Redis
+/// would tell it. Then Redis decides again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_held_by_the_replica_until_its_retry_after_then_redis_decides_again() {
+    use liquid_gateway::domain::session_token::SessionSigner;
+    use liquid_gateway::domain::tier::{Charge, Tier};
+    use liquid_gateway::ratelimit::{Backend, RateLimiter};
+
+    let keys = keys();
+    let redis = TestRedis::new().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        "sqlite::memory:",
+        "memory://",
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
+    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
+    // Two per two seconds: one more every second once spent.
+    cfg.settings.rate_limit.classes.insert(
+        "default".into(),
+        liquid_gateway::config::ClassLimits {
+            user: 2,
+            session: 2,
+            ip: 2,
+            period_secs: 2,
+        },
+    );
+    let limiter = RateLimiter::new(
+        &cfg.settings.rate_limit,
+        "",
+        std::sync::Arc::new(SessionSigner::new(&[7; 32])),
+    )
+    .unwrap();
+    let gus = || Charge {
+        tier: Tier::User,
+        key: "acme/gus".into(),
+    };
+    for _ in 0..2 {
+        let outcome = limiter.check("default", gus()).await.unwrap();
+        assert!(outcome.decision.allowed);
+    }
+    let refused = limiter.check("default", gus()).await.unwrap();
+    assert!(!refused.decision.allowed);
+    assert_eq!(refused.backend, Backend::Redis);
+    assert_eq!(refused.retry_after_secs(), 1);
+
+    // Redis forgets gus: were it asked, it would allow. The replica does not ask.
+    let key = redis.key("default:user:acme/gus");
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deleted: u32 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "the limiter's key is {key}");
+    let held = limiter.check("default", gus()).await.unwrap();
+    assert!(!held.decision.allowed, "held: {held:?}");
+    assert_eq!(held.backend, Backend::Held);
+    assert_eq!(held.decision.limit, 2);
+    assert_eq!(held.decision.remaining, 0);
+    assert!(
+        held.decision.retry_after_ms <= refused.decision.retry_after_ms,
+        "{held:?} after {refused:?}"
+    );
+    assert_eq!(held.refusal_message(), refused.refusal_message());
+    let exists: u32 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "a held refusal writes nothing to Redis");
+
+    // Once the retry-after has passed, Redis decides: it forgot gus, so the whole quota less
+    // this request remains.
+    tokio::time::sleep(std::time::Duration::from_millis(
+        held.decision.retry_after_ms + 10,
+    ))
+    .await;
+    let again = limiter.check("default", gus()).await.unwrap();
+    assert_eq!(again.backend, Backend::Redis);
+    assert!(again.decision.allowed);
+    assert_eq!(again.decision.remaining, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,25 @@ pub struct Decision {
     pub retry_after_ms: u64,
 }
 
+impl Decision {
+    /// This refusal as it stands `elapsed_ms` later, when no request has passed meanwhile:
+    /// still a refusal, with less to wait; `None` once its retry-after has passed (a request
+    /// may pass then, which only the stored TAT can decide) or for an allowance.
+    ///
+    /// Sound across replicas: a refusal stores nothing, and only an allowed request moves the
+    /// TAT, later; so what was refused stays refused until its retry-after, whoever asks.
+    pub fn later(self, elapsed_ms: u64) -> Option<Decision> {
+        if self.allowed || elapsed_ms >= self.retry_after_ms {
+            return None;
+        }
+        Some(Decision {
+            retry_after_ms: self.retry_after_ms - elapsed_ms,
+            reset_after_ms: self.reset_after_ms.saturating_sub(elapsed_ms),
+            ..self
+        })
+    }
+}
+
 /// Decides one request at `now_ms` given the stored TAT (`None` for a new key). Returns the
 /// decision and, when allowed, the TAT to store (it may expire `reset_after_ms` from now).
 ///
@@ -134,6 +153,27 @@ mod tests {
         let (d, _) = decide(q, new, 10_000);
         assert!(!d.allowed);
         assert_eq!(d.retry_after_ms, 9_000);
+    }
+
+    #[test]
+    fn a_refusal_held_for_a_while_is_what_deciding_then_would_say() {
+        let q = Quota::new(2, 10_000);
+        let (_, tat) = decide(q, None, 0);
+        let (_, tat) = decide(q, tat, 0);
+        let (refused, stored) = decide(q, tat, 1_000);
+        assert!(!refused.allowed);
+        assert_eq!(stored, None);
+        for elapsed in [0, 1, 2_500, 3_999] {
+            let (fresh, _) = decide(q, tat, 1_000 + elapsed);
+            assert_eq!(refused.later(elapsed), Some(fresh), "{elapsed} ms later");
+        }
+        // At its retry-after a request may pass: held no longer.
+        assert_eq!(refused.retry_after_ms, 4_000);
+        assert!(decide(q, tat, 5_000).0.allowed);
+        assert_eq!(refused.later(4_000), None);
+        // An allowance says nothing about later requests.
+        let (allowed, _) = decide(q, None, 0);
+        assert_eq!(allowed.later(0), None);
     }
 
     #[test]
