@@ -30,6 +30,7 @@ use liquid_auth::{AuthError, BearerToken, Claims, Verifier, bearer_from_headers}
 use liquid_kit::telemetry::target;
 
 use crate::domain::tier::Charge;
+use crate::hub::SocketEndpoint;
 use crate::ratelimit::{self, Outcome, RateLimiter};
 
 /// The edge's token checks: the shared verifier and the public paths; cheap to clone.
@@ -202,6 +203,31 @@ impl RefusalCharge {
     pub async fn charge(&self) -> Option<Outcome> {
         let (limiter, class, charge) = self.to.as_ref()?;
         limiter.check(class, charge.clone()).await
+    }
+
+    /// Logs one token refused on an open socket of `endpoint` and charges it. `Some` only
+    /// when the address's quota is spent, with the refusing decision: the socket then answers
+    /// a rate-limit error instead of an authentication one.
+    pub async fn charge_on_socket(
+        &self,
+        endpoint: SocketEndpoint,
+        error: &AuthError,
+    ) -> Option<Outcome> {
+        let endpoint = endpoint.as_str();
+        tracing::info!(target: target::SECURITY, endpoint, reason = error.reason(), %error, "websocket token refused");
+        let outcome = self
+            .charge()
+            .await
+            .filter(|outcome| !outcome.decision.allowed)?;
+        tracing::info!(
+            target: target::SECURITY,
+            endpoint,
+            tier = outcome.charge.tier.as_str(),
+            class = %outcome.class,
+            retry_after_secs = outcome.retry_after_secs(),
+            "websocket token refusal rate limited"
+        );
+        Some(outcome)
     }
 }
 

@@ -308,7 +308,9 @@ pub struct WebSocketSettings {
     pub max_message_bytes: usize,
     /// Most channels one connection may follow.
     pub max_subscriptions: usize,
-    /// Most connections one replica accepts.
+    /// Most open WebSockets one replica accepts, `/ws` and `/graphql` together (beyond, an
+    /// upgrade is answered 503); also the most hub registrations (`/ws` connections plus
+    /// GraphQL subscription streams).
     pub max_connections: usize,
 }
 

@@ -73,7 +73,7 @@ use crate::coalesce::Outcome;
 use crate::config::{GraphqlSettings, WebSocketSettings};
 use crate::domain::channel::Channel;
 use crate::domain::price::PriceTick;
-use crate::hub::Hub;
+use crate::hub::{Hub, SocketEndpoint, SocketGauge};
 use crate::ratelimit::{self, Outcome as RateOutcome, RateLimiter};
 use crate::ws::{
     CLOSE_FRAME_BOUND, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_RATE_LIMITED, CLOSE_SLOW,
@@ -215,7 +215,7 @@ async fn charge_chat_turn(ctx: &Context<'_>, c: &Caller) -> Result<(), Error> {
 
 /// The active subscription streams of one GraphQL WebSocket, at most `max`
 /// (`websocket.max_subscriptions`): each `prices`, `chatMessages` or `coworkEvents` field takes
-/// one of the replica's hub registrations (`websocket.max_connections`), so without a bound
+/// one of the replica's hub registrations (at most `websocket.max_connections`), so without a bound
 /// one socket could take them all. In the connection's data; a field takes a [`StreamSlot`]
 /// that its stream holds until it ends.
 #[derive(Clone)]
@@ -1819,7 +1819,8 @@ fn follow(hub: &Hub, subjects: &[String]) -> Result<impl Stream<Item = Value> + 
     let registration = hub.register().ok_or_else(|| {
         error(
             ErrorCode::Unavailable,
-            "this gateway replica holds its maximum of websocket connections",
+            "this gateway replica holds its maximum of hub registrations \
+             (websocket.max_connections); retry later",
         )
     })?;
     for subject in subjects {
@@ -2061,6 +2062,9 @@ pub struct GraphqlState {
     pub websocket: Arc<WebSocketSettings>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
+    /// Admits sockets against `websocket.max_connections` and tracks their tasks for the
+    /// shutdown drain.
+    pub hub: Hub,
 }
 
 /// Builds the schema.
@@ -2208,6 +2212,11 @@ pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> R
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
+    let open = match state.hub.admit_socket(SocketEndpoint::Graphql) {
+        Ok(open) => open,
+        Err(full) => return full.into_response(),
+    };
+    let tasks = state.hub.tasks().clone();
     let max_message = state.websocket.max_message_bytes;
     let socket = GraphqlSocket {
         schema: state.schema,
@@ -2227,7 +2236,7 @@ pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> R
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |ws| socket.run(ws).instrument(span));
+        .on_upgrade(move |ws| tasks.track_future(socket.run(ws, open).instrument(span)));
     if let Some(outcome) = &outcome {
         ratelimit::write_headers(response.headers_mut(), outcome);
     }
@@ -2254,8 +2263,8 @@ impl GraphqlSocket {
     /// Serves the socket: async-graphql speaks the protocol and writes into a queue; this
     /// loop owns the socket's sending half, so it can ping, and close with a code of its own
     /// (auth deadline, idle, expiry, shutdown) instead of dropping the connection.
-    async fn run(self, socket: axum::extract::ws::WebSocket) {
-        let _open = crate::hub::SocketGauge::open(crate::hub::SocketEndpoint::Graphql);
+    /// `_open` is the socket's admission, held until it closes.
+    async fn run(self, socket: axum::extract::ws::WebSocket, _open: SocketGauge) {
         let GraphqlSocket {
             schema,
             tokens,
@@ -2293,13 +2302,11 @@ impl GraphqlSocket {
                     Ok(data)
                 }
                 Err(e) => {
-                    tracing::info!(target: target::SECURITY, reason = e.reason(), %e, "graphql websocket token refused");
                     // Charged to the client address like a token refused at connect.
-                    if let Some(outcome) = refusals.charge().await
-                        && !outcome.decision.allowed
+                    if let Some(outcome) =
+                        refusals.charge_on_socket(SocketEndpoint::Graphql, &e).await
                     {
                         let retry = outcome.retry_after_secs();
-                        tracing::info!(target: target::SECURITY, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = retry, "graphql websocket token refusal rate limited");
                         return Err(Error::new(format!(
                             "{RATE_LIMITED_REASON}: this address's quota is spent; retry after {retry}s"
                         )));

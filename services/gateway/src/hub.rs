@@ -18,11 +18,11 @@
 //! Each connection has a bounded queue; a message that does not fit marks the connection slow
 //! and its task closes it (`ws::CLOSE_SLOW`), so a stalled client costs at most its queue.
 //!
-//! Two gauges, because a registration is not a socket: [`HUB_SUBSCRIBERS`] counts the hub's
-//! registrations (one per `/ws` connection, one per active GraphQL subscription stream, the
-//! ones `websocket.max_connections` bounds), and [`WS_CONNECTIONS`] counts open WebSockets by
-//! endpoint (`ws`, `graphql`; idle GraphQL sockets included), each held by the
-//! [`SocketGauge`] its socket task opens.
+//! A registration is not a socket, and `websocket.max_connections` bounds each apart: the open
+//! WebSockets of both endpoints together (an idle GraphQL socket included), admitted by
+//! [`Hub::admit_socket`] before the upgrade and counted by [`WS_CONNECTIONS`] per endpoint;
+//! and the hub's registrations (one per `/ws` connection, one per active GraphQL subscription
+//! stream), counted by [`HUB_SUBSCRIBERS`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,7 +33,10 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use liquid_bus::{EventBus, Headers, Message};
+use liquid_kit::ApiError;
+use liquid_kit::error::ErrorCode;
 use liquid_kit::telemetry::target;
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,8 +54,11 @@ pub const MAX_TRACKED_SYMBOLS: usize = 10_000;
 /// Gauge of open WebSockets on this replica, labelled `endpoint` ([`SocketEndpoint`]).
 pub const WS_CONNECTIONS: &str = "liquid_gateway_ws_connections";
 /// Gauge of hub registrations on this replica: `/ws` connections plus active GraphQL
-/// subscription streams (what `websocket.max_connections` bounds).
+/// subscription streams (at most `websocket.max_connections`).
 pub const HUB_SUBSCRIBERS: &str = "liquid_gateway_hub_subscribers";
+/// Counter of WebSocket upgrades refused because the replica held `websocket.max_connections`
+/// open sockets, labelled `endpoint`.
+pub const WS_REFUSED_FULL: &str = "liquid_gateway_ws_refused_full_total";
 
 /// The WebSocket endpoint a [`SocketGauge`] counts a socket of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,26 +82,39 @@ impl SocketEndpoint {
     }
 }
 
-/// One open WebSocket, counted in [`WS_CONNECTIONS`] from [`SocketGauge::open`] until the
-/// guard is dropped; the socket's task holds it for as long as it serves the socket.
-#[derive(Debug)]
-#[must_use = "the socket is counted only while the guard lives"]
+/// One open WebSocket admitted by [`Hub::admit_socket`]: it holds one of the replica's
+/// `websocket.max_connections` sockets and is counted in [`WS_CONNECTIONS`] until dropped.
+/// Taken before the upgrade and moved into the socket's task, which holds it for as long as
+/// it serves the socket (an upgrade the client never completes drops it with the task).
+#[must_use = "the socket is admitted only while the guard lives"]
 pub struct SocketGauge {
     endpoint: SocketEndpoint,
+    hub: Arc<HubInner>,
 }
 
-impl SocketGauge {
-    /// Counts one more open socket of `endpoint` until the returned guard is dropped.
-    pub fn open(endpoint: SocketEndpoint) -> SocketGauge {
-        metrics::gauge!(WS_CONNECTIONS, "endpoint" => endpoint.as_str()).increment(1.0);
-        SocketGauge { endpoint }
+impl std::fmt::Debug for SocketGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketGauge")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
     }
 }
 
 impl Drop for SocketGauge {
     fn drop(&mut self) {
+        self.hub.sockets.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!(WS_CONNECTIONS, "endpoint" => self.endpoint.as_str()).decrement(1.0);
     }
+}
+
+/// Takes one of `limit` slots counted by `count`; false (and `count` unchanged) when all are
+/// taken.
+fn take_slot(count: &AtomicUsize, limit: usize) -> bool {
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 fn now_ms() -> u64 {
@@ -155,7 +174,10 @@ struct HubInner {
     following: Mutex<HashMap<u64, Vec<String>>>,
     /// Connection id → outbox (for registration and counting).
     outboxes: Mutex<HashMap<u64, Outbox>>,
+    /// Hub registrations (bounded by `max_connections`).
     connections: AtomicUsize,
+    /// Open sockets of both endpoints (bounded by `max_connections`).
+    sockets: AtomicUsize,
     max_connections: usize,
     queue: usize,
     next_id: AtomicU64,
@@ -167,19 +189,20 @@ struct HubInner {
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
+            .field("sockets", &self.socket_count())
             .field("connections", &self.connection_count())
             .finish_non_exhaustive()
     }
 }
 
 impl Hub {
-    /// A hub publishing on `bus`, with `queue` messages per connection and at most
-    /// `max_connections`.
+    /// A hub publishing on `bus`, with `queue` messages per connection, admitting at most
+    /// `max_connections` open sockets and as many registrations.
     pub fn new(bus: Arc<dyn EventBus>, queue: usize, max_connections: usize) -> Hub {
         // Registered from the start (an increment of zero keeps other replicas' counts).
         metrics::describe_gauge!(
             WS_CONNECTIONS,
-            "open websockets on this replica by endpoint (ws, graphql), idle ones included"
+            "open websockets on this replica by endpoint (ws, graphql), idle ones included; both together bounded by websocket.max_connections"
         );
         metrics::describe_gauge!(
             HUB_SUBSCRIBERS,
@@ -191,6 +214,13 @@ impl Hub {
         metrics::gauge!(HUB_SUBSCRIBERS).increment(0.0);
         metrics::counter!("liquid_gateway_ws_messages_sent_total").increment(0);
         metrics::counter!("liquid_gateway_ws_slow_consumers_total").increment(0);
+        metrics::describe_counter!(
+            WS_REFUSED_FULL,
+            "websocket upgrades refused (503) because this replica held websocket.max_connections open sockets"
+        );
+        for endpoint in SocketEndpoint::ALL {
+            metrics::counter!(WS_REFUSED_FULL, "endpoint" => endpoint.as_str()).increment(0);
+        }
         Hub {
             inner: Arc::new(HubInner {
                 bus,
@@ -198,6 +228,7 @@ impl Hub {
                 following: Mutex::new(HashMap::new()),
                 outboxes: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
+                sockets: AtomicUsize::new(0),
                 max_connections,
                 queue,
                 next_id: AtomicU64::new(1),
@@ -217,12 +248,46 @@ impl Hub {
         self.inner.connections.load(Ordering::Relaxed)
     }
 
-    /// Registers a new connection; `None` when the replica is full.
+    /// Open WebSockets on this replica, both endpoints.
+    pub fn socket_count(&self) -> usize {
+        self.inner.sockets.load(Ordering::Relaxed)
+    }
+
+    /// Admits one more open WebSocket of `endpoint`, counted with every other socket of either
+    /// endpoint against `websocket.max_connections`. Called before the upgrade, so a full
+    /// replica answers over HTTP (503 `unavailable`, `Retry-After`) and no socket is opened.
+    pub fn admit_socket(&self, endpoint: SocketEndpoint) -> Result<SocketGauge, ApiError> {
+        let inner = &self.inner;
+        if !take_slot(&inner.sockets, inner.max_connections) {
+            metrics::counter!(WS_REFUSED_FULL, "endpoint" => endpoint.as_str()).increment(1);
+            tracing::debug!(
+                target: target::WEBSOCKET,
+                endpoint = endpoint.as_str(),
+                max_connections = inner.max_connections,
+                "websocket refused: replica full"
+            );
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this gateway replica holds its maximum of {} open websockets \
+                     (websocket.max_connections); retry, another replica may answer",
+                    inner.max_connections
+                ),
+            )
+            .with_details(json!({"retry_after_seconds": 1})));
+        }
+        metrics::gauge!(WS_CONNECTIONS, "endpoint" => endpoint.as_str()).increment(1.0);
+        Ok(SocketGauge {
+            endpoint,
+            hub: inner.clone(),
+        })
+    }
+
+    /// Registers a new connection; `None` when the replica holds `websocket.max_connections`
+    /// registrations.
     pub fn register(&self) -> Option<Registration> {
         let inner = &self.inner;
-        let previous = inner.connections.fetch_add(1, Ordering::AcqRel);
-        if previous >= inner.max_connections {
-            inner.connections.fetch_sub(1, Ordering::AcqRel);
+        if !take_slot(&inner.connections, inner.max_connections) {
             return None;
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);

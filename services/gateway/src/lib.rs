@@ -149,7 +149,7 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
     let shutdown = foundation.shutdown.clone();
     foundation.spawn("websocket-drain", async move {
         shutdown.cancelled().await;
-        let open = drain_hub.connection_count();
+        let open = drain_hub.socket_count();
         drain_hub.tasks().close();
         if open > 0 {
             tracing::info!(target: target::WEBSOCKET, open, "closing websocket connections");
@@ -198,6 +198,7 @@ async fn edge(foundation: &Foundation, settings: &Settings) -> Result<Router, Ga
         limiter: limiter.clone(),
         websocket: ws_state.settings.clone(),
         shutdown: foundation.shutdown.clone(),
+        hub: ws_state.hub.clone(),
     });
     let limit = axum::middleware::from_fn_with_state(limiter.clone(), ratelimit::limit);
     let limit_session_creation =

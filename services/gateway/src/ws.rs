@@ -51,11 +51,12 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::auth::{Admitted, ConnectToken, EdgeAuth, RefusalCharge};
 use crate::config::WebSocketSettings;
 use crate::domain::channel::{Action, Channel, authorize, encode_tenant};
-use crate::hub::{Hub, Registration};
+use crate::hub::{Hub, Registration, SocketEndpoint, SocketGauge};
 use crate::ratelimit::{self, Outcome, RateLimiter};
 
 /// The subprotocol the gateway speaks.
@@ -166,16 +167,24 @@ pub async fn upgrade(State(state): State<WsState>, request: Request) -> Response
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
+    let open = match state.hub.admit_socket(SocketEndpoint::Ws) {
+        Ok(open) => open,
+        Err(full) => return full.into_response(),
+    };
     let Some(registration) = state.hub.register() else {
         return ApiError::new(
             ErrorCode::Unavailable,
-            "this gateway replica holds its maximum of websocket connections; retry (another replica may answer)",
+            "this gateway replica holds its maximum of hub registrations (websocket.max_connections); retry, another replica may answer",
         )
         .with_details(json!({"retry_after_seconds": 1}))
         .into_response();
     };
     let settings = state.settings.clone();
     let tasks = state.hub.tasks().clone();
+    // A child of the upgrade request's span: the connection's events carry its id and join
+    // the request's trace.
+    let span =
+        tracing::info_span!(target: target::WEBSOCKET, "websocket", connection = registration.id);
     let mut response = upgrade
         .protocols([PROTOCOL])
         .read_buffer_size(2 * 1024)
@@ -183,7 +192,8 @@ pub async fn upgrade(State(state): State<WsState>, request: Request) -> Response
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
         .on_upgrade(move |socket| {
-            tasks.track_future(Connection::new(state, registration, claims, refusals).run(socket))
+            let connection = Connection::new(state, registration, claims, refusals);
+            tasks.track_future(connection.run(socket, open).instrument(span))
         });
     if let Some(outcome) = &outcome {
         ratelimit::write_headers(response.headers_mut(), outcome);
@@ -388,8 +398,8 @@ impl Connection {
         })
     }
 
-    async fn run(mut self, socket: WebSocket) {
-        let _open = crate::hub::SocketGauge::open(crate::hub::SocketEndpoint::Ws);
+    /// Serves the socket, holding its admission (`_open`) until it closes.
+    async fn run(mut self, socket: WebSocket, _open: SocketGauge) {
         let (mut sink, mut stream) = socket.split();
         // Every way out of this function stops the turns the connection started.
         let _turns = self.turns.clone().drop_guard();
@@ -483,7 +493,7 @@ impl Connection {
         if let Some(c) = closing
             && c.label != "client"
         {
-            tracing::debug!(target: target::WEBSOCKET, connection = self.registration.id, code = c.code, reason = c.label, "closing websocket");
+            tracing::debug!(target: target::WEBSOCKET, code = c.code, reason = c.label, "closing websocket");
             let frame = CloseFrame {
                 code: c.code,
                 reason: Utf8Bytes::from_static(c.reason),
@@ -517,7 +527,7 @@ impl Connection {
             }
         };
         if self.pending_auth && !matches!(message, ClientMessage::Auth { .. }) {
-            tracing::info!(target: target::SECURITY, connection = self.registration.id, "websocket action before auth refused");
+            tracing::info!(target: target::SECURITY, "websocket action before auth refused");
             return (
                 Some(error_frame(
                     &Value::Null,
@@ -571,7 +581,7 @@ impl Connection {
                 if let Some(old) = &self.claims
                     && (old.sub != claims.sub || old.tenant_id() != claims.tenant_id())
                 {
-                    tracing::info!(target: target::SECURITY, connection = self.registration.id, "websocket token of another subject refused");
+                    tracing::info!(target: target::SECURITY, "websocket token of another subject refused");
                     return (
                         Some(error_frame(
                             &id,
@@ -594,12 +604,12 @@ impl Connection {
                 (Some(reply), Step::Continue)
             }
             Err(error) => {
-                tracing::info!(target: target::SECURITY, connection = self.registration.id, reason = error.reason(), %error, "websocket token refused");
                 // Charged to the client address like a token refused at connect.
-                if let Some(outcome) = self.refusals.charge().await
-                    && !outcome.decision.allowed
+                if let Some(outcome) = self
+                    .refusals
+                    .charge_on_socket(SocketEndpoint::Ws, &error)
+                    .await
                 {
-                    tracing::info!(target: target::SECURITY, connection = self.registration.id, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = outcome.retry_after_secs(), "websocket token refusal rate limited");
                     let reply = rate_limited_frame(&id, &outcome);
                     let step = if self.pending_auth {
                         Step::Close(Closing::new(
@@ -649,7 +659,7 @@ impl Connection {
             allowed
         });
         if !dropped.is_empty() {
-            tracing::info!(target: target::SECURITY, connection = conn, channels = ?dropped, "websocket subscriptions dropped after a narrower token");
+            tracing::info!(target: target::SECURITY, channels = ?dropped, "websocket subscriptions dropped after a narrower token");
         }
         dropped
     }
@@ -663,13 +673,13 @@ impl Connection {
         if outcome.decision.allowed {
             return Ok(());
         }
-        tracing::info!(target: target::SECURITY, connection = self.registration.id, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = outcome.retry_after_secs(), "websocket action rate limited");
+        tracing::info!(target: target::SECURITY, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = outcome.retry_after_secs(), "websocket action rate limited");
         Err(rate_limited_frame(id, &outcome))
     }
 
     fn check(&self, action: &Action, id: &Value) -> Result<(), Value> {
         authorize(action, self.scopes()).map_err(|needed| {
-            tracing::info!(target: target::SECURITY, connection = self.registration.id, scope = needed, "websocket action refused");
+            tracing::info!(target: target::SECURITY, scope = needed, "websocket action refused");
             error_frame(
                 id,
                 ErrorCode::PermissionDenied,

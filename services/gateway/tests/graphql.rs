@@ -349,13 +349,6 @@ async fn queries_reach_the_services_with_the_callers_token_and_name_what_is_miss
     assert_eq!(v["data"]["w100"]["subject"], "alice");
 }
 
-async fn gql_ws(gw: &Gateway, headers: &[(&str, &str)]) -> Ws {
-    let url = gw.ws.replace("/ws", "/graphql");
-    let mut all = vec![("sec-websocket-protocol", "graphql-transport-ws")];
-    all.extend_from_slice(headers);
-    ws_connect(&url, &all).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_that_do_not_answer_are_named_but_their_addresses_are_not() {
     let keys = keys();
@@ -636,25 +629,6 @@ fn gateway_error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
 
-/// Reads the graphql-transport-ws messages of one operation until one carries a payload.
-async fn payload_of(ws: &mut Ws, id: &str) -> Value {
-    loop {
-        let m = next_json(ws).await;
-        if m["id"] == id && m["type"] == "next" {
-            return m["payload"].clone();
-        }
-    }
-}
-
-async fn init(ws: &mut Ws, token: &str) {
-    send(
-        ws,
-        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
-    )
-    .await;
-    assert_eq!(next_json(ws).await["type"], "connection_ack");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_bodies_are_bounded_and_chat_fields_cost_a_service_call() {
     let keys = keys();
@@ -745,7 +719,7 @@ async fn post_bodies_are_bounded_and_chat_fields_cost_a_service_call() {
     );
     // Subscriptions too: a hundred aliased price streams are refused before any starts.
     let mut ws = gql_ws(&gw, &[]).await;
-    init(&mut ws, &token).await;
+    gql_init(&mut ws, &token).await;
     let streams: String = (0..100)
         .map(|i| format!(r#"p{i}: prices(symbols: ["BTC-USD"]) {{ price }} "#))
         .collect();
@@ -785,7 +759,7 @@ async fn a_graphql_socket_holds_at_most_max_subscriptions_streams() {
     let prices = json!({"query": r#"subscription { prices(symbols: ["BTC-USD"]) { symbol } }"#});
 
     let mut ws = gql_ws(&gw, &[]).await;
-    init(&mut ws, &token).await;
+    gql_init(&mut ws, &token).await;
     for id in ["a", "b"] {
         send(
             &mut ws,
@@ -877,7 +851,7 @@ async fn graphql_chat_turns_are_charged_to_the_chat_rate_limit() {
         .unwrap();
     assert_eq!(r.status(), 429);
     let mut ws = gql_ws(&gw, &[]).await;
-    init(&mut ws, &token).await;
+    gql_init(&mut ws, &token).await;
     send(
         &mut ws,
         json!({"id": "s", "type": "subscribe", "payload": {"query": r#"subscription { chatStream(input: {message: "hi", model: "offline"}) { kind } }"#}}),
@@ -920,7 +894,7 @@ async fn graphql_sockets_close_with_the_codes_of_ws() {
 
     // A message over websocket.max_message_bytes ends the connection.
     let mut big = gql_ws(&gw, &[]).await;
-    init(&mut big, &token).await;
+    gql_init(&mut big, &token).await;
     let query = format!(
         "subscription {{ prices(symbols: [\"{}\"]) {{ symbol }} }}",
         "A".repeat(8 * 1024)
@@ -959,12 +933,12 @@ async fn graphql_sockets_close_with_the_codes_of_ws() {
         )
         .unwrap();
     let mut expiring = gql_ws(&gw, &[]).await;
-    init(&mut expiring, &short).await;
+    gql_init(&mut expiring, &short).await;
     assert_eq!(close_code(&mut expiring).await, 4002);
 
     // Shutdown: 1001.
     let mut open = gql_ws(&gw, &[]).await;
-    init(&mut open, &token).await;
+    gql_init(&mut open, &token).await;
     gw.shutdown.cancel();
     assert_eq!(close_code(&mut open).await, 1001);
 }
@@ -1041,7 +1015,7 @@ async fn a_graphql_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let before = gw.metric_or_zero(SLOW_CLOSES).await;
 
     let mut ws = gql_ws(&gw, &[]).await;
-    init(&mut ws, &reader).await;
+    gql_init(&mut ws, &reader).await;
     send(
         &mut ws,
         json!({"id": "p", "type": "subscribe", "payload": {"query": r#"subscription { prices(symbols: ["FLOOD"]) { symbol source } }"#}}),

@@ -3,6 +3,9 @@
 //! and `/graphql` (an idle GraphQL socket included), and `liquid_gateway_hub_subscribers`
 //! counts hub registrations (a `/ws` connection, or a GraphQL subscription stream) apart.
 //!
+//! `websocket.max_connections` bounds both apart: the open sockets of both endpoints (a full
+//! replica refuses an upgrade with 503 before opening anything) and the registrations.
+//!
 //! One test in this binary: the metrics recorder is process-wide, so the gauges read here are
 //! this gateway's alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,6 +22,49 @@ use support::*;
 const WS_SOCKETS: &str = r#"liquid_gateway_ws_connections{endpoint="ws"}"#;
 const GRAPHQL_SOCKETS: &str = r#"liquid_gateway_ws_connections{endpoint="graphql"}"#;
 const HUB_SUBSCRIBERS: &str = "liquid_gateway_hub_subscribers";
+/// `websocket.max_connections` of the test's gateway: at most 3 open sockets, and 3 hub
+/// registrations.
+const MAX: usize = 3;
+
+/// What a client sees of an upgrade the gateway refuses over HTTP.
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    retry_after: Option<String>,
+    body: serde_json::Value,
+}
+
+/// Asks for a WebSocket upgrade of `endpoint` (`ws`, `graphql`) with a bearer `token`, as a
+/// browser would, and reads the HTTP answer of a refusal.
+async fn upgrade_refusal(gw: &Gateway, endpoint: &str, token: &str) -> Refusal {
+    let protocol = if endpoint == "graphql" {
+        "graphql-transport-ws"
+    } else {
+        liquid_gateway::ws::PROTOCOL
+    };
+    let response = reqwest::Client::new()
+        .get(format!("{}/{endpoint}", gw.base))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-protocol", protocol)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    Refusal {
+        status,
+        retry_after,
+        body,
+    }
+}
 
 async fn scrape(gw: &Gateway) -> String {
     reqwest::get(format!("{}/metrics", gw.base))
@@ -80,6 +126,7 @@ async fn hub_metrics_count_open_sockets_by_endpoint_and_hub_subscribers_apart() 
         "http://127.0.0.1:9",
     );
     cfg.settings.rate_limit.enabled = false;
+    cfg.settings.websocket.max_connections = MAX;
     let gw = start(&cfg).await;
     let token = keys.token("alice", "acme", &["read:prices"]);
 
@@ -106,31 +153,78 @@ async fn hub_metrics_count_open_sockets_by_endpoint_and_hub_subscribers_apart() 
     assert_eq!(gauges(&gw).await, (1.0, 0.0, 1.0));
 
     // An idle GraphQL socket is an open socket that holds no registration.
-    let mut gql = ws_connect(
-        &gw.ws.replace("/ws", "/graphql"),
-        &[("sec-websocket-protocol", "graphql-transport-ws")],
-    )
-    .await
-    .unwrap();
-    send(
-        &mut gql,
-        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
-    )
-    .await;
-    assert_eq!(next_json(&mut gql).await["type"], "connection_ack");
+    let mut gql = gql_ws(&gw, &[]).await;
+    gql_init(&mut gql, &token).await;
     assert_eq!(gauges(&gw).await, (1.0, 1.0, 1.0));
 
     // Each subscription stream takes a registration; the socket is still one.
+    let prices = |symbol: &str| json!({"query": format!(r#"subscription {{ prices(symbols: ["{symbol}"]) {{ symbol }} }}"#)});
     for (id, symbol) in [("p1", "BTC-USD"), ("p2", "ETH-USD")] {
         send(
             &mut gql,
-            json!({"id": id, "type": "subscribe", "payload": {"query": format!(r#"subscription {{ prices(symbols: ["{symbol}"]) {{ symbol }} }}"#)}}),
+            json!({"id": id, "type": "subscribe", "payload": prices(symbol)}),
         )
         .await;
     }
     gauges_reach(&gw, (1.0, 1.0, 3.0), "two subscriptions on one socket").await;
+
+    // The replica holds MAX registrations: one more stream is refused, and says why.
+    send(
+        &mut gql,
+        json!({"id": "p3", "type": "subscribe", "payload": prices("SOL-USD")}),
+    )
+    .await;
+    let refused = payload_of(&mut gql, "p3").await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "unavailable",
+        "{refused}"
+    );
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("websocket.max_connections"),
+        "{refused}"
+    );
     send(&mut gql, json!({"id": "p1", "type": "complete"})).await;
     gauges_reach(&gw, (1.0, 1.0, 2.0), "one subscription completed").await;
+
+    // Sockets are bounded apart from registrations: a third, idle socket takes the last slot,
+    // and a fourth of either endpoint is refused before any upgrade.
+    let mut idle = gql_ws(&gw, &[]).await;
+    gql_init(&mut idle, &token).await;
+    assert_eq!(gauges(&gw).await, (1.0, 2.0, 2.0));
+    for endpoint in ["ws", "graphql"] {
+        let refusal = upgrade_refusal(&gw, endpoint, &token).await;
+        assert_eq!(refusal.status, 503, "{endpoint}: {refusal:?}");
+        assert_eq!(refusal.retry_after.as_deref(), Some("1"), "{endpoint}");
+        assert_eq!(refusal.body["error"]["code"], "unavailable", "{endpoint}");
+        assert!(
+            refusal.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("websocket.max_connections"),
+            "{endpoint}: {refusal:?}"
+        );
+        let refused = format!(r#"liquid_gateway_ws_refused_full_total{{endpoint="{endpoint}"}}"#);
+        assert_eq!(
+            value_of(&scrape(&gw).await, &refused),
+            Some(1.0),
+            "{endpoint}"
+        );
+    }
+    assert_eq!(
+        gauges(&gw).await,
+        (1.0, 2.0, 2.0),
+        "a refusal holds nothing"
+    );
+    // Closing the idle socket frees its slot for a socket of the other endpoint.
+    idle.close(None).await.unwrap();
+    gauges_reach(&gw, (1.0, 1.0, 2.0), "idle graphql socket closed").await;
+    let mut second = ws_with_token(&gw.ws, &token).await;
+    assert_eq!(gauges(&gw).await, (2.0, 1.0, 3.0));
+    second.close(None).await.unwrap();
+    gauges_reach(&gw, (1.0, 1.0, 2.0), "second /ws socket closed").await;
 
     // Closing a socket frees what it held.
     gql.close(None).await.unwrap();

@@ -369,6 +369,34 @@ pub async fn subscribe(ws: &mut Ws, channel: &str) {
     assert_eq!(ack["type"], "subscribed", "{ack}");
 }
 
+/// Opens a `/graphql` socket speaking `graphql-transport-ws`, with extra `headers`.
+pub async fn gql_ws(gw: &Gateway, headers: &[(&str, &str)]) -> Ws {
+    let url = gw.ws.replace("/ws", "/graphql");
+    let mut all = vec![("sec-websocket-protocol", "graphql-transport-ws")];
+    all.extend_from_slice(headers);
+    ws_connect(&url, &all).await.unwrap()
+}
+
+/// Sends `connection_init` with `token` and waits for the acknowledgement.
+pub async fn gql_init(ws: &mut Ws, token: &str) {
+    send(
+        ws,
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
+    )
+    .await;
+    assert_eq!(next_json(ws).await["type"], "connection_ack");
+}
+
+/// Reads the graphql-transport-ws messages of one operation until one carries a payload.
+pub async fn payload_of(ws: &mut Ws, id: &str) -> Value {
+    loop {
+        let m = next_json(ws).await;
+        if m["id"] == id && m["type"] == "next" {
+            return m["payload"].clone();
+        }
+    }
+}
+
 /// Every key of `redis` matching `pattern` (`SCAN`, so a large keyspace is not blocked).
 pub async fn scan_keys(redis: &liquid_testkit::redis::TestRedis, pattern: &str) -> Vec<String> {
     let mut c = redis.connection().await.unwrap();
