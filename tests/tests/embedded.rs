@@ -361,22 +361,9 @@ fn dashboard_metric_names() -> Vec<(String, String)> {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        let json: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let mut exprs = Vec::new();
-        collect_exprs(&json, &mut exprs);
-        for expr in exprs {
-            let mut rest = expr.as_str();
-            while let Some(i) = rest.find("liquid_") {
-                let tail = &rest[i..];
-                let end = tail
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(tail.len());
-                out.push((
-                    path.file_name().unwrap().to_string_lossy().into_owned(),
-                    tail[..end].to_owned(),
-                ));
-                rest = &tail[end..];
-            }
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        for metric in liquid_testkit::dashboard::queried_metrics(&path) {
+            out.push((file.clone(), metric));
         }
     }
     out.sort();
@@ -413,19 +400,4 @@ fn metric_names_in_sources() -> std::collections::BTreeSet<String> {
     walk(&root.join("services"), &mut out);
     walk(&root.join("crates"), &mut out);
     out
-}
-
-fn collect_exprs(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(map) => {
-            for (k, v) in map {
-                match (k.as_str(), v) {
-                    ("expr", Value::String(s)) => out.push(s.clone()),
-                    _ => collect_exprs(v, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|i| collect_exprs(i, out)),
-        _ => {}
-    }
 }

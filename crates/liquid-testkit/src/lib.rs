@@ -4,6 +4,7 @@
 //!
 //! Fixtures never share mutable state between tests and never wipe a shared server.
 
+pub mod dashboard;
 pub mod docker;
 pub mod model_servers;
 pub mod nats;

@@ -754,35 +754,12 @@ async fn templates_and_configuration_through_the_admin_api_and_the_dashboard_mat
         .text()
         .await
         .unwrap();
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../helm/container-pool/dashboards/container-pool.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let mut queried = Vec::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap_or(&Vec::new()) {
-            let expr = target["expr"].as_str().unwrap();
-            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                if word.starts_with("liquid_container_pool_") {
-                    queried.push(word.to_owned());
-                }
-            }
-        }
-    }
+    let dashboard = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../helm/container-pool/dashboards/container-pool.json"
+    );
+    let queried = liquid_testkit::dashboard::queried_metrics(dashboard.as_ref());
     assert!(queried.len() >= 8, "{queried:?}");
-    for m in queried {
-        let base = m
-            .trim_end_matches("_bucket")
-            .trim_end_matches("_sum")
-            .trim_end_matches("_count");
-        assert!(
-            scrape.lines().any(|l| l.starts_with(base)),
-            "the dashboard queries {m}, which /metrics does not export"
-        );
-    }
+    liquid_testkit::dashboard::assert_exported(&scrape, dashboard.as_ref());
     svc.stop().await;
 }

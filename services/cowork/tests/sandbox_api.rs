@@ -482,49 +482,11 @@ async fn lifecycle(db_url: &str) {
         .text()
         .await
         .unwrap();
-    let dashboard: Value = serde_json::from_slice(
-        &std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/cowork/dashboards/cowork.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let mut exprs = Vec::new();
-    collect_exprs(&dashboard, &mut exprs);
-    assert!(!exprs.is_empty());
-    for expr in exprs {
-        let mut rest = expr.as_str();
-        while let Some(i) = rest.find("liquid_") {
-            let tail = &rest[i..];
-            let end = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(tail.len());
-            let metric = &tail[..end];
-            assert!(
-                scrape
-                    .lines()
-                    .any(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' '])),
-                "the dashboard queries {metric}, which cowork does not export"
-            );
-            rest = &tail[end..];
-        }
-    }
+    liquid_testkit::dashboard::assert_exported(
+        &scrape,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/cowork/dashboards/cowork.json"),
+    );
     running.stop().await.unwrap();
-}
-
-fn collect_exprs(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(map) => {
-            for (k, v) in map {
-                match (k.as_str(), v) {
-                    ("expr", Value::String(s)) => out.push(s.clone()),
-                    _ => collect_exprs(v, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|i| collect_exprs(i, out)),
-        _ => {}
-    }
 }
 
 #[tokio::test]

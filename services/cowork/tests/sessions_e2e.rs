@@ -421,7 +421,7 @@ async fn a_session_runs_its_dag_in_parallel_containers_and_stages_exactly_the_ch
         .text()
         .await
         .unwrap();
-    stack::assert_dashboard_queries_exported(
+    liquid_testkit::dashboard::assert_exported(
         &scrape,
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../helm/cowork/dashboards/cowork.json"),

@@ -91,11 +91,15 @@ impl Upstreams {
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
-        // Every upstream's rejection counter from zero, so a dashboard shows a flat line rather
-        // than no data until the first circuit opens.
+        // Every upstream's rejections and retries from zero and its circuit closed, so a
+        // dashboard shows flat lines rather than no data until the first failure.
         for service in peers.keys().filter(|k| k.as_str() != "gateway") {
             metrics::counter!("liquid_gateway_upstream_rejected_total", "upstream" => service.clone())
                 .increment(0);
+            metrics::counter!("liquid_gateway_upstream_retries_total", "upstream" => service.clone())
+                .increment(0);
+            metrics::gauge!("liquid_gateway_upstream_circuit_state", "upstream" => service.clone())
+                .set(0.0);
         }
         Upstreams {
             inner: Arc::new(UpstreamsInner {

@@ -9,10 +9,15 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use liquid_bus::Headers;
+use liquid_gateway::config::ClassLimits;
+use liquid_gateway::domain::session_token::SessionSigner;
+use liquid_gateway::domain::tier::{Charge, Tier};
+use liquid_gateway::ratelimit::{Backend, RateLimiter};
 use liquid_testkit::nats::NatsServer;
 use liquid_testkit::postgres::TestDatabase;
 use liquid_testkit::redis::TestRedis;
@@ -357,19 +362,11 @@ async fn limits_hold_per_tier_across_replicas_and_ignore_spoofed_forwarded_for()
     }
 }
 
-/// Checks that arrive together on the shared connection are each one atomic decision, and a
-/// Redis that lost its scripts (restart, `SCRIPT FLUSH`) is given the script again without
-/// failing the checks over to local limits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_checks_are_each_decided_in_redis_even_after_its_scripts_are_flushed() {
-    use liquid_gateway::domain::session_token::SessionSigner;
-    use liquid_gateway::domain::tier::{Charge, Tier};
-    use liquid_gateway::ratelimit::{Backend, RateLimiter};
-
-    let keys = keys();
-    let redis = TestRedis::new().await.unwrap();
+/// A rate limiter on the test's Redis (its keys under the test's prefix) whose every tier of
+/// the default class allows `limit` requests per `period_secs`.
+fn limiter_on(redis: &TestRedis, limit: u32, period_secs: u64) -> RateLimiter {
     let mut cfg = config(
-        &keys,
+        &keys(),
         "sqlite::memory:",
         "memory://",
         "memory://",
@@ -377,13 +374,39 @@ async fn concurrent_checks_are_each_decided_in_redis_even_after_its_scripts_are_
     );
     cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
     cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
-    quotas(&mut cfg, 10, 10, 10);
-    let limiter = RateLimiter::new(
+    cfg.settings.rate_limit.classes.insert(
+        "default".into(),
+        ClassLimits {
+            user: limit,
+            session: limit,
+            ip: limit,
+            period_secs,
+        },
+    );
+    RateLimiter::new(
         &cfg.settings.rate_limit,
         "",
-        std::sync::Arc::new(SessionSigner::new(&[7; 32])),
+        Arc::new(SessionSigner::new(&[7; 32])),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A connection of the test's own to its Redis.
+async fn redis_connection(redis: &TestRedis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Checks that arrive together on the shared connection are each one atomic decision, and a
+/// Redis that lost its scripts (restart, `SCRIPT FLUSH`) is given the script again without
+/// failing the checks over to local limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_are_each_decided_in_redis_even_after_its_scripts_are_flushed() {
+    let redis = TestRedis::new().await.unwrap();
+    let limiter = limiter_on(&redis, 10, 900);
     let charge = |user: &str| Charge {
         tier: Tier::User,
         key: format!("acme/{user}"),
@@ -415,11 +438,7 @@ async fn concurrent_checks_are_each_decided_in_redis_even_after_its_scripts_are_
     assert_eq!(refused, 30);
 
     // Redis forgets its scripts: the next checks are still decided there, and still counted.
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_connection(&redis).await;
     let () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)
@@ -438,37 +457,9 @@ async fn concurrent_checks_are_each_decided_in_redis_even_after_its_scripts_are_
 /// would tell it. Then Redis decides again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_is_held_by_the_replica_until_its_retry_after_then_redis_decides_again() {
-    use liquid_gateway::domain::session_token::SessionSigner;
-    use liquid_gateway::domain::tier::{Charge, Tier};
-    use liquid_gateway::ratelimit::{Backend, RateLimiter};
-
-    let keys = keys();
     let redis = TestRedis::new().await.unwrap();
-    let mut cfg = config(
-        &keys,
-        "sqlite::memory:",
-        "memory://",
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
-    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
     // Two per two seconds: one more every second once spent.
-    cfg.settings.rate_limit.classes.insert(
-        "default".into(),
-        liquid_gateway::config::ClassLimits {
-            user: 2,
-            session: 2,
-            ip: 2,
-            period_secs: 2,
-        },
-    );
-    let limiter = RateLimiter::new(
-        &cfg.settings.rate_limit,
-        "",
-        std::sync::Arc::new(SessionSigner::new(&[7; 32])),
-    )
-    .unwrap();
+    let limiter = limiter_on(&redis, 2, 2);
     let gus = || Charge {
         tier: Tier::User,
         key: "acme/gus".into(),
@@ -484,11 +475,7 @@ async fn a_refusal_is_held_by_the_replica_until_its_retry_after_then_redis_decid
 
     // Redis forgets gus: were it asked, it would allow. The replica does not ask.
     let key = redis.key("default:user:acme/gus");
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_connection(&redis).await;
     let deleted: u32 = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut conn)
@@ -1126,4 +1113,64 @@ async fn an_unreachable_service_is_named_but_its_address_is_not() {
         "{body}"
     );
     gw.running.stop().await.unwrap();
+}
+
+/// Every gateway metric the Grafana dashboard (`helm/gateway/dashboards/gateway.json`) queries
+/// is one `/metrics` exports once the gateway has served a request, forwarded one, answered a
+/// chat turn and closed a socket: a renamed or dropped metric fails here instead of leaving a
+/// panel without data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    let gw = start(&cfg).await;
+    let token = keys.token("bob", "acme", &["read:prices", "write:chat"]);
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{}/api/v1/cowork/echo", gw.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A model call (no key is configured: the offline provider answers).
+    let r = http
+        .post(format!("{}/api/v1/chat", gw.base))
+        .bearer_auth(&token)
+        .json(&json!({"message": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut ws = ws_with_token(&gw.ws, &token).await;
+    ws.close(None).await.unwrap();
+    let closed = r#"liquid_gateway_ws_closed_total{reason="client"} "#;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while gw.metric_or_zero(closed).await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the socket's close was never counted");
+
+    let dashboard = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../helm/gateway/dashboards/gateway.json"
+    );
+    let queried = liquid_testkit::dashboard::queried_metrics(dashboard.as_ref());
+    assert!(
+        queried.contains("liquid_gateway_ws_refused_full_total"),
+        "{queried:?}"
+    );
+    let text = http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    liquid_testkit::dashboard::assert_exported(&text, dashboard.as_ref());
 }

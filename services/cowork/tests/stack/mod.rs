@@ -313,49 +313,6 @@ pub fn diff_paths(diff: &Value) -> Vec<(String, String)> {
     v
 }
 
-/// Asserts that every `liquid_*` series a Grafana dashboard queries (panel `expr`s and
-/// variable `definition`s) is in `scrape`, cowork's `/metrics` text.
-pub fn assert_dashboard_queries_exported(scrape: &str, dashboard: &Path) {
-    fn collect(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(map) => {
-                for (k, v) in map {
-                    match (k.as_str(), v) {
-                        ("expr" | "definition", Value::String(s)) => out.push(s.clone()),
-                        _ => collect(v, out),
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
-            _ => {}
-        }
-    }
-    let dashboard: Value = serde_json::from_slice(&std::fs::read(dashboard).unwrap()).unwrap();
-    let mut exprs = Vec::new();
-    collect(&dashboard, &mut exprs);
-    assert!(!exprs.is_empty());
-    let mut checked = 0;
-    for expr in exprs {
-        let mut rest = expr.as_str();
-        while let Some(i) = rest.find("liquid_") {
-            let tail = &rest[i..];
-            let end = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(tail.len());
-            let metric = &tail[..end];
-            assert!(
-                scrape
-                    .lines()
-                    .any(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' '])),
-                "the dashboard queries {metric}, which cowork does not export"
-            );
-            checked += 1;
-            rest = &tail[end..];
-        }
-    }
-    assert!(checked > 0);
-}
-
 /// A free loopback address.
 pub fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
