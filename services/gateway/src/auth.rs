@@ -214,7 +214,9 @@ impl RefusalCharge {
         error: &AuthError,
     ) -> Option<Outcome> {
         let endpoint = endpoint.as_str();
-        tracing::info!(target: target::SECURITY, endpoint, reason = error.reason(), %error, "websocket token refused");
+        // The address (block) it is charged to, when refusals are charged.
+        let client = self.to.as_ref().map(|(_, _, charge)| charge.key.as_str());
+        tracing::info!(target: target::SECURITY, endpoint, client, reason = error.reason(), %error, "websocket token refused");
         let outcome = self
             .charge()
             .await

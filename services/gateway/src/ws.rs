@@ -181,10 +181,6 @@ pub async fn upgrade(State(state): State<WsState>, request: Request) -> Response
     };
     let settings = state.settings.clone();
     let tasks = state.hub.tasks().clone();
-    // A child of the upgrade request's span: the connection's events carry its id and join
-    // the request's trace.
-    let span =
-        tracing::info_span!(target: target::WEBSOCKET, "websocket", connection = registration.id);
     let mut response = upgrade
         .protocols([PROTOCOL])
         .read_buffer_size(2 * 1024)
@@ -193,7 +189,7 @@ pub async fn upgrade(State(state): State<WsState>, request: Request) -> Response
         .max_frame_size(settings.max_message_bytes)
         .on_upgrade(move |socket| {
             let connection = Connection::new(state, registration, claims, refusals);
-            tasks.track_future(connection.run(socket, open).instrument(span))
+            tasks.track_future(connection.run(socket, open))
         });
     if let Some(outcome) = &outcome {
         ratelimit::write_headers(response.headers_mut(), outcome);
@@ -493,7 +489,7 @@ impl Connection {
         if let Some(c) = closing
             && c.label != "client"
         {
-            tracing::debug!(target: target::WEBSOCKET, code = c.code, reason = c.label, "closing websocket");
+            tracing::debug!(target: target::WEBSOCKET, connection = self.registration.id, code = c.code, reason = c.label, "closing websocket");
             let frame = CloseFrame {
                 code: c.code,
                 reason: Utf8Bytes::from_static(c.reason),
@@ -527,7 +523,7 @@ impl Connection {
             }
         };
         if self.pending_auth && !matches!(message, ClientMessage::Auth { .. }) {
-            tracing::info!(target: target::SECURITY, "websocket action before auth refused");
+            tracing::info!(target: target::SECURITY, connection = self.registration.id, "websocket action before auth refused");
             return (
                 Some(error_frame(
                     &Value::Null,
@@ -581,7 +577,7 @@ impl Connection {
                 if let Some(old) = &self.claims
                     && (old.sub != claims.sub || old.tenant_id() != claims.tenant_id())
                 {
-                    tracing::info!(target: target::SECURITY, "websocket token of another subject refused");
+                    tracing::info!(target: target::SECURITY, connection = self.registration.id, "websocket token of another subject refused");
                     return (
                         Some(error_frame(
                             &id,
@@ -605,11 +601,10 @@ impl Connection {
             }
             Err(error) => {
                 // Charged to the client address like a token refused at connect.
-                if let Some(outcome) = self
-                    .refusals
-                    .charge_on_socket(SocketEndpoint::Ws, &error)
-                    .await
-                {
+                // Its events carry the connection, in a span only while it runs.
+                let span = tracing::info_span!(target: target::WEBSOCKET, "websocket", connection = self.registration.id);
+                let charged = self.refusals.charge_on_socket(SocketEndpoint::Ws, &error);
+                if let Some(outcome) = charged.instrument(span).await {
                     let reply = rate_limited_frame(&id, &outcome);
                     let step = if self.pending_auth {
                         Step::Close(Closing::new(
@@ -659,7 +654,7 @@ impl Connection {
             allowed
         });
         if !dropped.is_empty() {
-            tracing::info!(target: target::SECURITY, channels = ?dropped, "websocket subscriptions dropped after a narrower token");
+            tracing::info!(target: target::SECURITY, connection = conn, channels = ?dropped, "websocket subscriptions dropped after a narrower token");
         }
         dropped
     }
@@ -673,13 +668,13 @@ impl Connection {
         if outcome.decision.allowed {
             return Ok(());
         }
-        tracing::info!(target: target::SECURITY, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = outcome.retry_after_secs(), "websocket action rate limited");
+        tracing::info!(target: target::SECURITY, connection = self.registration.id, tier = outcome.charge.tier.as_str(), class = %outcome.class, retry_after_secs = outcome.retry_after_secs(), "websocket action rate limited");
         Err(rate_limited_frame(id, &outcome))
     }
 
     fn check(&self, action: &Action, id: &Value) -> Result<(), Value> {
         authorize(action, self.scopes()).map_err(|needed| {
-            tracing::info!(target: target::SECURITY, scope = needed, "websocket action refused");
+            tracing::info!(target: target::SECURITY, connection = self.registration.id, scope = needed, "websocket action refused");
             error_frame(
                 id,
                 ErrorCode::PermissionDenied,
