@@ -470,7 +470,10 @@ impl Connection {
                         Some(Ok(Message::Close(_))) | None => break Some(Closing::new(1000, "client", "")),
                         Some(Err(_)) => break None,
                     };
-                    let (reply, step) = self.handle(text.as_str()).await;
+                    // Boxed: the idle connection's task is sized by its largest await,
+                    // and handling a message (chat, rate-limit checks) is far larger than
+                    // waiting for one; this allocation is per client message, not per socket.
+                    let (reply, step) = Box::pin(self.handle(text.as_str())).await;
                     if let Some(reply) = reply {
                         let reply = Message::Text(reply.to_string().into());
                         if let Err(end) = send_bounded(&mut sink, reply, write_timeout, &shutdown).await {
