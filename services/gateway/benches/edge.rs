@@ -11,7 +11,9 @@
 //!    *scheduled* send time, so a stalled server is charged for the requests it delayed
 //!    (coordinated omission corrected, as wrk2 does), into an HDR histogram. The same generator
 //!    also drives the rate limiter's Redis check alone (`RateLimiter::check`, no HTTP), for the
-//!    share of the Redis round trip.
+//!    share of the Redis round trip, and the check of a key whose quota is spent, which the
+//!    limiter refuses from the refusal it holds (what a client that keeps sending once refused
+//!    costs).
 //! 2. Idle WebSocket connections: the gateway binary in its own process, N authenticated idle
 //!    connections from this process, resident memory before and after.
 //! 3. Cross-replica broadcast: two gateway replicas on one NATS server; messages published
@@ -29,7 +31,9 @@
 //! `EDGE_SERVER_THREADS` the servers' tokio worker threads (default one per core, as deployed),
 //! `EDGE_PIN=1` pins the system under test (the servers' threads, and redis-server when it is a
 //! process of this machine) to CPU 0 and wrk and the generator to CPU 1 (`taskset`), so the load
-//! does not compete with what it measures, `EDGE_ONLY` one section
+//! does not compete with what it measures (`EDGE_REDIS_CPU=1` pins redis-server to CPU 1
+//! instead, beside the load, as a Redis of its own host would not share the gateway's core),
+//! `EDGE_ONLY` one section
 //! (`http`, `broadcast`, `ws`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -127,8 +131,19 @@ fn pinned() -> bool {
     std::env::var("EDGE_PIN").is_ok_and(|v| v == "1")
 }
 
-/// redis-server pinned to CPU 0 beside the servers, for as long as this lives; its own CPU
-/// list again when dropped (the development Redis is shared with the tests).
+/// With `EDGE_PIN=1`, the CPU redis-server is pinned to: `EDGE_REDIS_CPU`, else 0, beside the
+/// servers (1 puts it beside wrk and the generator instead, as a Redis on a host of its own
+/// takes nothing from the gateway's core).
+fn redis_cpu() -> usize {
+    std::env::var("EDGE_REDIS_CPU")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&cpu| cpu <= 1)
+        .unwrap_or(0)
+}
+
+/// redis-server pinned to [`redis_cpu`], for as long as this lives; its own CPU list again
+/// when dropped (the development Redis is shared with the tests).
 struct RedisPin {
     pid: u32,
     /// The CPU list it had (`taskset -pc`'s form, e.g. `0,1`).
@@ -169,7 +184,7 @@ impl RedisPin {
             .next()?
             .trim()
             .to_owned();
-        taskset_all(pid, "0").then_some(RedisPin { pid, before })
+        taskset_all(pid, &redis_cpu().to_string()).then_some(RedisPin { pid, before })
     }
 }
 
@@ -377,14 +392,19 @@ enum Target {
         path: &'static str,
         token: Option<String>,
     },
-    /// The gateway's rate limiter alone: one `RateLimiter::check` decided in Redis.
-    Limiter(RateLimiter),
+    /// The gateway's rate limiter alone: one `RateLimiter::check` of the user `bench/bench`,
+    /// expected decided by `backend`: `Redis`, allowed after a round trip; `Held`, a refusal
+    /// Redis gave earlier, repeated by the limiter without one.
+    Limiter {
+        limiter: RateLimiter,
+        backend: Backend,
+    },
 }
 
 /// One connection of the generator's pool.
 enum Caller {
     Http(HttpCaller),
-    Limiter(RateLimiter),
+    Limiter(RateLimiter, Backend),
 }
 
 /// A keep-alive HTTP/1.1 connection that sends one prepared request again and again. It does
@@ -486,7 +506,7 @@ impl Target {
                     buffer: Vec::with_capacity(4096),
                 })
             }
-            Target::Limiter(limiter) => Caller::Limiter(limiter.clone()),
+            Target::Limiter { limiter, backend } => Caller::Limiter(limiter.clone(), *backend),
         }
     }
 }
@@ -496,17 +516,21 @@ impl Caller {
     async fn call(&mut self) -> bool {
         match self {
             Caller::Http(http) => http.call().await,
-            Caller::Limiter(limiter) => {
-                let charge = Charge {
-                    tier: Tier::User,
-                    key: "bench/bench".into(),
-                };
-                limiter
-                    .check("default", charge)
-                    .await
-                    .is_some_and(|o| o.backend == Backend::Redis && o.decision.allowed)
-            }
+            Caller::Limiter(limiter, backend) => limiter
+                .check("default", bench_user())
+                .await
+                .is_some_and(|o| {
+                    o.backend == *backend && o.decision.allowed == (*backend == Backend::Redis)
+                }),
         }
+    }
+}
+
+/// The user every limiter-only check is charged to.
+fn bench_user() -> Charge {
+    Charge {
+        tier: Tier::User,
+        key: "bench/bench".into(),
     }
 }
 
@@ -738,6 +762,24 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
         .unwrap()
     };
     let limiter = new_limiter("alone:");
+    // A limiter whose user quota is one request a day, spent before the runs: each of its
+    // checks is then the refusal it holds (Redis refused the second request).
+    let holding = {
+        let mut settings = limited.settings.rate_limit.clone();
+        if let Some(default) = settings.classes.get_mut("default") {
+            default.user = 1;
+        }
+        let limiter =
+            RateLimiter::new(&settings, "held:", Arc::new(SessionSigner::new(&[7; 32]))).unwrap();
+        for expect_allowed in [true, false] {
+            let o = limiter.check("default", bench_user()).await.unwrap();
+            assert_eq!(
+                (o.decision.allowed, o.backend),
+                (expect_allowed, Backend::Redis)
+            );
+        }
+        limiter
+    };
     // The plain route with the limiter's check in its handler, on the servers' runtime: the
     // Redis step without the gateway's middleware and JWT.
     let checked = {
@@ -749,11 +791,7 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
             get(move || {
                 let limiter = limiter.clone();
                 async move {
-                    let charge = Charge {
-                        tier: Tier::User,
-                        key: "bench/bench".into(),
-                    };
-                    let o = limiter.check("default", charge).await.unwrap();
+                    let o = limiter.check("default", bench_user()).await.unwrap();
                     assert_eq!(o.backend, Backend::Redis);
                     axum::Json(json!({"subject": "bench"}))
                 }
@@ -837,7 +875,17 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
         ),
         (
             "Redis GCRA check alone (`RateLimiter::check`, no HTTP)",
-            Target::Limiter(limiter),
+            Target::Limiter {
+                limiter,
+                backend: Backend::Redis,
+            },
+        ),
+        (
+            "a refusal held by the limiter (`RateLimiter::check` of a spent key, no HTTP, no Redis)",
+            Target::Limiter {
+                limiter: holding,
+                backend: Backend::Held,
+            },
         ),
         (
             "plain axum route (again)",
@@ -916,12 +964,15 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
     })
     .await
     .unwrap();
-    let placement = match (pinned(), redis_pinned) {
-        (true, true) => "servers and redis-server pinned to CPU 0, wrk and the generator to CPU 1",
-        (true, false) => {
+    let placement = match (pinned(), redis_pinned, redis_cpu()) {
+        (true, true, 0) => {
+            "servers and redis-server pinned to CPU 0, wrk and the generator to CPU 1"
+        }
+        (true, true, _) => "servers pinned to CPU 0, redis-server, wrk and the generator to CPU 1",
+        (true, false, _) => {
             "servers pinned to CPU 0 (redis-server not), wrk and the generator to CPU 1"
         }
-        (false, _) => "no pinning",
+        (false, _, _) => "no pinning",
     };
     println!(
         "\n### HTTP, closed loop (servers on {} worker thread(s); wrk -t1 -c{conns} -d8s; {placement}; load average at start {started})\n",
