@@ -720,14 +720,7 @@ async fn redis_stopped_mid_test_leaves_the_gateway_serving_on_local_limits() {
         let r = get(base.clone()).await;
         assert_eq!(r.status(), 429, "local limits still hold");
     }
-    let metrics = http
-        .get(format!("{}/metrics", a.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics_text().await;
     let fallback = metrics
         .lines()
         .find(|l| l.starts_with("liquid_gateway_rate_limit_fallback_total"))
@@ -1057,14 +1050,7 @@ async fn only_retries_actually_sent_are_counted() {
     assert_eq!(r.status(), 200, "retried once");
     assert_eq!(upstream.hits("/api/v1/media/fail/1/x"), 2);
 
-    let metrics = http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     let retries = |service: &str| -> f64 {
         let label = format!("upstream=\"{service}\"");
         metrics
@@ -1164,13 +1150,5 @@ async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
         queried.contains("liquid_gateway_ws_refused_full_total"),
         "{queried:?}"
     );
-    let text = http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    liquid_testkit::dashboard::assert_exported(&text, dashboard.as_ref());
+    liquid_testkit::dashboard::assert_exported(&gw.metrics_text().await, dashboard.as_ref());
 }

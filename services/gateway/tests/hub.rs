@@ -66,15 +66,6 @@ async fn upgrade_refusal(gw: &Gateway, endpoint: &str, token: &str) -> Refusal {
     }
 }
 
-async fn scrape(gw: &Gateway) -> String {
-    reqwest::get(format!("{}/metrics", gw.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of the series `series` (name and labels exactly as exported), if exported.
 fn value_of(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -84,7 +75,7 @@ fn value_of(text: &str, series: &str) -> Option<f64> {
 
 /// The three gauges as `(ws sockets, graphql sockets, hub subscribers)`.
 async fn gauges(gw: &Gateway) -> (f64, f64, f64) {
-    let text = scrape(gw).await;
+    let text = gw.metrics_text().await;
     let read = |series| value_of(&text, series).unwrap_or_else(|| panic!("{series} not exported"));
     (
         read(WS_SOCKETS),
@@ -131,7 +122,7 @@ async fn hub_metrics_count_open_sockets_by_endpoint_and_hub_subscribers_apart() 
     let token = keys.token("alice", "acme", &["read:prices"]);
 
     // Every series is there from the start, at zero, and says what it counts.
-    let text = scrape(&gw).await;
+    let text = gw.metrics_text().await;
     assert_eq!(gauges(&gw).await, (0.0, 0.0, 0.0), "{text}");
     assert!(
         text.lines()
@@ -208,7 +199,7 @@ async fn hub_metrics_count_open_sockets_by_endpoint_and_hub_subscribers_apart() 
         );
         let refused = format!(r#"liquid_gateway_ws_refused_full_total{{endpoint="{endpoint}"}}"#);
         assert_eq!(
-            value_of(&scrape(&gw).await, &refused),
+            value_of(&gw.metrics_text().await, &refused),
             Some(1.0),
             "{endpoint}"
         );

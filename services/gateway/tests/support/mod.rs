@@ -166,18 +166,22 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// The value of the first line of `/metrics` starting with `prefix` (a series name with
-    /// its labels and a space), 0 when there is none yet.
-    pub async fn metric_or_zero(&self, prefix: &str) -> f64 {
-        let text = reqwest::Client::new()
-            .get(format!("{}/metrics", self.base))
-            .send()
+    /// What `/metrics` exports now (Prometheus text).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// The value of the first line of `/metrics` starting with `prefix` (a series name with
+    /// its labels and a space), 0 when there is none yet.
+    pub async fn metric_or_zero(&self, prefix: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix(prefix))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
