@@ -232,6 +232,11 @@ pub struct SessionUsage {
     pub cost_usd: f64,
     /// Turns answered by another request's upstream call or from a cache.
     pub shared: SharedUsage,
+    /// Streamed turns whose caller stopped reading before the answer was complete: not in
+    /// `turns` or the history. When the answer was produced anyway (a shared call runs to its
+    /// end, see [`PendingTurn::finish_stream_running_on`]), its tokens and cost are in
+    /// `usage` and `cost_usd` all the same.
+    pub abandoned_turns: u64,
 }
 
 /// One session's client handle and conversation.
@@ -369,18 +374,112 @@ impl PendingTurn {
         );
     }
 
+    /// Like [`PendingTurn::finish_stream`], for a stream whose upstream call runs to its end
+    /// whether or not it is read (a call shared between identical requests, driven by a task
+    /// of its own). Dropped before the answer is complete, the stream frees the session at
+    /// once, the history stays as it was, and a task reads the rest: the answer's tokens and
+    /// cost still count as this session's spend when `source` is [`AnswerSource::Upstream`],
+    /// as the provider charged them. Such a turn is counted in
+    /// [`SessionUsage::abandoned_turns`].
+    pub fn finish_stream_running_on(self, stream: ChatStream, source: AnswerSource) -> ChatStream {
+        Box::pin(StreamedTurn {
+            stream: Some(stream),
+            turn: Some(self),
+            source,
+            runs_on: true,
+        })
+    }
+
     /// Passes `stream` on; its answer joins the history, counted as answered from `source`,
-    /// when the stream completes. The session stays held until the stream ends or is dropped.
+    /// when the stream completes. The session stays held until the stream ends or is dropped;
+    /// dropped before the answer is complete, it counts an abandoned turn
+    /// ([`SessionUsage::abandoned_turns`]) and nothing more (the call stops with it).
     pub fn finish_stream(self, stream: ChatStream, source: AnswerSource) -> ChatStream {
-        let mut turn = Some(self);
-        Box::pin(stream.map(move |item| {
-            if let Ok(StreamEvent::Completed { response }) = &item
-                && let Some(turn) = turn.take()
-            {
-                turn.finish(response, source);
+        Box::pin(StreamedTurn {
+            stream: Some(stream),
+            turn: Some(self),
+            source,
+            runs_on: false,
+        })
+    }
+}
+
+/// A streamed turn ([`PendingTurn::finish_stream`], [`PendingTurn::finish_stream_running_on`]):
+/// the answer joins the history when the stream completes. Dropped before that, it frees the
+/// session and counts an abandoned turn; when its upstream call runs on regardless
+/// (`runs_on`), a task reads the rest and counts the answer's spend.
+struct StreamedTurn {
+    stream: Option<ChatStream>,
+    turn: Option<PendingTurn>,
+    source: AnswerSource,
+    runs_on: bool,
+}
+
+impl futures_util::Stream for StreamedTurn {
+    type Item = Result<StreamEvent, LlmError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = stream.as_mut().poll_next(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(StreamEvent::Completed { response }))) => {
+                if let Some(turn) = self.turn.take() {
+                    turn.finish(response, self.source);
+                }
             }
-            item
-        }))
+            // The stream failed or ended without an answer: the turn is over, unrecorded.
+            std::task::Poll::Ready(Some(Err(_)) | None) => self.turn = None,
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl Drop for StreamedTurn {
+    fn drop(&mut self) {
+        let (Some(mut stream), Some(mut turn)) = (self.stream.take(), self.turn.take()) else {
+            return;
+        };
+        metrics::counter!("liquid_llm_session_turns_abandoned_total").increment(1);
+        let source = self.source;
+        let runtime = tokio::runtime::Handle::try_current();
+        let (true, Ok(runtime)) = (self.runs_on, runtime) else {
+            // The call stops with its stream: nothing more will be spent.
+            count_abandoned(&mut turn.conversation.totals, None, source);
+            return;
+        };
+        let conversation = OwnedMutexGuard::mutex(&turn.conversation).clone();
+        // The session is free again at once; its history stays as it was.
+        drop(turn);
+        runtime.spawn(async move {
+            let mut answer = None;
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(StreamEvent::Completed { response }) => {
+                        answer = Some(response);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            let mut conversation = conversation.lock().await;
+            count_abandoned(&mut conversation.totals, answer.as_ref(), source);
+        });
+    }
+}
+
+/// One abandoned turn, and the answer's spend when it was produced upstream for this session.
+fn count_abandoned(totals: &mut SessionUsage, answer: Option<&ChatResponse>, source: AnswerSource) {
+    totals.abandoned_turns += 1;
+    if let (Some(response), AnswerSource::Upstream) = (answer, source) {
+        totals.usage.add(response.usage);
+        totals.cost_usd += response.cost_usd.unwrap_or(0.0);
     }
 }
 

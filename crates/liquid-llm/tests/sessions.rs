@@ -376,3 +376,60 @@ async fn an_answer_shared_between_sessions_is_spent_once() {
     cached.send(Message::user("3+2?")).await.unwrap();
     assert!(cached.usage().await.cost_usd > 0.0);
 }
+
+#[tokio::test]
+async fn a_stream_left_mid_answer_is_an_abandoned_turn_and_a_call_that_runs_on_is_still_spent() {
+    use futures_util::StreamExt;
+
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(
+        client.clone(),
+        policy(Duration::from_secs(60)),
+        CancellationToken::new(),
+    );
+    let long = "word ".repeat(200);
+    server.push(Reply::text(long.clone()));
+    server.push(Reply::text(long.clone()));
+    let session = sessions
+        .session(&SessionKey::new("t", "left"), options())
+        .await;
+
+    // A call that stops with its stream: the turn is abandoned, nothing recorded as spent.
+    let turn = session.begin(Message::user("first")).await;
+    let stream = client.stream(turn.request()).await.unwrap();
+    let mut stream = turn.finish_stream(stream, AnswerSource::Upstream);
+    assert!(stream.next().await.unwrap().is_ok());
+    drop(stream);
+    let usage = session.usage().await;
+    assert_eq!((usage.turns, usage.abandoned_turns), (0, 1));
+    assert_eq!(usage.cost_usd, 0.0);
+    assert!(session.history().await.is_empty());
+
+    // A call that runs on (a shared flight would): the session is free at once, the rest of
+    // the answer is read for it, and its spend is counted once the answer is complete.
+    let turn = session.begin(Message::user("second")).await;
+    let stream = client.stream(turn.request()).await.unwrap();
+    let mut stream = turn.finish_stream_running_on(stream, AnswerSource::Upstream);
+    assert!(stream.next().await.unwrap().is_ok());
+    drop(stream);
+    assert!(
+        session.history().await.is_empty(),
+        "the session is free and its history unchanged"
+    );
+    let usage = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let usage = session.usage().await;
+            if usage.abandoned_turns == 2 {
+                return usage;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the abandoned call's answer was never counted");
+    assert_eq!(usage.turns, 0);
+    assert!(usage.cost_usd > 0.0, "{usage:?}");
+    assert!(usage.usage.output_tokens > 0, "{usage:?}");
+    assert!(session.history().await.is_empty());
+}

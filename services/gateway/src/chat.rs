@@ -459,7 +459,17 @@ impl ChatService {
                 let (result, outcome) =
                     coalesce::scoped(&tenant, client.stream(pending.request())).await;
                 let source = answer_source(outcome);
-                (result.map(|s| pending.finish_stream(s, source)), outcome)
+                // A coalesced call runs on in its flight's task when this caller stops
+                // reading; the turn then still counts what the call spent.
+                let runs_on = outcome.is_some_and(|o| o != Outcome::Bypass);
+                let finished = move |s| {
+                    if runs_on {
+                        pending.finish_stream_running_on(s, source)
+                    } else {
+                        pending.finish_stream(s, source)
+                    }
+                };
+                (result.map(finished), outcome)
             }
             Turn::Stateless(request) => coalesce::scoped(&tenant, client.stream(&request)).await,
         };
@@ -504,7 +514,9 @@ impl ChatService {
     /// The history of `caller`'s session, with its turns, tokens and cost; another user's
     /// session is not found. `usage` and `cost_usd` are what the session spent (turns whose
     /// request went upstream); `shared` counts the answers it got from an identical request's
-    /// call or the answer cache (their cost was spent once, elsewhere, or saved).
+    /// call or the answer cache (their cost was spent once, elsewhere, or saved);
+    /// `abandoned_turns` the streamed turns whose caller left before the answer was complete
+    /// (not in the history; a shared call's answer is still in the spend, as it was paid).
     pub async fn history(&self, caller: &Claims, session: &str) -> Result<Value, ApiError> {
         check_session_id(session)?;
         let handle = self
@@ -526,6 +538,7 @@ impl ChatService {
                 "usage": usage.shared.usage,
                 "cost_usd": usage.shared.cost_usd,
             },
+            "abandoned_turns": usage.abandoned_turns,
         }))
     }
 

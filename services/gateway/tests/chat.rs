@@ -992,3 +992,83 @@ async fn a_shared_or_cached_chat_answer_counts_once_in_the_sessions_spend() {
         .sum();
     assert_eq!(spent, cost);
 }
+
+/// A streamed session turn whose client leaves before the answer: the shared upstream call
+/// runs on in its flight (its answer is paid for and cached), so the session still counts
+/// that spend, while its history holds only what reached the client (nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_left_mid_call_still_counts_the_shared_calls_spend() {
+    let s = setup(|_| {}).await;
+    let alice = s.token("alice", "acme");
+    let ask = |session: &str, stream: bool| json!({"session": session, "model": "gpt-4o-mini", "message": "what is 3+3?", "stream": stream});
+    s.openai.hold_replies();
+    s.openai.push(Reply::text("six"));
+    let abandoned = "liquid_llm_session_turns_abandoned_total ";
+    let abandoned_before = s.gw.metric_or_zero(abandoned).await;
+    let leaving = {
+        let (http, url) = (s.http.clone(), format!("{}/api/v1/chat", s.gw.base));
+        let (token, body) = (alice.clone(), ask("left", true));
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("accept", "text/event-stream")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            // Reads what comes, until the test drops this task (the client leaves).
+            let _ = r.bytes().await;
+        })
+    };
+    s.openai
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    leaving.abort();
+    let _ = leaving.await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while s.gw.metric_or_zero(abandoned).await < abandoned_before + 1.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the gateway never saw the client leave");
+    s.openai.release_replies();
+
+    // The call ran on: another session gets its answer, joining the call if it is still in
+    // flight or from the cache once it is done, and no second call is made.
+    let (status, reply, _) = s.chat(&alice, ask("after", false)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(
+        reply["coalesced"] == "joined" || reply["coalesced"] == "cached",
+        "{reply}"
+    );
+    assert_eq!(s.openai.request_count(), 1);
+    let cost = reply["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{reply}");
+
+    // The session that left spent it, though nothing joined its history.
+    let left = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let figures = session_figures(&s, &alice, "left").await;
+            if figures["abandoned_turns"] == 1 {
+                return figures;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the abandoned turn was never counted");
+    assert_eq!(left["turns"], 0, "{left}");
+    assert_eq!(left["messages"].as_array().unwrap().len(), 0, "{left}");
+    assert_eq!(left["cost_usd"].as_f64(), Some(cost), "{left}");
+    assert_eq!(
+        left["usage"]["output_tokens"], reply["usage"]["output_tokens"],
+        "{left}"
+    );
+    // The shared answer cost the other session nothing.
+    let after = session_figures(&s, &alice, "after").await;
+    assert_eq!(after["cost_usd"].as_f64(), Some(0.0), "{after}");
+    assert_eq!(after["shared"]["turns"], 1, "{after}");
+}
