@@ -289,7 +289,8 @@ impl ChatService {
         &self.inner.coalescer
     }
 
-    /// Background turns (WebSocket chat) still running; shutdown waits for them.
+    /// Turns running in tasks of their own (WebSocket chat, REST session turns); shutdown
+    /// waits for them.
     pub fn tasks(&self) -> &TaskTracker {
         &self.inner.tasks
     }
@@ -775,7 +776,26 @@ pub async fn post_chat(
         Err(e) => return e.into_response(),
     };
     if !sse {
-        return match state.chat.complete(prepared).await {
+        // A session turn runs to its end in a task of its own, even if the client leaves
+        // before the answer: the provider is paid for it either way, so its answer joins the
+        // history, counts in the session's spend and reaches `chat:<session>`.
+        let answered = if prepared.session().is_some() {
+            let chat = state.chat.clone();
+            let turn = async move { chat.complete(prepared).await };
+            let task = state
+                .chat
+                .tasks()
+                .spawn(turn.instrument(tracing::Span::current()));
+            task.await.unwrap_or_else(|_| {
+                Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the chat turn stopped unexpectedly; retry",
+                ))
+            })
+        } else {
+            state.chat.complete(prepared).await
+        };
+        return match answered {
             Ok(reply) => {
                 let provider = reply["provider"].as_str().unwrap_or("").to_owned();
                 let outcome = reply["coalesced"].as_str().unwrap_or("").to_owned();

@@ -1072,3 +1072,47 @@ async fn a_stream_left_mid_call_still_counts_the_shared_calls_spend() {
     assert_eq!(after["cost_usd"].as_f64(), Some(0.0), "{after}");
     assert_eq!(after["shared"]["turns"], 1, "{after}");
 }
+
+/// A session turn asked without streaming runs to its end when the client leaves before the
+/// answer: the answer joins the session's history and its spend, as the provider was paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_turn_whose_client_leaves_before_the_answer_still_completes() {
+    let s = setup(|_| {}).await;
+    let alice = s.token("alice", "acme");
+    s.openai.hold_replies();
+    s.openai.push(Reply::text("eight"));
+    let leaving = {
+        let (http, url) = (s.http.clone(), format!("{}/api/v1/chat", s.gw.base));
+        let body = json!({"session": "gone", "model": "gpt-4o-mini", "message": "what is 4+4?"});
+        let token = alice.clone();
+        tokio::spawn(async move {
+            let _ = http.post(url).bearer_auth(token).json(&body).send().await;
+        })
+    };
+    s.openai
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    leaving.abort();
+    let _ = leaving.await;
+    s.openai.release_replies();
+
+    let figures = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let figures = session_figures(&s, &alice, "gone").await;
+            if figures["turns"] == 1 {
+                return figures;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the turn never completed after its client left");
+    assert_eq!(
+        figures["messages"][1]["content"], "eight",
+        "the answer joined the history: {figures}"
+    );
+    assert!(figures["cost_usd"].as_f64().unwrap() > 0.0, "{figures}");
+    assert_eq!(figures["abandoned_turns"], 0, "{figures}");
+    assert_eq!(s.openai.request_count(), 1);
+}
