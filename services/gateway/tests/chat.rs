@@ -888,6 +888,29 @@ async fn a_long_chat_answer_streams_whole_and_in_few_messages_over_sse_and_the_w
 }
 
 /// A session's figures as `GET /api/v1/chat/sessions/{session}` shows them.
+/// The session's figures once `ready` holds for them (work that outlives a request settles a
+/// moment later); panics after 20 s with the last figures read.
+async fn session_figures_once(
+    s: &Setup,
+    token: &str,
+    session: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    let settled = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            last = session_figures(s, token, session).await;
+            if ready(&last) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(settled.is_ok(), "session {session} never settled: {last}");
+    last
+}
+
 async fn session_figures(s: &Setup, token: &str, session: &str) -> Value {
     let r = s
         .http
@@ -1049,17 +1072,7 @@ async fn a_stream_left_mid_call_still_counts_the_shared_calls_spend() {
     assert!(cost > 0.0, "{reply}");
 
     // The session that left spent it, though nothing joined its history.
-    let left = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let figures = session_figures(&s, &alice, "left").await;
-            if figures["abandoned_turns"] == 1 {
-                return figures;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the abandoned turn was never counted");
+    let left = session_figures_once(&s, &alice, "left", |f| f["abandoned_turns"] == 1).await;
     assert_eq!(left["turns"], 0, "{left}");
     assert_eq!(left["messages"].as_array().unwrap().len(), 0, "{left}");
     assert_eq!(left["cost_usd"].as_f64(), Some(cost), "{left}");
@@ -1097,17 +1110,7 @@ async fn a_session_turn_whose_client_leaves_before_the_answer_still_completes() 
     let _ = leaving.await;
     s.openai.release_replies();
 
-    let figures = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let figures = session_figures(&s, &alice, "gone").await;
-            if figures["turns"] == 1 {
-                return figures;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the turn never completed after its client left");
+    let figures = session_figures_once(&s, &alice, "gone", |f| f["turns"] == 1).await;
     assert_eq!(
         figures["messages"][1]["content"], "eight",
         "the answer joined the history: {figures}"
