@@ -478,8 +478,7 @@ impl Drop for StreamedTurn {
 fn count_abandoned(totals: &mut SessionUsage, answer: Option<&ChatResponse>, source: AnswerSource) {
     totals.abandoned_turns += 1;
     if let (Some(response), AnswerSource::Upstream) = (answer, source) {
-        totals.usage.add(response.usage);
-        totals.cost_usd += response.cost_usd.unwrap_or(0.0);
+        totals.spend(response);
     }
 }
 
@@ -498,17 +497,21 @@ fn record(
     conversation.messages = messages;
     let totals = &mut conversation.totals;
     totals.turns += 1;
-    let cost = response.cost_usd.unwrap_or(0.0);
     match source {
-        AnswerSource::Upstream => {
-            totals.usage.add(response.usage);
-            totals.cost_usd += cost;
-        }
+        AnswerSource::Upstream => totals.spend(response),
         AnswerSource::Shared | AnswerSource::Cached => {
             totals.shared.turns += 1;
             totals.shared.usage.add(response.usage);
-            totals.shared.cost_usd += cost;
+            totals.shared.cost_usd += response.cost_usd.unwrap_or(0.0);
         }
+    }
+}
+
+impl SessionUsage {
+    /// Counts `response`'s tokens and cost as spent by this session.
+    fn spend(&mut self, response: &ChatResponse) {
+        self.usage.add(response.usage);
+        self.cost_usd += response.cost_usd.unwrap_or(0.0);
     }
 }
 

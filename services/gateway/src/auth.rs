@@ -119,10 +119,10 @@ impl EdgeAuth {
         let path = parts.uri.path();
         let headers = &parts.headers;
         let verified = match sources.token_in(headers) {
-            Ok(Some(token)) => match self.verify(&token).await {
-                Ok(claims) => Ok(Some((claims, BearerToken::new(token)))),
-                Err(error) => Err(error),
-            },
+            Ok(Some(token)) => self
+                .verify(&token)
+                .await
+                .map(|claims| Some((claims, BearerToken::new(token)))),
             Ok(None) => Ok(None),
             Err(error) => Err(error),
         };

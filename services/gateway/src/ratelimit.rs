@@ -465,8 +465,10 @@ impl RateLimiter {
         })
     }
 
-    /// The refusal Redis gave `key`, as it stands now, while it holds.
+    /// The refusal Redis gave `key`, as it stands now, while it holds (none without Redis:
+    /// local decisions are not held, so there is nothing to look up).
     fn held(&self, key: &str) -> Option<Decision> {
+        self.inner.redis.as_ref()?;
         let held = self.inner.held.get(key)?;
         let elapsed = u64::try_from(held.at.elapsed().as_millis()).unwrap_or(u64::MAX);
         let decision = held.decision.later(elapsed);

@@ -170,13 +170,7 @@ async fn hub_metrics_count_open_sockets_by_endpoint_and_hub_subscribers_apart() 
         refused["errors"][0]["extensions"]["code"], "unavailable",
         "{refused}"
     );
-    assert!(
-        refused["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("websocket.max_connections"),
-        "{refused}"
-    );
+    assert_first_error_says(&refused, "websocket.max_connections");
     send(&mut gql, json!({"id": "p1", "type": "complete"})).await;
     gauges_reach(&gw, (1.0, 1.0, 2.0), "one subscription completed").await;
 

@@ -401,6 +401,16 @@ pub async fn payload_of(ws: &mut Ws, id: &str) -> Value {
     }
 }
 
+/// Asserts that the first GraphQL error of `v` says `needle` in its message.
+#[track_caller]
+pub fn assert_first_error_says(v: &Value, needle: &str) {
+    let message = v["errors"][0]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(needle),
+        "the first error should say {needle:?}: {v}"
+    );
+}
+
 /// Every key of `redis` matching `pattern` (`SCAN`, so a large keyspace is not blocked).
 pub async fn scan_keys(redis: &liquid_testkit::redis::TestRedis, pattern: &str) -> Vec<String> {
     let mut c = redis.connection().await.unwrap();
