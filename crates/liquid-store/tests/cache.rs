@@ -299,6 +299,24 @@ async fn redis_keys_live_under_the_namespace_and_the_fixture_cleans_up() {
     keys.sort();
     assert_eq!(keys, vec![redis.key("mine:a"), redis.key("theirs:b")]);
     assert_eq!(b.mine.prefix(), redis.key("mine:"));
+    // A service namespaces its keys in front of a prefix a test configured: they are the
+    // fixture's too.
+    let namespaced = format!("liquid:gateway:{}x", redis.prefix());
+    let mut raw = redis.connection().await.unwrap();
+    let () = ::redis::cmd("SET")
+        .arg(&namespaced)
+        .arg("1")
+        .arg("EX")
+        .arg(86_400)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut keys = redis.keys().await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![namespaced, redis.key("mine:a"), redis.key("theirs:b")]
+    );
 
     let url = redis.url().to_owned();
     let prefix = redis.prefix().to_owned();
@@ -308,7 +326,7 @@ async fn redis_keys_live_under_the_namespace_and_the_fixture_cleans_up() {
     let (_, left): (u64, Vec<String>) = ::redis::cmd("SCAN")
         .arg(0)
         .arg("MATCH")
-        .arg(format!("{prefix}*"))
+        .arg(format!("*{prefix}*"))
         .arg("COUNT")
         .arg(10_000)
         .query_async(&mut c)

@@ -1,6 +1,7 @@
 //! An isolated Redis key space per test: a unique prefix on the server `make dev-up` starts (or
-//! `LIQUID_TEST_REDIS_URL`). The fixture removes its own keys (SCAN MATCH prefix* + UNLINK)
-//! when dropped and never runs FLUSHDB, FLUSHALL or KEYS on the shared server.
+//! `LIQUID_TEST_REDIS_URL`). The fixture removes its own keys when dropped (SCAN + UNLINK of
+//! every key holding the prefix, also behind a service's namespace such as
+//! `liquid:gateway:t:<uuid>:…`) and never runs FLUSHDB, FLUSHALL or KEYS on the shared server.
 
 use std::time::Duration;
 
@@ -82,17 +83,23 @@ impl TestRedis {
         }
     }
 
-    /// Every key under this test's prefix (via SCAN).
+    /// Every key holding this test's prefix: the keys it wrote under [`TestRedis::key`] and
+    /// those a service wrote behind its own namespace (`liquid:<service>:` in front of a prefix
+    /// the test configured). These are the keys removed when the fixture is dropped.
     pub async fn keys(&self) -> anyhow::Result<Vec<String>> {
+        self.scan(&self.own_keys()).await
+    }
+
+    /// Every key matching the glob `pattern` (via SCAN; never KEYS on a shared server).
+    pub async fn scan(&self, pattern: &str) -> anyhow::Result<Vec<String>> {
         let mut c = self.connection().await?;
-        let pattern = format!("{}*", self.prefix);
         let mut cursor: u64 = 0;
         let mut keys = Vec::new();
         loop {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(SCAN_BATCH)
                 .query_async(&mut c)
@@ -103,6 +110,12 @@ impl TestRedis {
             }
             cursor = next;
         }
+    }
+
+    /// The glob of the keys this fixture owns: the prefix anywhere in the key (it holds a
+    /// fresh UUID, so no other test's key matches).
+    fn own_keys(&self) -> String {
+        format!("*{}*", self.prefix)
     }
 }
 
@@ -133,7 +146,7 @@ impl Drop for TestRedis {
         // Drop may run on a runtime thread: clean up from a thread of its own with a blocking
         // connection, and wait so the keys are gone when the test ends.
         let client = self.client.clone();
-        let pattern = format!("{}*", self.prefix);
+        let pattern = self.own_keys();
         let cleaner = std::thread::Builder::new()
             .name("test-redis-clean".into())
             .spawn(move || {

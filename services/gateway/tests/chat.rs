@@ -544,11 +544,11 @@ async fn identical_concurrent_requests_share_one_upstream_call_per_tenant_and_ar
 
     // The answer is cached under the tenant's prefix in Redis, so a later identical request
     // makes no call either.
-    let keys = scan_keys(
-        &s.redis,
-        &format!("liquid:gateway:{}acme:*", s.redis.prefix()),
-    )
-    .await;
+    let keys = s
+        .redis
+        .scan(&format!("liquid:gateway:{}acme:*", s.redis.prefix()))
+        .await
+        .unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
     let (_, reply, headers) = s.chat(&acme, body.clone()).await;
     assert_eq!(reply["coalesced"], "cached");

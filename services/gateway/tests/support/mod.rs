@@ -410,26 +410,3 @@ pub fn assert_first_error_says(v: &Value, needle: &str) {
         "the first error should say {needle:?}: {v}"
     );
 }
-
-/// Every key of `redis` matching `pattern` (`SCAN`, so a large keyspace is not blocked).
-pub async fn scan_keys(redis: &liquid_testkit::redis::TestRedis, pattern: &str) -> Vec<String> {
-    let mut c = redis.connection().await.unwrap();
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        keys.extend(batch);
-        if next == 0 {
-            return keys;
-        }
-        cursor = next;
-    }
-}
