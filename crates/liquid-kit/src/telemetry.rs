@@ -282,6 +282,31 @@ pub fn current_trace_id() -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// A span's OpenTelemetry identity, kept so that spans started after it has ended can link to
+/// it: the operations of a long-lived connection link to the request that opened it instead of
+/// keeping that request's span open for the connection's lifetime.
+#[derive(Debug, Clone)]
+pub struct SpanLink(opentelemetry::trace::SpanContext);
+
+impl SpanLink {
+    /// The identity of the current span; `None` outside a sampled trace (nothing exports
+    /// traces), where there is nothing to link to.
+    pub fn current() -> Option<SpanLink> {
+        use opentelemetry::trace::TraceContextExt;
+        let sc = tracing::Span::current()
+            .context()
+            .span()
+            .span_context()
+            .clone();
+        sc.is_valid().then_some(SpanLink(sc))
+    }
+
+    /// Adds a link from `span` to the span this identity was taken from.
+    pub fn add_to(&self, span: &tracing::Span) {
+        span.add_link(self.0.clone());
+    }
+}
+
 /// [`Injector`]/[`Extractor`] over an `http::HeaderMap` (HTTP requests and tonic metadata).
 pub struct HeaderCarrier<'a>(pub &'a mut http::HeaderMap);
 

@@ -43,6 +43,8 @@ pub struct ReceivedSpan {
     pub service_name: String,
     /// Span attributes rendered as strings.
     pub attributes: HashMap<String, String>,
+    /// The spans this one links to (OpenTelemetry span links), as (trace id, span id).
+    pub links: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -114,6 +116,11 @@ async fn traces(State(r): State<Arc<Mutex<Received>>>, body: Bytes) -> axum::res
                         .attributes
                         .iter()
                         .map(|kv| (kv.key.clone(), render(kv.value.as_ref())))
+                        .collect(),
+                    links: s
+                        .links
+                        .iter()
+                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                         .collect(),
                 });
             }

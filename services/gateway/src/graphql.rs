@@ -33,6 +33,8 @@
 //! `/ws`'s codes (a client that does not take a frame within `websocket.write_timeout_secs` is
 //! a slow consumer: 4008, counted in `/ws`'s slow-consumer metrics).
 
+mod operation_span;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,7 +55,7 @@ use liquid_a2a::pb as a2a;
 use liquid_auth::{Authenticated, BearerToken, Claims, scopes, unix_now};
 use liquid_kit::error::HasErrorCode;
 use liquid_kit::server::REQUEST_ID_HEADER;
-use liquid_kit::telemetry::{GrpcTraceInjector, target};
+use liquid_kit::telemetry::{GrpcTraceInjector, SpanLink, target};
 use liquid_kit::{ApiError, ErrorCode};
 use liquid_llm::{Parameters, StreamEvent};
 use liquid_proto::liquid::container_pool::v1 as pool;
@@ -65,7 +67,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
-use tracing::Instrument;
 
 use crate::auth::{Admitted, ConnectToken, EdgeAuth, RefusalCharge};
 use crate::chat::{ChatBody, ChatService, MessageInput, reply_json};
@@ -73,6 +74,7 @@ use crate::coalesce::Outcome;
 use crate::config::{GraphqlSettings, WebSocketSettings};
 use crate::domain::channel::Channel;
 use crate::domain::price::PriceTick;
+use crate::graphql::operation_span::{OperationSpans, SocketTrace};
 use crate::hub::{Hub, SocketEndpoint, SocketGauge};
 use crate::ratelimit::{self, Outcome as RateOutcome, RateLimiter};
 use crate::ws::{
@@ -82,6 +84,9 @@ use crate::ws::{
 
 /// graphql-transport-ws's close code for a refused `connection_init`.
 pub const CLOSE_FORBIDDEN: u16 = 4403;
+
+/// The next GraphQL socket's id (see [`SocketTrace`]).
+static NEXT_SOCKET_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How the reason of a `connection_init` refused for its token begins (closed with
 /// [`CLOSE_FORBIDDEN`]).
@@ -2092,7 +2097,8 @@ pub fn schema(
     let builder = Schema::build(Query, Mutation, SubscriptionRoot)
         .data(backends)
         .limit_depth(settings.max_depth)
-        .limit_complexity(settings.max_complexity);
+        .limit_complexity(settings.max_complexity)
+        .extension(OperationSpans);
     if settings.introspection {
         builder.finish()
     } else {
@@ -2218,6 +2224,13 @@ pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> R
     };
     let tasks = state.hub.tasks().clone();
     let max_message = state.websocket.max_message_bytes;
+    // The connection outlives this request, whose span ends with the upgrade: its operations
+    // get spans of their own that name the socket and link to this one.
+    let trace = SocketTrace {
+        id: NEXT_SOCKET_ID.fetch_add(1, Ordering::Relaxed),
+        upgrade: SpanLink::current(),
+    };
+    tracing::debug!(target: target::GRAPHQL, socket = trace.id, "graphql websocket upgraded");
     let socket = GraphqlSocket {
         schema: state.schema,
         tokens: state.tokens,
@@ -2228,15 +2241,13 @@ pub async fn subscribe(State(state): State<GraphqlState>, request: Request) -> R
         at_connect,
         refusals,
         headers: parts.headers,
+        trace,
     };
-    // The connection outlives this handler: it carries the request's span, so the service
-    // calls of its subscriptions join the upgrade's trace.
-    let span = tracing::Span::current();
     let mut response = upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |ws| tasks.track_future(socket.run(ws, open).instrument(span)));
+        .on_upgrade(move |ws| tasks.track_future(socket.run(ws, open)));
     if let Some(outcome) = &outcome {
         ratelimit::write_headers(response.headers_mut(), outcome);
     }
@@ -2257,6 +2268,8 @@ struct GraphqlSocket {
     refusals: RefusalCharge,
     /// The upgrade request's headers (host and request id of a caller from `connection_init`).
     headers: http::HeaderMap,
+    /// The socket's id and the upgrade request's span, for its operations' spans.
+    trace: SocketTrace,
 }
 
 impl GraphqlSocket {
@@ -2275,12 +2288,15 @@ impl GraphqlSocket {
             at_connect,
             refusals,
             headers,
+            trace,
         } = self;
+        let socket_id = trace.id;
         let (expiry_tx, expiry_rx) =
             tokio::sync::watch::channel(at_connect.as_ref().map(|c| c.claims.exp));
         let mut data = Data::default();
         data.insert(limiter);
         data.insert(StreamSlots::new(settings.max_subscriptions));
+        data.insert(trace);
         let authenticated = at_connect.is_some();
         if let Some(c) = at_connect {
             data.insert(c);
@@ -2396,7 +2412,7 @@ impl GraphqlSocket {
             }
         };
         if let Some((code, reason)) = closing {
-            tracing::debug!(target: target::GRAPHQL, code, reason, "graphql websocket closed");
+            tracing::debug!(target: target::GRAPHQL, socket = socket_id, code, reason, "graphql websocket closed");
             if code == CLOSE_SLOW {
                 // The series /ws counts its slow consumers in (`crate::ws`).
                 metrics::counter!("liquid_gateway_ws_slow_consumers_total").increment(1);

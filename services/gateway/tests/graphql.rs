@@ -478,6 +478,107 @@ async fn subscriptions_stream_prices_and_chat_over_graphql_transport_ws() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_operation_on_a_graphql_socket_is_a_trace_of_its_own_linked_to_the_upgrade() {
+    use std::time::Duration;
+
+    use liquid_kit::telemetry::TelemetryConfig;
+    use liquid_testkit::otlp::{OtlpReceiver, ReceivedSpan};
+
+    // Spans leave this process over OTLP, as a deployed gateway's do (nextest runs each test
+    // in a process of its own, so this subscriber is this test's).
+    let otlp = OtlpReceiver::start().await.unwrap();
+    let telemetry = TelemetryConfig {
+        otlp_endpoint: otlp.endpoint(),
+        ..TelemetryConfig::default()
+    };
+    let _telemetry = liquid_kit::telemetry::init("gateway", &telemetry).unwrap();
+    let keys = keys();
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        &keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    let gw = start(&cfg).await;
+    let auth = format!("Bearer {}", keys.token("alice", "acme", &["read:prices"]));
+    let mut ws = gql_ws(&gw, &[("authorization", &auth)]).await;
+    send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "connection_ack");
+    let operation = |id: &str, name: &str| {
+        json!({"id": id, "type": "subscribe", "payload": {
+            "query": format!("query {name} {{ __typename }}"),
+            "operationName": name,
+        }})
+    };
+    send(&mut ws, operation("1", "First")).await;
+    assert_eq!(
+        payload_of(&mut ws, "1").await["data"]["__typename"],
+        "Query"
+    );
+
+    let is_upgrade =
+        |s: &ReceivedSpan| s.attributes.get("url.path").map(String::as_str) == Some("/graphql");
+    let named = |name: &'static str| {
+        move |s: &ReceivedSpan| {
+            s.attributes
+                .get("graphql.operation.name")
+                .map(String::as_str)
+                == Some(name)
+        }
+    };
+    // The socket is still open: its upgrade request's span has ended and left the process.
+    let spans = otlp
+        .wait_for_spans(Duration::from_secs(30), |spans| {
+            spans.iter().any(is_upgrade) && spans.iter().any(named("First"))
+        })
+        .await;
+    let upgrade = spans
+        .iter()
+        .find(|s| is_upgrade(s))
+        .unwrap_or_else(|| {
+            panic!("the upgrade's span was not exported while the socket is open: {spans:#?}")
+        })
+        .clone();
+    let first = spans.iter().find(|s| named("First")(s)).unwrap().clone();
+    assert_eq!(first.name, "graphql operation");
+    assert_eq!(first.attributes["graphql.operation.type"], "query");
+    assert_eq!(
+        first.parent_span_id, "",
+        "an operation starts a trace: {first:#?}"
+    );
+    assert_ne!(first.trace_id, upgrade.trace_id);
+    assert_eq!(
+        first.links,
+        vec![(upgrade.trace_id.clone(), upgrade.span_id.clone())],
+        "the operation links to the upgrade request"
+    );
+
+    // A second operation on the same socket: a trace of its own, naming the same socket.
+    send(&mut ws, operation("2", "Second")).await;
+    assert_eq!(
+        payload_of(&mut ws, "2").await["data"]["__typename"],
+        "Query"
+    );
+    let spans = otlp
+        .wait_for_spans(Duration::from_secs(30), |spans| {
+            spans.iter().any(named("Second"))
+        })
+        .await;
+    let second = spans
+        .iter()
+        .find(|s| named("Second")(s))
+        .unwrap_or_else(|| panic!("no span for the second operation: {spans:#?}"));
+    assert_ne!(second.trace_id, first.trace_id);
+    assert_eq!(second.attributes["socket"], first.attributes["socket"]);
+    assert_eq!(second.links, first.links);
+    gw.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cowork_fields_are_in_the_schema_and_say_when_cowork_is_not_configured() {
     let keys = keys();
     let db = TestDatabase::create().await.unwrap();
