@@ -289,8 +289,9 @@ pub fn current_trace_id() -> Option<String> {
 pub struct SpanLink(opentelemetry::trace::SpanContext);
 
 impl SpanLink {
-    /// The identity of the current span; `None` outside a sampled trace (nothing exports
-    /// traces), where there is nothing to link to.
+    /// The identity of the current span; `None` outside a trace (nothing exports traces),
+    /// where there is nothing to link to. A span of an unsampled trace (a caller's
+    /// `traceparent` with its sampled flag off) is linked to as well, though never exported.
     pub fn current() -> Option<SpanLink> {
         use opentelemetry::trace::TraceContextExt;
         let sc = tracing::Span::current()

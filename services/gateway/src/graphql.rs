@@ -67,6 +67,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
+use tracing::Instrument;
 
 use crate::auth::{Admitted, ConnectToken, EdgeAuth, RefusalCharge};
 use crate::chat::{ChatBody, ChatService, MessageInput, reply_json};
@@ -2301,35 +2302,44 @@ impl GraphqlSocket {
         if let Some(c) = at_connect {
             data.insert(c);
         }
-        let on_init = move |payload: Value| async move {
-            if authenticated {
-                return Ok(Data::default());
-            }
-            let Some(token) = token_in_payload(&payload) else {
-                return Err(Error::new(format!(
-                    "{UNAUTHENTICATED_REASON}: send {{\"Authorization\": \"Bearer <jwt>\"}} in connection_init"
-                )));
-            };
-            match tokens.verify(&token).await {
-                Ok(claims) => {
-                    let _ = expiry_tx.send(Some(claims.exp));
-                    let mut data = Data::default();
-                    data.insert(Caller::new(claims, BearerToken::new(token), &headers));
-                    Ok(data)
+        // Its events (a refused token) carry the socket, in a span only while it runs.
+        let on_init = move |payload: Value| {
+            let span = tracing::info_span!(
+                target: target::GRAPHQL,
+                "graphql connection_init",
+                socket = socket_id
+            );
+            async move {
+                if authenticated {
+                    return Ok(Data::default());
                 }
-                Err(e) => {
-                    // Charged to the client address like a token refused at connect.
-                    if let Some(outcome) =
-                        refusals.charge_on_socket(SocketEndpoint::Graphql, &e).await
-                    {
-                        let retry = outcome.retry_after_secs();
-                        return Err(Error::new(format!(
-                            "{RATE_LIMITED_REASON}: this address's quota is spent; retry after {retry}s"
-                        )));
+                let Some(token) = token_in_payload(&payload) else {
+                    return Err(Error::new(format!(
+                        "{UNAUTHENTICATED_REASON}: send {{\"Authorization\": \"Bearer <jwt>\"}} in connection_init"
+                    )));
+                };
+                match tokens.verify(&token).await {
+                    Ok(claims) => {
+                        let _ = expiry_tx.send(Some(claims.exp));
+                        let mut data = Data::default();
+                        data.insert(Caller::new(claims, BearerToken::new(token), &headers));
+                        Ok(data)
                     }
-                    Err(Error::new(format!("{UNAUTHENTICATED_REASON}: {e}")))
+                    Err(e) => {
+                        // Charged to the client address like a token refused at connect.
+                        if let Some(outcome) =
+                            refusals.charge_on_socket(SocketEndpoint::Graphql, &e).await
+                        {
+                            let retry = outcome.retry_after_secs();
+                            return Err(Error::new(format!(
+                                "{RATE_LIMITED_REASON}: this address's quota is spent; retry after {retry}s"
+                            )));
+                        }
+                        Err(Error::new(format!("{UNAUTHENTICATED_REASON}: {e}")))
+                    }
                 }
             }
+            .instrument(span)
         };
         let (mut socket_sink, socket_stream) = socket.split();
         // Any frame from the client (pongs included) shows it is alive.

@@ -503,18 +503,23 @@ async fn each_operation_on_a_graphql_socket_is_a_trace_of_its_own_linked_to_the_
         "http://127.0.0.1:9",
     );
     cfg.settings.rate_limit.enabled = false;
+    cfg.settings.prices.simulated_feed = true;
+    cfg.settings.prices.tick_ms = 50;
     let gw = start(&cfg).await;
     let auth = format!("Bearer {}", keys.token("alice", "acme", &["read:prices"]));
     let mut ws = gql_ws(&gw, &[("authorization", &auth)]).await;
     send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
     assert_eq!(next_json(&mut ws).await["type"], "connection_ack");
-    let operation = |id: &str, name: &str| {
-        json!({"id": id, "type": "subscribe", "payload": {
-            "query": format!("query {name} {{ __typename }}"),
-            "operationName": name,
-        }})
-    };
-    send(&mut ws, operation("1", "First")).await;
+    let subscribe =
+        |id: &str, payload: Value| json!({"id": id, "type": "subscribe", "payload": payload});
+    send(
+        &mut ws,
+        subscribe(
+            "1",
+            json!({"query": "query First { __typename }", "operationName": "First"}),
+        ),
+    )
+    .await;
     assert_eq!(
         payload_of(&mut ws, "1").await["data"]["__typename"],
         "Query"
@@ -557,8 +562,13 @@ async fn each_operation_on_a_graphql_socket_is_a_trace_of_its_own_linked_to_the_
         "the operation links to the upgrade request"
     );
 
-    // A second operation on the same socket: a trace of its own, naming the same socket.
-    send(&mut ws, operation("2", "Second")).await;
+    // A second operation on the same socket: a trace of its own, naming the same socket (and
+    // named by its document alone).
+    send(
+        &mut ws,
+        subscribe("2", json!({"query": "query Second { __typename }"})),
+    )
+    .await;
     assert_eq!(
         payload_of(&mut ws, "2").await["data"]["__typename"],
         "Query"
@@ -575,6 +585,33 @@ async fn each_operation_on_a_graphql_socket_is_a_trace_of_its_own_linked_to_the_
     assert_ne!(second.trace_id, first.trace_id);
     assert_eq!(second.attributes["socket"], first.attributes["socket"]);
     assert_eq!(second.links, first.links);
+
+    // A subscription's span covers it from subscribe to complete.
+    send(
+        &mut ws,
+        subscribe(
+            "3",
+            json!({"query": r#"subscription Ticks { prices(symbols: ["BTC-USD"]) { symbol } }"#}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        payload_of(&mut ws, "3").await["data"]["prices"]["symbol"],
+        "BTC-USD"
+    );
+    send(&mut ws, json!({"id": "3", "type": "complete"})).await;
+    let spans = otlp
+        .wait_for_spans(Duration::from_secs(30), |spans| {
+            spans.iter().any(named("Ticks"))
+        })
+        .await;
+    let ticks = spans
+        .iter()
+        .find(|s| named("Ticks")(s))
+        .unwrap_or_else(|| panic!("no span for the completed subscription: {spans:#?}"));
+    assert_eq!(ticks.attributes["graphql.operation.type"], "subscription");
+    assert_eq!(ticks.attributes["socket"], first.attributes["socket"]);
+    assert_eq!(ticks.parent_span_id, "");
     gw.running.stop().await.unwrap();
 }
 

@@ -97,15 +97,24 @@ impl Extension for OperationSpan {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
+        let span = tracing::Span::current();
         let operation = match &document.operations {
             DocumentOperations::Single(operation) => Some(operation),
-            DocumentOperations::Multiple(named) if named.len() == 1 => named.values().next(),
+            // One named operation runs without the request naming it: its name is the span's.
+            DocumentOperations::Multiple(named) if named.len() == 1 => {
+                named.iter().next().map(|(name, operation)| {
+                    if self.name.get().is_none() {
+                        span.record("graphql.operation.name", name.as_str());
+                    }
+                    operation
+                })
+            }
             DocumentOperations::Multiple(named) => {
                 self.name.get().and_then(|name| named.get(name.as_str()))
             }
         };
         if let Some(operation) = operation {
-            tracing::Span::current().record(
+            span.record(
                 "graphql.operation.type",
                 operation.node.ty.to_string().as_str(),
             );
