@@ -9,6 +9,7 @@
 
 mod support;
 
+use liquid_gateway::Settings;
 use liquid_kit::RunningService;
 use liquid_runtime::{Peer, ServiceConfig};
 use liquid_testkit::nats::NatsServer;
@@ -88,20 +89,43 @@ fn error_codes(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queries_reach_the_services_with_the_callers_token_and_name_what_is_missing() {
-    let keys = keys();
+/// A database and a NATS server of a test's own, kept for as long as its gateway runs.
+struct Backing {
+    _db: TestDatabase,
+    _nats: NatsServer,
+}
+
+/// Where most of these tests start: a gateway's configuration on a [`Backing`], no Redis, its
+/// peers on a closed port, and rate limits off (each test configures the rest).
+async fn unlimited_config(keys: &Keys) -> (ServiceConfig<Settings>, Backing) {
     let db = TestDatabase::create().await.unwrap();
     let nats = NatsServer::start().await.unwrap();
-    let peers = peers(&keys).await;
     let mut cfg = config(
-        &keys,
+        keys,
         db.url(),
         &nats.url(),
         "memory://",
         "http://127.0.0.1:9",
     );
     cfg.settings.rate_limit.enabled = false;
+    let backing = Backing {
+        _db: db,
+        _nats: nats,
+    };
+    (cfg, backing)
+}
+
+/// The built-in simulated price feed, ticking every 50 ms.
+fn simulated_prices(cfg: &mut ServiceConfig<Settings>) {
+    cfg.settings.prices.simulated_feed = true;
+    cfg.settings.prices.tick_ms = 50;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_reach_the_services_with_the_callers_token_and_name_what_is_missing() {
+    let keys = keys();
+    let peers = peers(&keys).await;
+    let (mut cfg, _backing) = unlimited_config(&keys).await;
     cfg.peers.insert("a2a".into(), peers.a2a.clone());
     cfg.peers
         .insert("container_pool".into(), peers.pool.clone());
@@ -376,18 +400,8 @@ async fn services_that_do_not_answer_are_named_but_their_addresses_are_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_stream_prices_and_chat_over_graphql_transport_ws() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.enabled = false;
-    cfg.settings.prices.simulated_feed = true;
-    cfg.settings.prices.tick_ms = 50;
+    let (mut cfg, _backing) = unlimited_config(&keys).await;
+    simulated_prices(&mut cfg);
     let gw = start(&cfg).await;
     let token = keys.token("alice", "acme", &["read:prices", "write:chat"]);
 
@@ -493,18 +507,8 @@ async fn each_operation_on_a_graphql_socket_is_a_trace_of_its_own_linked_to_the_
     };
     let _telemetry = liquid_kit::telemetry::init("gateway", &telemetry).unwrap();
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.enabled = false;
-    cfg.settings.prices.simulated_feed = true;
-    cfg.settings.prices.tick_ms = 50;
+    let (mut cfg, _backing) = unlimited_config(&keys).await;
+    simulated_prices(&mut cfg);
     let gw = start(&cfg).await;
     let auth = format!("Bearer {}", keys.token("alice", "acme", &["read:prices"]));
     let mut ws = gql_ws(&gw, &[("authorization", &auth)]).await;
@@ -618,16 +622,7 @@ async fn each_operation_on_a_graphql_socket_is_a_trace_of_its_own_linked_to_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cowork_fields_are_in_the_schema_and_say_when_cowork_is_not_configured() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.enabled = false;
+    let (mut cfg, _backing) = unlimited_config(&keys).await;
     cfg.peers.remove("cowork");
     let gw = start(&cfg).await;
     let token = keys.token("alice", "acme", &["cowork:read", "read:prices"]);
@@ -750,16 +745,7 @@ fn gateway_error_code(v: &Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_bodies_are_bounded_and_chat_fields_cost_a_service_call() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.enabled = false;
+    let (mut cfg, _backing) = unlimited_config(&keys).await;
     cfg.server.body_limit_bytes = 16 * 1024;
     let gw = start(&cfg).await;
     let token = keys.token("alice", "acme", &["write:chat", "read:prices"]);
@@ -841,18 +827,8 @@ async fn post_bodies_are_bounded_and_chat_fields_cost_a_service_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graphql_socket_holds_at_most_max_subscriptions_streams() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.enabled = false;
-    cfg.settings.prices.simulated_feed = true;
-    cfg.settings.prices.tick_ms = 50;
+    let (mut cfg, _backing) = unlimited_config(&keys).await;
+    simulated_prices(&mut cfg);
     cfg.settings.websocket.max_subscriptions = 2;
     let gw = start(&cfg).await;
     let token = keys.token("alice", "acme", &["read:prices"]);
@@ -961,16 +937,7 @@ async fn graphql_chat_turns_are_charged_to_the_chat_rate_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphql_sockets_close_with_the_codes_of_ws() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.enabled = false;
+    let (mut cfg, _backing) = unlimited_config(&keys).await;
     cfg.settings.websocket.max_message_bytes = 4 * 1024;
     let token = keys.token("alice", "acme", &["read:prices"]);
 
@@ -1084,16 +1051,7 @@ async fn publish_tick(gw: &Gateway, publisher: &str, symbol: &str, pad: &str) {
 async fn a_graphql_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     const SLOW_CLOSES: &str = "liquid_gateway_ws_closed_total{reason=\"slow\"} ";
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.enabled = false;
+    let (mut cfg, _backing) = unlimited_config(&keys).await;
     let ws = &mut cfg.settings.websocket;
     ws.write_timeout_secs = 1;
     // The hub queue never overflows here (that would only end the stream): only a bounded
