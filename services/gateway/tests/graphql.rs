@@ -9,7 +9,6 @@
 
 mod support;
 
-use liquid_gateway::Settings;
 use liquid_kit::RunningService;
 use liquid_runtime::{Peer, ServiceConfig};
 use liquid_testkit::nats::NatsServer;
@@ -87,38 +86,6 @@ fn error_codes(v: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// A database and a NATS server of a test's own, kept for as long as its gateway runs.
-struct Backing {
-    _db: TestDatabase,
-    _nats: NatsServer,
-}
-
-/// Where most of these tests start: a gateway's configuration on a [`Backing`], no Redis, its
-/// peers on a closed port, and rate limits off (each test configures the rest).
-async fn unlimited_config(keys: &Keys) -> (ServiceConfig<Settings>, Backing) {
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let mut cfg = config(
-        keys,
-        db.url(),
-        &nats.url(),
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.enabled = false;
-    let backing = Backing {
-        _db: db,
-        _nats: nats,
-    };
-    (cfg, backing)
-}
-
-/// The built-in simulated price feed, ticking every 50 ms.
-fn simulated_prices(cfg: &mut ServiceConfig<Settings>) {
-    cfg.settings.prices.simulated_feed = true;
-    cfg.settings.prices.tick_ms = 50;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,6 @@ mod support;
 
 use std::time::Duration;
 
-use liquid_testkit::nats::NatsServer;
-use liquid_testkit::postgres::TestDatabase;
 use serde_json::json;
 use support::*;
 
@@ -107,16 +105,7 @@ async fn gauges_reach(gw: &Gateway, expected: (f64, f64, f64), what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_metrics_count_open_sockets_by_endpoint_and_hub_subscribers_apart() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        "memory://",
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.rate_limit.enabled = false;
+    let (mut cfg, _backing) = unlimited_config(&keys).await;
     cfg.settings.websocket.max_connections = MAX;
     let gw = start(&cfg).await;
     let token = keys.token("alice", "acme", &["read:prices"]);

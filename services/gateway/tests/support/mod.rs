@@ -16,6 +16,8 @@ use liquid_gateway::Settings;
 use liquid_gateway::config::ClassLimits;
 use liquid_kit::RunningService;
 use liquid_runtime::{Peer, ServiceConfig};
+use liquid_testkit::nats::NatsServer;
+use liquid_testkit::postgres::TestDatabase;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
@@ -103,6 +105,38 @@ impl Keys {
             ("garbage", "not.a.jwt".to_owned()),
         ]
     }
+}
+
+/// A database and a NATS server of a test's own, kept for as long as its gateway runs.
+pub struct Backing {
+    _db: TestDatabase,
+    _nats: NatsServer,
+}
+
+/// Where most GraphQL and hub tests start: a gateway's configuration on a [`Backing`], no Redis, its
+/// peers on a closed port, and rate limits off (each test configures the rest).
+pub async fn unlimited_config(keys: &Keys) -> (ServiceConfig<Settings>, Backing) {
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let mut cfg = config(
+        keys,
+        db.url(),
+        &nats.url(),
+        "memory://",
+        "http://127.0.0.1:9",
+    );
+    cfg.settings.rate_limit.enabled = false;
+    let backing = Backing {
+        _db: db,
+        _nats: nats,
+    };
+    (cfg, backing)
+}
+
+/// The built-in simulated price feed, ticking every 50 ms.
+pub fn simulated_prices(cfg: &mut ServiceConfig<Settings>) {
+    cfg.settings.prices.simulated_feed = true;
+    cfg.settings.prices.tick_ms = 50;
 }
 
 /// A gateway configuration on the given backends, with its peers pointing at `upstream`.
