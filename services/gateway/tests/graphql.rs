@@ -506,6 +506,22 @@ async fn each_operation_on_a_graphql_socket_is_a_trace_of_its_own_linked_to_the_
                 == Some(name)
         }
     };
+    // The span of the operation `name` once exported.
+    let exported = |name: &'static str| {
+        let otlp = &otlp;
+        async move {
+            let spans = otlp
+                .wait_for_spans(Duration::from_secs(30), |spans| {
+                    spans.iter().any(named(name))
+                })
+                .await;
+            spans
+                .iter()
+                .find(|s| named(name)(s))
+                .unwrap_or_else(|| panic!("no span for the operation {name}: {spans:#?}"))
+                .clone()
+        }
+    };
     // The socket is still open: its upgrade request's span has ended and left the process.
     let spans = otlp
         .wait_for_spans(Duration::from_secs(30), |spans| {
@@ -544,15 +560,7 @@ async fn each_operation_on_a_graphql_socket_is_a_trace_of_its_own_linked_to_the_
         payload_of(&mut ws, "2").await["data"]["__typename"],
         "Query"
     );
-    let spans = otlp
-        .wait_for_spans(Duration::from_secs(30), |spans| {
-            spans.iter().any(named("Second"))
-        })
-        .await;
-    let second = spans
-        .iter()
-        .find(|s| named("Second")(s))
-        .unwrap_or_else(|| panic!("no span for the second operation: {spans:#?}"));
+    let second = exported("Second").await;
     assert_ne!(second.trace_id, first.trace_id);
     assert_eq!(second.attributes["socket"], first.attributes["socket"]);
     assert_eq!(second.links, first.links);
@@ -571,15 +579,7 @@ async fn each_operation_on_a_graphql_socket_is_a_trace_of_its_own_linked_to_the_
         "BTC-USD"
     );
     send(&mut ws, json!({"id": "3", "type": "complete"})).await;
-    let spans = otlp
-        .wait_for_spans(Duration::from_secs(30), |spans| {
-            spans.iter().any(named("Ticks"))
-        })
-        .await;
-    let ticks = spans
-        .iter()
-        .find(|s| named("Ticks")(s))
-        .unwrap_or_else(|| panic!("no span for the completed subscription: {spans:#?}"));
+    let ticks = exported("Ticks").await;
     assert_eq!(ticks.attributes["graphql.operation.type"], "subscription");
     assert_eq!(ticks.attributes["socket"], first.attributes["socket"]);
     assert_eq!(ticks.parent_span_id, "");
