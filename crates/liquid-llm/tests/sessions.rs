@@ -12,7 +12,7 @@ use liquid_llm::{
     AnswerSource, Message, ModelClient, SessionClients, SessionKey, SessionOptions, SessionPolicy,
     collect_stream,
 };
-use liquid_testkit::model_servers::{Reply, Vendor};
+use liquid_testkit::model_servers::{ModelServer, Reply, Vendor};
 use tokio_util::sync::CancellationToken;
 
 fn options() -> SessionOptions {
@@ -32,6 +32,24 @@ fn policy(idle_ttl: Duration) -> SessionPolicy {
     }
 }
 
+/// A local OpenAI server, a client of it, and session clients over that client.
+struct Sessions {
+    server: ModelServer,
+    client: Arc<dyn ModelClient>,
+    sessions: SessionClients,
+}
+
+async fn sessions_with(policy: SessionPolicy) -> Sessions {
+    let server = server(Vendor::OpenAi).await;
+    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
+    let sessions = SessionClients::new(client.clone(), policy, CancellationToken::new());
+    Sessions {
+        server,
+        client,
+        sessions,
+    }
+}
+
 fn user_texts(body: &serde_json::Value) -> Vec<String> {
     body["messages"]
         .as_array()
@@ -44,13 +62,9 @@ fn user_texts(body: &serde_json::Value) -> Vec<String> {
 
 #[tokio::test]
 async fn each_session_sends_only_its_own_history() {
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client,
-        policy(Duration::from_secs(60)),
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server, sessions, ..
+    } = sessions_with(policy(Duration::from_secs(60))).await;
     for reply in ["a-one", "b-one", "a-two"] {
         server.push(Reply::text(reply));
     }
@@ -91,13 +105,9 @@ async fn each_session_sends_only_its_own_history() {
 
 #[tokio::test]
 async fn the_same_session_id_under_another_tenant_is_another_session() {
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client,
-        policy(Duration::from_secs(60)),
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server, sessions, ..
+    } = sessions_with(policy(Duration::from_secs(60))).await;
     server.push(Reply::text("for tenant one"));
     server.push(Reply::text("for tenant two"));
     let one = sessions
@@ -121,13 +131,11 @@ async fn the_same_session_id_under_another_tenant_is_another_session() {
 
 #[tokio::test]
 async fn concurrent_first_use_creates_one_session() {
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client,
-        policy(Duration::from_secs(60)),
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server: _server,
+        sessions,
+        ..
+    } = sessions_with(policy(Duration::from_secs(60))).await;
     let key = SessionKey::new("t", "s");
     let (x, y) = tokio::join!(
         sessions.session(&key, options()),
@@ -139,13 +147,9 @@ async fn concurrent_first_use_creates_one_session() {
 
 #[tokio::test]
 async fn destroy_session_forgets_it_and_its_history() {
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client,
-        policy(Duration::from_secs(60)),
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server, sessions, ..
+    } = sessions_with(policy(Duration::from_secs(60))).await;
     server.push(Reply::text("remembered"));
     let key = SessionKey::new("t", "s");
     sessions
@@ -166,13 +170,9 @@ async fn destroy_session_forgets_it_and_its_history() {
 
 #[tokio::test]
 async fn idle_sessions_expire_and_the_cleanup_task_frees_them() {
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client,
-        policy(Duration::from_millis(200)),
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server, sessions, ..
+    } = sessions_with(policy(Duration::from_millis(200))).await;
     server.push(Reply::text("soon forgotten"));
     let key = SessionKey::new("t", "idle");
     sessions
@@ -207,13 +207,9 @@ async fn idle_sessions_expire_and_the_cleanup_task_frees_them() {
 
 #[tokio::test]
 async fn a_failed_turn_leaves_the_history_unchanged() {
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client,
-        policy(Duration::from_secs(60)),
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server, sessions, ..
+    } = sessions_with(policy(Duration::from_secs(60))).await;
     server.push(Reply::text("ok"));
     server.push(Reply::failure(500, None));
     let session = sessions
@@ -231,13 +227,9 @@ async fn a_failed_turn_leaves_the_history_unchanged() {
 
 #[tokio::test]
 async fn a_streamed_turn_joins_the_history_once_complete() {
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client,
-        policy(Duration::from_secs(60)),
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server, sessions, ..
+    } = sessions_with(policy(Duration::from_secs(60))).await;
     server.push(Reply::text("streamed answer"));
     server.push(Reply::text("second"));
     let session = sessions
@@ -265,16 +257,13 @@ async fn a_streamed_turn_joins_the_history_once_complete() {
 
 #[tokio::test]
 async fn old_turns_are_trimmed_from_a_long_session() {
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client,
-        SessionPolicy {
-            max_history_messages: 4,
-            ..policy(Duration::from_secs(60))
-        },
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server, sessions, ..
+    } = sessions_with(SessionPolicy {
+        max_history_messages: 4,
+        ..policy(Duration::from_secs(60))
+    })
+    .await;
     let session = sessions
         .session(&SessionKey::new("t", "s"), options())
         .await;
@@ -304,13 +293,11 @@ async fn old_turns_are_trimmed_from_a_long_session() {
 
 #[tokio::test]
 async fn an_answer_shared_between_sessions_is_spent_once() {
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client.clone(),
-        policy(Duration::from_secs(60)),
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server,
+        client,
+        sessions,
+    } = sessions_with(policy(Duration::from_secs(60))).await;
     server.push(Reply::text("four"));
     server.push(Reply::text("four, streamed"));
     let mut handles = Vec::new();
@@ -381,13 +368,11 @@ async fn an_answer_shared_between_sessions_is_spent_once() {
 async fn a_stream_left_mid_answer_is_an_abandoned_turn_and_a_call_that_runs_on_is_still_spent() {
     use futures_util::StreamExt;
 
-    let server = server(Vendor::OpenAi).await;
-    let client: Arc<dyn ModelClient> = Arc::new(router(Vendor::OpenAi, &server, 1));
-    let sessions = SessionClients::new(
-        client.clone(),
-        policy(Duration::from_secs(60)),
-        CancellationToken::new(),
-    );
+    let Sessions {
+        server,
+        client,
+        sessions,
+    } = sessions_with(policy(Duration::from_secs(60))).await;
     let long = "word ".repeat(200);
     server.push(Reply::text(long.clone()));
     server.push(Reply::text(long.clone()));

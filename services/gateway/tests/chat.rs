@@ -487,13 +487,12 @@ async fn identical_concurrent_requests_share_one_upstream_call_per_tenant_and_ar
         .await
         .unwrap();
     let joined = r#"liquid_gateway_coalescing_requests_total{outcome="joined"}"#;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while s.gw.metric_or_zero(joined).await < N as f64 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the other requests never joined the call in flight");
+    s.gw.wait_for_metric(
+        joined,
+        N as f64,
+        "the other requests never joined the call in flight",
+    )
+    .await;
     s.openai.release_replies();
 
     let mut acme_texts = Vec::new();
@@ -955,13 +954,12 @@ async fn a_shared_or_cached_chat_answer_counts_once_in_the_sessions_spend() {
         .wait_for_requests(1, Duration::from_secs(20))
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while s.gw.metric_or_zero(joined).await < joined_before + 1.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the second request never joined the call in flight");
+    s.gw.wait_for_metric(
+        joined,
+        joined_before + 1.0,
+        "the second request never joined the call in flight",
+    )
+    .await;
     s.openai.release_replies();
     let mut replies = Vec::new();
     for call in calls {
@@ -1050,13 +1048,12 @@ async fn a_stream_left_mid_call_still_counts_the_shared_calls_spend() {
         .unwrap();
     leaving.abort();
     let _ = leaving.await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while s.gw.metric_or_zero(abandoned).await < abandoned_before + 1.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the gateway never saw the client leave");
+    s.gw.wait_for_metric(
+        abandoned,
+        abandoned_before + 1.0,
+        "the gateway never saw the client leave",
+    )
+    .await;
     s.openai.release_replies();
 
     // The call ran on: another session gets its answer, joining the call if it is still in

@@ -1133,13 +1133,8 @@ async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
     let mut ws = ws_with_token(&gw.ws, &token).await;
     ws.close(None).await.unwrap();
     let closed = r#"liquid_gateway_ws_closed_total{reason="client"} "#;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while gw.metric_or_zero(closed).await < 1.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the socket's close was never counted");
+    gw.wait_for_metric(closed, 1.0, "the socket's close was never counted")
+        .await;
 
     let dashboard = concat!(
         env!("CARGO_MANIFEST_DIR"),

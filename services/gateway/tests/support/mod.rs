@@ -220,6 +220,18 @@ impl Gateway {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
     }
+
+    /// Waits, for up to 20 s, until the metric `prefix` (as for [`Gateway::metric_or_zero`])
+    /// reaches `at_least`; fails the test with `never` when it does not.
+    pub async fn wait_for_metric(&self, prefix: &str, at_least: f64, never: &str) {
+        let reached = tokio::time::timeout(Duration::from_secs(20), async {
+            while self.metric_or_zero(prefix).await < at_least {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "{never}");
+    }
 }
 
 pub async fn start(c: &ServiceConfig<Settings>) -> Gateway {
