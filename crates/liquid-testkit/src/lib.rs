@@ -1,6 +1,7 @@
 //! Test fixtures that give every test real, isolated backends: a fresh Postgres database, a
 //! Redis key prefix, a NATS JetStream server of its own, an in-memory OTLP receiver and Docker
-//! helpers that label and sweep what they create.
+//! helpers that label and sweep what they create. Under cargo-nextest the fixtures also arm a
+//! [`watchdog`] that turns a hung test into a failure with every thread's stack.
 //!
 //! Fixtures never share mutable state between tests and never wipe a shared server.
 
@@ -13,6 +14,7 @@ pub mod postgres;
 pub mod redis;
 pub mod servers;
 pub mod vault;
+pub mod watchdog;
 
 use std::path::PathBuf;
 

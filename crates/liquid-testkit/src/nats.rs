@@ -47,6 +47,7 @@ impl NatsServer {
     /// Like [`NatsServer::start`], listening on `host` (e.g. the gateway address of a Docker
     /// network the test made, so containers on it can connect).
     pub async fn start_on(host: IpAddr) -> anyhow::Result<NatsServer> {
+        crate::watchdog::arm();
         let dir = tempfile::Builder::new()
             .prefix("liquid-nats-")
             .tempdir()

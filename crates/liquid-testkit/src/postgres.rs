@@ -20,6 +20,9 @@ pub const ADMIN_URL_ENV: &str = "LIQUID_TEST_POSTGRES_URL";
 pub const STALE_AFTER: Duration = Duration::from_secs(2 * 3600);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long dropping a test's database may take before the test ends without it (a later
+/// run's sweep removes it once stale).
+const DROP_TIMEOUT: Duration = Duration::from_secs(60);
 const NAME_PREFIX: &str = "t_";
 
 /// A database that exists for one test.
@@ -110,6 +113,7 @@ async fn sweep_stale(admin: &mut PgConnection) -> anyhow::Result<()> {
 impl TestDatabase {
     /// Creates `t_<uuid>` on the test server and returns its URL.
     pub async fn create() -> anyhow::Result<TestDatabase> {
+        crate::watchdog::arm();
         let admin_url = admin_url();
         let mut admin = connect_admin(&admin_url).await?;
         if let Err(e) = sweep_stale(&mut admin).await {
@@ -176,13 +180,20 @@ impl Drop for TestDatabase {
                     return;
                 };
                 rt.block_on(async move {
-                    let result = async {
+                    let dropping = async {
                         let mut admin = connect_admin(&admin_url).await?;
                         drop_database(&mut admin, &name).await?;
                         let _ = admin.close().await;
                         anyhow::Ok(())
-                    }
-                    .await;
+                    };
+                    let result = tokio::time::timeout(DROP_TIMEOUT, dropping)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!(
+                                "DROP DATABASE did not finish within {} s",
+                                DROP_TIMEOUT.as_secs()
+                            ))
+                        });
                     if let Err(e) = result {
                         tracing::warn!(database = %name, error = %e, "could not drop test database");
                     }

@@ -14,6 +14,7 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 pub const URL_ENV: &str = "LIQUID_TEST_REDIS_URL";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 const SCAN_BATCH: usize = 500;
 
 /// A key prefix of its own on the test Redis.
@@ -35,6 +36,7 @@ fn unreachable(url: &str, reason: &str) -> anyhow::Error {
 impl TestRedis {
     /// Checks that Redis answers and picks `t:<uuid>:` as this test's prefix.
     pub async fn new() -> anyhow::Result<TestRedis> {
+        crate::watchdog::arm();
         let url = std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.to_owned());
         let client = redis::Client::open(url.as_str())
             .map_err(|e| anyhow::anyhow!("{URL_ENV}={}: {e}", redact_url(&url)))?;
@@ -152,7 +154,12 @@ impl Drop for TestRedis {
             .spawn(move || {
                 let result = client
                     .get_connection_with_timeout(CONNECT_TIMEOUT)
-                    .and_then(|mut c| unlink_matching(&mut c, &pattern));
+                    .and_then(|mut c| {
+                        // A server that stops answering ends the cleanup, not the test run.
+                        c.set_read_timeout(Some(CLEANUP_TIMEOUT))?;
+                        c.set_write_timeout(Some(CLEANUP_TIMEOUT))?;
+                        unlink_matching(&mut c, &pattern)
+                    });
                 if let Err(e) = result {
                     tracing::warn!(%pattern, error = %e, "could not remove test keys");
                 }

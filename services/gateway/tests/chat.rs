@@ -91,7 +91,7 @@ async fn setup(adjust: impl FnOnce(&mut ServiceConfig<Settings>)) -> Setup {
         openai,
         anthropic,
         gw,
-        http: reqwest::Client::new(),
+        http: http(),
         cfg,
     }
 }

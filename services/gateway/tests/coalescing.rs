@@ -20,7 +20,7 @@ const OPENAI_KEY: &str = "sk-local-openai";
 
 /// A chat request to the gateway at `base`: status and body.
 async fn chat(base: &str, token: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = http()
         .post(format!("{base}/api/v1/chat"))
         .bearer_auth(token)
         .json(body)
@@ -75,7 +75,7 @@ async fn coalescing_an_answer_in_flight_on_one_replica_is_not_cached_after_an_in
         .unwrap();
 
     // Acme invalidates its answers through replica a.
-    let removed: Value = reqwest::Client::new()
+    let removed: Value = http()
         .delete(format!("{}/api/v1/chat/cache", a.base))
         .bearer_auth(&acme)
         .send()

@@ -86,7 +86,7 @@ async fn a_session_token_cannot_mint_sessions_past_the_address_quota() {
     let db = TestDatabase::create().await.unwrap();
     let upstream = upstream().await;
     let gw = gateway_with_quotas(&keys, &db, &upstream, 2).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let sessions = format!("{}/api/v1/gateway/sessions", gw.base);
 
     let r = http.post(&sessions).send().await.unwrap();
@@ -136,7 +136,7 @@ async fn refused_tokens_are_charged_to_the_address() {
     let db = TestDatabase::create().await.unwrap();
     let upstream = upstream().await;
     let gw = gateway_with_quotas(&keys, &db, &upstream, 2).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let whoami = format!("{}/api/v1/gateway/whoami", gw.base);
 
     for i in 0..2 {
@@ -194,26 +194,6 @@ async fn refused_tokens_are_charged_to_the_address() {
     gw.running.stop().await.unwrap();
 }
 
-/// Reads until the server closes: its close code and reason.
-async fn closed(ws: &mut Ws) -> (u16, String) {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    return (u16::from(frame.code), frame.reason.to_string());
-                }
-                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("websocket error before close: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("no close within 30 s")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_refused_on_an_open_socket_are_charged_to_the_address() {
     let keys = keys();
@@ -229,14 +209,14 @@ async fn tokens_refused_on_an_open_socket_are_charged_to_the_address() {
     send(&mut ws, forged.clone()).await;
     let refused = next_json(&mut ws).await;
     assert_eq!(refused["code"], "unauthenticated", "{refused}");
-    assert_eq!(closed(&mut ws).await.0, 4001);
+    assert_eq!(close_code(&mut ws).await, 4001);
     let mut ws = ws_connect(&gw.ws, &[]).await.unwrap();
     send(&mut ws, forged.clone()).await;
     let limited = next_json(&mut ws).await;
     assert_eq!(limited["code"], "rate_limited", "{limited}");
     assert_eq!(limited["details"]["tier"], "ip", "{limited}");
     assert!(limited["retry_after_seconds"].as_u64().unwrap() >= 1);
-    assert_eq!(closed(&mut ws).await.0, 4029);
+    assert_eq!(close_code(&mut ws).await, 4029);
     assert_eq!(ws_connect(&gw.ws, &[]).await.err(), Some(429));
     // A verified connection is charged to its user; a refused fresh token on it is still
     // charged to the address, which has nothing left: refused as rate limited, and the
@@ -257,12 +237,12 @@ async fn tokens_refused_on_an_open_socket_are_charged_to_the_address() {
     let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", keys.forged())}});
     let mut ws = ws_connect(&graphql, &protocol).await.unwrap();
     send(&mut ws, init.clone()).await;
-    let (code, reason) = closed(&mut ws).await;
+    let (code, reason) = close_frame(&mut ws).await;
     assert_eq!(code, 4403, "{reason}");
     assert!(reason.starts_with("unauthenticated"), "{reason}");
     let mut ws = ws_connect(&graphql, &protocol).await.unwrap();
     send(&mut ws, init).await;
-    let (code, reason) = closed(&mut ws).await;
+    let (code, reason) = close_frame(&mut ws).await;
     assert_eq!(code, 4029, "{reason}");
     assert!(reason.starts_with("rate_limited"), "{reason}");
     assert!(reason.contains("retry after"), "{reason}");
@@ -277,7 +257,7 @@ async fn platform_wide_channels_take_an_admin_to_publish_on() {
     let db = TestDatabase::create().await.unwrap();
     let upstream = upstream().await;
     let gw = gateway_with_quotas(&keys, &db, &upstream, 30).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let publish = |channel: &str| format!("{}/api/v1/gateway/channels/{channel}/messages", gw.base);
     let mut reader = ws_with_token(
         &gw.ws,

@@ -49,7 +49,7 @@ async fn every_entry_point_refuses_forged_expired_wrong_audience_and_wrong_scope
     // refusal itself (tests/config.rs checks the 429 once an address's quota is spent).
     quotas(&mut cfg, 100, 50, 1_000);
     let gw = start(&cfg).await;
-    let http = reqwest::Client::new();
+    let http = http();
 
     for (what, token) in keys.refused() {
         // REST: the gateway's own route.
@@ -214,7 +214,11 @@ async fn every_entry_point_refuses_forged_expired_wrong_audience_and_wrong_scope
     .await;
     let ack = next_json(&mut trader).await;
     assert_eq!(ack["published_on"], "trades.intents.acme", "{ack}");
-    let published = futures_util::StreamExt::next(&mut intents).await.unwrap();
+    let published =
+        tokio::time::timeout(ANSWER_WITHIN, futures_util::StreamExt::next(&mut intents))
+            .await
+            .expect("the trade intent reaches the bus")
+            .unwrap();
     let intent: Value = serde_json::from_slice(&published.payload).unwrap();
     assert_eq!(intent["subject"], "tim");
     assert_eq!(intent["intent"]["qty"], 1);
@@ -240,7 +244,7 @@ async fn limits_hold_per_tier_across_replicas_and_ignore_spoofed_forwarded_for()
     quotas(&mut cfg, 5, 3, 2);
     let a = start(&cfg).await;
     let b = start(&cfg).await;
-    let http = reqwest::Client::new();
+    let http = http();
 
     // User tier: 5 per period, shared by both replicas.
     let token = keys.token("bob", "acme", &["read:prices"]);
@@ -528,7 +532,7 @@ async fn a_message_published_on_one_replica_reaches_subscribers_on_the_other() {
     with_feed.settings.prices.symbols = vec!["SIM-1".into()];
     with_feed.settings.prices.tick_ms = 50;
     let b = start(&with_feed).await;
-    let http = reqwest::Client::new();
+    let http = http();
 
     let acme_on_b = keys.token("ann", "acme", &["cowork:read", "read:prices"]);
     let mut ann = ws_with_token(&b.ws, &acme_on_b).await;
@@ -639,7 +643,7 @@ async fn a_client_that_does_not_read_is_closed_as_slow() {
     // gateway gives up on it. The client comes back to read as soon as it has: the close frame
     // waits behind the frames already in the socket for a short bound only
     // (`ws::CLOSE_FRAME_BOUND`), as a client that never reads must not hold the connection.
-    let http = reqwest::Client::new();
+    let http = http();
     let blob = "x".repeat(64 * 1024);
     let slow = "liquid_gateway_ws_slow_consumers_total ";
     let before = gw.metric_or_zero(slow).await;
@@ -686,7 +690,7 @@ async fn redis_stopped_mid_test_leaves_the_gateway_serving_on_local_limits() {
     quotas(&mut cfg, 6, 3, 3);
     let a = start(&cfg).await;
     let b = start(&cfg).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let token = keys.token("bob", "acme", &["read:prices"]);
     let get = |base: String| {
         let http = http.clone();
@@ -754,7 +758,7 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
         .insert("healer".into(), 1);
     cfg.settings.cors.allowed_origins = vec!["https://console.example.com".into()];
     let gw = start(&cfg).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let token = keys.token("bob", "acme", &["admin:*"]);
 
     // The caller's token, the request id and the trace context reach the service.
@@ -985,7 +989,7 @@ async fn public_discovery_paths_are_read_only() {
     let upstream = upstream().await;
     let cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
     let gw = start(&cfg).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let token = keys.token("bob", "acme", &["admin:*"]);
     let card = format!("{}/.well-known/agent-card.json", gw.base);
 
@@ -1030,7 +1034,7 @@ async fn only_retries_actually_sent_are_counted() {
         .service_timeout_secs
         .insert("healer".into(), 1);
     let gw = start(&cfg).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let token = keys.token("bob", "acme", &["admin:*"]);
 
     let r = http
@@ -1081,7 +1085,7 @@ async fn an_unreachable_service_is_named_but_its_address_is_not() {
     let gw = start(&cfg).await;
     let token = keys.token("bob", "acme", &["admin:*"]);
 
-    let r = reqwest::Client::new()
+    let r = http()
         .get(format!("{}/api/v1/cowork/sessions", gw.base))
         .bearer_auth(&token)
         .send()
@@ -1113,7 +1117,7 @@ async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
     let cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
     let gw = start(&cfg).await;
     let token = keys.token("bob", "acme", &["read:prices", "write:chat"]);
-    let http = reqwest::Client::new();
+    let http = http();
     let r = http
         .get(format!("{}/api/v1/cowork/echo", gw.base))
         .bearer_auth(&token)

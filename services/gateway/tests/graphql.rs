@@ -66,7 +66,7 @@ async fn peers(keys: &Keys) -> Peers {
 }
 
 async fn query(gw: &Gateway, token: &str, q: &str, variables: Value) -> Value {
-    let r = reqwest::Client::new()
+    let r = http()
         .post(format!("{}/graphql", gw.base))
         .bearer_auth(token)
         .json(&json!({"query": q, "variables": variables}))
@@ -286,7 +286,7 @@ async fn queries_reach_the_services_with_the_callers_token_and_name_what_is_miss
 
     // Refused tokens never reach the schema.
     for (what, token) in keys.refused() {
-        let r = reqwest::Client::new()
+        let r = http()
             .post(format!("{}/graphql", gw.base))
             .bearer_auth(&token)
             .json(&json!({"query": "{ whoami { subject } }"}))
@@ -718,10 +718,7 @@ async fn post_bodies_are_bounded_and_chat_fields_cost_a_service_call() {
     let token = keys.token("alice", "acme", &["write:chat", "read:prices"]);
     // A fresh connection per request: the server may drop one whose oversized body it refused
     // unread, and a pooled client would send the next request on it.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let client = http_builder().pool_max_idle_per_host(0).build().unwrap();
 
     // Over the server's body limit: 413 with a stable code, whatever the query.
     let padding = "x".repeat(64 * 1024);
@@ -879,7 +876,7 @@ async fn graphql_chat_turns_are_charged_to_the_chat_rate_limit() {
     assert_eq!(extensions["tier"], "user", "{v}");
 
     // The same quota as REST chat and as a streamed turn.
-    let r = reqwest::Client::new()
+    let r = http()
         .post(format!("{}/api/v1/chat", gw.base))
         .bearer_auth(&token)
         .json(&json!({"message": "hi", "model": "offline"}))
@@ -982,7 +979,7 @@ async fn service_calls_carry_the_request_id() {
     let gw = start(&cfg).await;
     let token = keys.token("alice", "acme", &["cowork:read"]);
     let session = "0190a1b2-0000-7000-8000-000000000002";
-    let r = reqwest::Client::new()
+    let r = http()
         .post(format!("{}/graphql", gw.base))
         .bearer_auth(&token)
         .header("x-request-id", "graphql-trace-1")
@@ -1001,7 +998,7 @@ async fn service_calls_carry_the_request_id() {
 
 /// Publishes one price tick of `symbol` whose `source` carries `pad`.
 async fn publish_tick(gw: &Gateway, publisher: &str, symbol: &str, pad: &str) {
-    let r = reqwest::Client::new()
+    let r = http()
         .post(format!(
             "{}/api/v1/gateway/channels/prices:{symbol}/messages",
             gw.base

@@ -40,7 +40,7 @@ async fn upgrade_refusal(gw: &Gateway, endpoint: &str, token: &str) -> Refusal {
     } else {
         liquid_gateway::ws::PROTOCOL
     };
-    let response = reqwest::Client::new()
+    let response = http()
         .get(format!("{}/{endpoint}", gw.base))
         .header("connection", "upgrade")
         .header("upgrade", "websocket")

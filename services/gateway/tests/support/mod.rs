@@ -202,7 +202,9 @@ pub struct Gateway {
 impl Gateway {
     /// What `/metrics` exports now (Prometheus text).
     pub async fn metrics_text(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.base))
+        http()
+            .get(format!("{}/metrics", self.base))
+            .send()
             .await
             .unwrap()
             .text()
@@ -234,7 +236,24 @@ impl Gateway {
     }
 }
 
+/// How long a test waits for an answer before failing at that request instead of hanging.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// An HTTP client whose requests fail after [`ANSWER_WITHIN`].
+pub fn http() -> reqwest::Client {
+    http_builder().build().unwrap()
+}
+
+/// [`http`]'s settings, to add to.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().timeout(ANSWER_WITHIN)
+}
+
+/// Starts a gateway on `c`. The test's log (shown by nextest when the test fails) and the
+/// testkit's hang watchdog are installed first.
 pub async fn start(c: &ServiceConfig<Settings>) -> Gateway {
+    liquid_testkit::watchdog::logs();
+    liquid_testkit::watchdog::arm();
     let shutdown = CancellationToken::new();
     let running = liquid_runtime::start::<liquid_gateway::Gateway>(c, shutdown.clone())
         .await
@@ -353,7 +372,15 @@ pub async fn ws_connect(url: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> 
             value.parse().unwrap(),
         );
     }
-    match tokio_tungstenite::connect_async(request).await {
+    let connected = tokio::time::timeout(ANSWER_WITHIN, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no websocket upgrade answer from {url} within {} s",
+                ANSWER_WITHIN.as_secs()
+            )
+        });
+    match connected {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             Err(response.status().as_u16())
@@ -394,11 +421,19 @@ pub async fn next_json(ws: &mut Ws) -> Value {
 
 /// Reads until the server closes; returns the close code.
 pub async fn close_code(ws: &mut Ws) -> u16 {
+    close_frame(ws).await.0
+}
+
+/// Reads until the server closes; returns the close code and reason (1005 and no reason when
+/// the connection ended without a close frame).
+pub async fn close_frame(ws: &mut Ws) -> (u16, String) {
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match ws.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-                Some(Ok(Message::Close(None))) | None => return 1005,
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("websocket error before close: {e}"),
             }
