@@ -14,9 +14,6 @@ use liquid_kit::Secret;
 use liquid_llm::{ProviderConfig, ProviderKind};
 use liquid_runtime::ServiceConfig;
 use liquid_testkit::model_servers::{ModelServer, Reply};
-use liquid_testkit::nats::NatsServer;
-use liquid_testkit::postgres::TestDatabase;
-use liquid_testkit::redis::TestRedis;
 use serde_json::{Value, json};
 use support::*;
 
@@ -25,9 +22,7 @@ const ANTHROPIC_KEY: &str = "sk-ant-local";
 
 struct Setup {
     keys: Keys,
-    _db: TestDatabase,
-    _nats: NatsServer,
-    redis: TestRedis,
+    shared: Shared,
     openai: ModelServer,
     anthropic: ModelServer,
     gw: Gateway,
@@ -40,20 +35,10 @@ struct Setup {
 /// `gemini` provider has no key (so it answers offline).
 async fn setup(adjust: impl FnOnce(&mut ServiceConfig<Settings>)) -> Setup {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let redis = TestRedis::new().await.unwrap();
+    let (mut cfg, shared) = shared_config(&keys).await;
     let openai = ModelServer::openai(OPENAI_KEY).await.unwrap();
     let anthropic = ModelServer::anthropic(ANTHROPIC_KEY).await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        redis.url(),
-        "http://127.0.0.1:9",
-    );
     cfg.settings.rate_limit.enabled = false;
-    cfg.settings.coalescing.key_prefix = redis.prefix().to_owned();
     let llm = &mut cfg.settings.llm;
     llm.retry.max_attempts = 1;
     llm.providers.insert(
@@ -85,9 +70,7 @@ async fn setup(adjust: impl FnOnce(&mut ServiceConfig<Settings>)) -> Setup {
     let gw = start(&cfg).await;
     Setup {
         keys,
-        _db: db,
-        _nats: nats,
-        redis,
+        shared,
         openai,
         anthropic,
         gw,
@@ -544,8 +527,9 @@ async fn identical_concurrent_requests_share_one_upstream_call_per_tenant_and_ar
     // The answer is cached under the tenant's prefix in Redis, so a later identical request
     // makes no call either.
     let keys = s
+        .shared
         .redis
-        .scan(&format!("liquid:gateway:{}acme:*", s.redis.prefix()))
+        .scan(&format!("liquid:gateway:{}acme:*", s.shared.redis.prefix()))
         .await
         .unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");

@@ -10,9 +10,6 @@ use std::time::Duration;
 use liquid_kit::Secret;
 use liquid_llm::{ProviderConfig, ProviderKind};
 use liquid_testkit::model_servers::{ModelServer, Reply};
-use liquid_testkit::nats::NatsServer;
-use liquid_testkit::postgres::TestDatabase;
-use liquid_testkit::redis::TestRedis;
 use serde_json::{Value, json};
 use support::*;
 
@@ -35,18 +32,8 @@ async fn chat(base: &str, token: &str, body: &Value) -> (u16, Value) {
 async fn coalescing_an_answer_in_flight_on_one_replica_is_not_cached_after_an_invalidation_on_another()
  {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let redis = TestRedis::new().await.unwrap();
+    let (mut cfg, shared) = shared_config(&keys).await;
     let openai = ModelServer::openai(OPENAI_KEY).await.unwrap();
-    let mut cfg = config(
-        &keys,
-        db.url(),
-        &nats.url(),
-        redis.url(),
-        "http://127.0.0.1:9",
-    );
-    cfg.settings.coalescing.key_prefix = redis.prefix().to_owned();
     cfg.settings.rate_limit.enabled = false;
     cfg.settings.llm.retry.max_attempts = 1;
     cfg.settings.llm.providers.insert(
@@ -115,8 +102,9 @@ async fn coalescing_an_answer_in_flight_on_one_replica_is_not_cached_after_an_in
 
     // The generation lives beside the answers, under the gateway's namespace in front of the
     // test's prefix (the fixture removes it with the test's keys).
-    let keys = redis
-        .scan(&format!("liquid:gateway:{}*", redis.prefix()))
+    let keys = shared
+        .redis
+        .scan(&format!("liquid:gateway:{}*", shared.redis.prefix()))
         .await
         .unwrap();
     assert!(

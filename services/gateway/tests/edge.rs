@@ -37,13 +37,7 @@ async fn code_of(response: reqwest::Response) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_entry_point_refuses_forged_expired_wrong_audience_and_wrong_scope_tokens() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let redis = TestRedis::new().await.unwrap();
-    let upstream = upstream().await;
-    let mut cfg = config(&keys, db.url(), &nats.url(), redis.url(), &upstream.url);
-    cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
-    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
+    let (mut cfg, shared) = shared_config(&keys).await;
     cfg.settings.websocket.auth_deadline_secs = 1;
     // Every refusal is charged to this one address: room for all of them, so each answer is the
     // refusal itself (tests/config.rs checks the 429 once an address's quota is spent).
@@ -105,7 +99,7 @@ async fn every_entry_point_refuses_forged_expired_wrong_audience_and_wrong_scope
         assert_eq!(close_code(&mut ws).await, 4001);
     }
     assert_eq!(
-        upstream.total_hits(),
+        shared.upstream.total_hits(),
         0,
         "no refused call reached a service"
     );
@@ -204,7 +198,7 @@ async fn every_entry_point_refuses_forged_expired_wrong_audience_and_wrong_scope
     )
     .await;
     assert_eq!(next_json(&mut prices).await["code"], "permission_denied");
-    let bus = liquid_bus::connect(&nats.url()).await.unwrap();
+    let bus = liquid_bus::connect(&shared.nats.url()).await.unwrap();
     let mut intents = bus.subscribe("trades.intents.>").await.unwrap();
     let mut trader = ws_with_token(&gw.ws, &keys.token("tim", "acme", &["write:trades"])).await;
     send(
@@ -234,13 +228,7 @@ async fn every_entry_point_refuses_forged_expired_wrong_audience_and_wrong_scope
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_hold_per_tier_across_replicas_and_ignore_spoofed_forwarded_for() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let redis = TestRedis::new().await.unwrap();
-    let upstream = upstream().await;
-    let mut cfg = config(&keys, db.url(), &nats.url(), redis.url(), &upstream.url);
-    cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
-    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
+    let (mut cfg, _shared) = shared_config(&keys).await;
     quotas(&mut cfg, 5, 3, 2);
     let a = start(&cfg).await;
     let b = start(&cfg).await;
@@ -518,12 +506,7 @@ async fn a_refusal_is_held_by_the_replica_until_its_retry_after_then_redis_decid
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_published_on_one_replica_reaches_subscribers_on_the_other() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let redis = TestRedis::new().await.unwrap();
-    let upstream = upstream().await;
-    let mut cfg = config(&keys, db.url(), &nats.url(), redis.url(), &upstream.url);
-    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
+    let (mut cfg, shared) = shared_config(&keys).await;
     cfg.settings.websocket.heartbeat_secs = 1;
     cfg.settings.websocket.idle_timeout_secs = 30;
     let a = start(&cfg).await;
@@ -588,7 +571,7 @@ async fn a_message_published_on_one_replica_reaches_subscribers_on_the_other() {
 
     // Prices: any feed publishing on prices.<symbol> reaches subscribers on every replica.
     subscribe(&mut ann_on_a, "prices:EXT-1").await;
-    let feed = liquid_bus::connect(&nats.url()).await.unwrap();
+    let feed = liquid_bus::connect(&shared.nats.url()).await.unwrap();
     let tick = json!({"symbol": "EXT-1", "price": 42.5, "ts_ms": 1_000, "source": "test-feed"});
     feed.publish(
         "prices.EXT-1",
@@ -630,9 +613,7 @@ async fn a_message_published_on_one_replica_reaches_subscribers_on_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_is_closed_as_slow() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let upstream = upstream().await;
-    let mut cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    let (mut cfg, _local) = local_config(&keys).await;
     cfg.settings.websocket.send_queue = 4;
     quotas(&mut cfg, 10_000, 10, 10);
     let gw = start(&cfg).await;
@@ -743,9 +724,7 @@ async fn redis_stopped_mid_test_leaves_the_gateway_serving_on_local_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let upstream = upstream().await;
-    let mut cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    let (mut cfg, local) = local_config(&keys).await;
     quotas(&mut cfg, 10_000, 10, 10);
     cfg.settings.routing.retries = 2;
     cfg.settings.routing.retry_backoff_ms = 1;
@@ -770,7 +749,7 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
         .unwrap();
     assert_eq!(r.status(), 200);
     let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
-    let seen = upstream.headers("/api/v1/cowork/echo");
+    let seen = local.upstream.headers("/api/v1/cowork/echo");
     assert_eq!(seen["authorization"], format!("Bearer {token}"));
     assert_eq!(seen["x-request-id"], request_id);
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
@@ -786,7 +765,7 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
         .send()
         .await
         .unwrap();
-    let seen = upstream.headers("/api/v1/cowork/echo");
+    let seen = local.upstream.headers("/api/v1/cowork/echo");
     assert_eq!(seen["x-forwarded-host"], host);
     assert_eq!(seen["x-forwarded-proto"], "http");
 
@@ -828,7 +807,7 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
         .unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(
-        upstream.hits("/api/v1/cowork/fail/2/post"),
+        local.upstream.hits("/api/v1/cowork/fail/2/post"),
         1,
         "no retry without idempotency"
     );
@@ -859,8 +838,8 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
         .unwrap();
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(code_of(r).await, (503, "unavailable".into()));
-    assert_eq!(upstream.hits("/api/v1/registry/echo"), 0);
-    assert_eq!(upstream.hits("/api/v1/registry/broken"), 2);
+    assert_eq!(local.upstream.hits("/api/v1/registry/echo"), 0);
+    assert_eq!(local.upstream.hits("/api/v1/registry/broken"), 2);
 
     // Bodies over the limit are refused at the edge.
     let r = http
@@ -871,7 +850,7 @@ async fn forwarding_retries_idempotent_calls_breaks_circuits_and_limits_bodies()
         .await
         .unwrap();
     assert_eq!(code_of(r).await, (413, "payload_too_large".into()));
-    assert_eq!(upstream.hits("/api/v1/media/upload"), 0);
+    assert_eq!(local.upstream.hits("/api/v1/media/upload"), 0);
 
     // A service over its deadline answers 504.
     let r = http
@@ -939,9 +918,7 @@ async fn raw_get(base: &str, target: &str, token: Option<&str>) -> (u16, Value) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_with_dot_segments_or_encoded_separators_are_refused_before_any_service_sees_them() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let upstream = upstream().await;
-    let cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    let (cfg, local) = local_config(&keys).await;
     let gw = start(&cfg).await;
     let token = keys.token("bob", "acme", &["admin:*"]);
 
@@ -970,7 +947,7 @@ async fn paths_with_dot_segments_or_encoded_separators_are_refused_before_any_se
         }
     }
     assert_eq!(
-        upstream.total_hits(),
+        local.upstream.total_hits(),
         0,
         "no refused path reached a service"
     );
@@ -985,9 +962,7 @@ async fn paths_with_dot_segments_or_encoded_separators_are_refused_before_any_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_discovery_paths_are_read_only() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let upstream = upstream().await;
-    let cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    let (cfg, local) = local_config(&keys).await;
     let gw = start(&cfg).await;
     let http = http();
     let token = keys.token("bob", "acme", &["admin:*"]);
@@ -1010,22 +985,20 @@ async fn public_discovery_paths_are_read_only() {
             .unwrap();
         assert_eq!(r.status(), 405, "{method} with a token");
     }
-    assert_eq!(upstream.hits("/.well-known/agent-card.json"), 0);
+    assert_eq!(local.upstream.hits("/.well-known/agent-card.json"), 0);
 
     let r = http.get(&card).send().await.unwrap();
     assert_eq!(r.status(), 200, "a read needs no token");
     let r = http.head(&card).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(upstream.hits("/.well-known/agent-card.json"), 2);
+    assert_eq!(local.upstream.hits("/.well-known/agent-card.json"), 2);
     gw.running.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_retries_actually_sent_are_counted() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let upstream = upstream().await;
-    let mut cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    let (mut cfg, local) = local_config(&keys).await;
     cfg.settings.routing.retries = 2;
     cfg.settings.routing.retry_backoff_ms = 1_500;
     // healer's deadline leaves no room for the back-off; media's does.
@@ -1044,7 +1017,7 @@ async fn only_retries_actually_sent_are_counted() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503, "no time left for a retry");
-    assert_eq!(upstream.hits("/api/v1/healer/fail/1/x"), 1);
+    assert_eq!(local.upstream.hits("/api/v1/healer/fail/1/x"), 1);
     let r = http
         .get(format!("{}/api/v1/media/fail/1/x", gw.base))
         .bearer_auth(&token)
@@ -1052,7 +1025,7 @@ async fn only_retries_actually_sent_are_counted() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "retried once");
-    assert_eq!(upstream.hits("/api/v1/media/fail/1/x"), 2);
+    assert_eq!(local.upstream.hits("/api/v1/media/fail/1/x"), 2);
 
     let metrics = gw.metrics_text().await;
     let retries = |service: &str| -> f64 {
@@ -1112,9 +1085,7 @@ async fn an_unreachable_service_is_named_but_its_address_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
     let keys = keys();
-    let db = TestDatabase::create().await.unwrap();
-    let upstream = upstream().await;
-    let cfg = config(&keys, db.url(), "memory://", "memory://", &upstream.url);
+    let (cfg, _local) = local_config(&keys).await;
     let gw = start(&cfg).await;
     let token = keys.token("bob", "acme", &["read:prices", "write:chat"]);
     let http = http();

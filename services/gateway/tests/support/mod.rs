@@ -18,6 +18,7 @@ use liquid_kit::RunningService;
 use liquid_runtime::{Peer, ServiceConfig};
 use liquid_testkit::nats::NatsServer;
 use liquid_testkit::postgres::TestDatabase;
+use liquid_testkit::redis::TestRedis;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
@@ -131,6 +132,51 @@ pub async fn unlimited_config(keys: &Keys) -> (ServiceConfig<Settings>, Backing)
         _nats: nats,
     };
     (cfg, backing)
+}
+
+/// A database and an upstream of a test's own, for a gateway whose bus and cache are in
+/// memory (so its limits are per replica).
+pub struct Local {
+    pub upstream: Upstream,
+    _db: TestDatabase,
+}
+
+/// A gateway's configuration on a [`Local`] backing, its peers pointing at the upstream.
+pub async fn local_config(keys: &Keys) -> (ServiceConfig<Settings>, Local) {
+    let db = TestDatabase::create().await.unwrap();
+    let upstream = upstream().await;
+    let cfg = config(keys, db.url(), "memory://", "memory://", &upstream.url);
+    (cfg, Local { upstream, _db: db })
+}
+
+/// A database, a NATS server, a Redis key prefix and an upstream of a test's own: what
+/// replicas share.
+pub struct Shared {
+    pub upstream: Upstream,
+    pub nats: NatsServer,
+    pub redis: TestRedis,
+    _db: TestDatabase,
+}
+
+/// A gateway's configuration on a [`Shared`] backing: bus on its NATS, cache, coalescing and
+/// rate limits in its Redis under the test's prefix (so limits hold across replicas), peers
+/// pointing at the upstream.
+pub async fn shared_config(keys: &Keys) -> (ServiceConfig<Settings>, Shared) {
+    let db = TestDatabase::create().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let redis = TestRedis::new().await.unwrap();
+    let upstream = upstream().await;
+    let mut cfg = config(keys, db.url(), &nats.url(), redis.url(), &upstream.url);
+    cfg.settings.rate_limit.redis_url = liquid_kit::Secret::new(redis.url().to_owned());
+    cfg.settings.rate_limit.key_prefix = redis.prefix().to_owned();
+    cfg.settings.coalescing.key_prefix = redis.prefix().to_owned();
+    let shared = Shared {
+        upstream,
+        nats,
+        redis,
+        _db: db,
+    };
+    (cfg, shared)
 }
 
 /// The built-in simulated price feed, ticking every 50 ms.
