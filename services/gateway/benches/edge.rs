@@ -370,6 +370,40 @@ fn machine_cpu_ns() -> u64 {
     total
 }
 
+/// Time the hypervisor gave each of this VM's CPUs to someone else while it had work
+/// (`/proc/stat`'s steal field), milliseconds since boot, by CPU. A stolen stretch stalls
+/// whatever that CPU was running, so a round's steal tells the host's stalls from the code's.
+fn stolen_ms() -> Vec<f64> {
+    // /proc/stat counts in USER_HZ ticks, 100 per second on every Linux ABI.
+    const MS_PER_TICK: f64 = 10.0;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .map(|l| {
+            // cpuN user nice system idle iowait irq softirq steal ...
+            l.split_whitespace()
+                .nth(8)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                * MS_PER_TICK
+        })
+        .collect()
+}
+
+/// Steal per second of wall time, by CPU, between two [`stolen_ms`] readings `secs` apart,
+/// as `a / b` (ms per s).
+fn stolen_per_s(before: &[f64], after: &[f64], secs: f64) -> String {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| format!("{:.1}", (a - b) / secs.max(f64::EPSILON)))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// The machine's CPUs (`/proc/stat`'s `cpuN` lines: this thread's own affinity may be one CPU).
 fn machine_cpus() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -537,6 +571,8 @@ fn bench_user() -> Charge {
 /// One open-loop run's latencies, in microseconds from each request's scheduled send time.
 struct OpenLoop {
     histogram: Histogram<u64>,
+    /// The worst latency of the requests due in each 100 ms of the measured part, µs.
+    windows: Vec<u64>,
     errors: u64,
     /// Requests answered per second of the measured part.
     rps: f64,
@@ -558,12 +594,35 @@ struct OpenLoop {
     generator_busy: f64,
     /// The whole machine's busy share over the run (every process, all CPUs).
     machine_busy: f64,
+    /// CPU time the host took from each CPU over the run, ms per s ([`stolen_per_s`]).
+    stolen: String,
     load: String,
 }
 
 impl OpenLoop {
     fn ms(&self, quantile: f64) -> f64 {
         self.histogram.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    /// Where the tail came from: how many 100 ms windows of the run had a request slower than
+    /// 10 ms, and the worst windows as `start: worst latency` (a few long stalls, or slowness
+    /// spread over the run).
+    fn stalls(&self) -> String {
+        const SLOW_US: u64 = 10_000;
+        let slow = self.windows.iter().filter(|&&w| w > SLOW_US).count();
+        let mut worst: Vec<(usize, u64)> = self.windows.iter().copied().enumerate().collect();
+        worst.sort_by_key(|w| std::cmp::Reverse(w.1));
+        let listed: Vec<String> = worst
+            .iter()
+            .take(3)
+            .filter(|(_, us)| *us > SLOW_US)
+            .map(|(i, us)| format!("{:.1} s: {:.0} ms", *i as f64 / 10.0, *us as f64 / 1000.0))
+            .collect();
+        if listed.is_empty() {
+            format!("0 of {}", self.windows.len())
+        } else {
+            format!("{slow} of {} ({})", self.windows.len(), listed.join(", "))
+        }
     }
 }
 
@@ -605,6 +664,12 @@ fn open_loop(
                 };
                 let permits = Arc::new(tokio::sync::Semaphore::new(0));
                 let claimed = Arc::new(AtomicU64::new(0));
+                let per_window = (rate / 10.0).max(1.0);
+                let windows: Arc<Vec<AtomicU64>> = Arc::new(
+                    (0..=((total - skipped) as f64 / per_window) as usize)
+                        .map(|_| AtomicU64::new(0))
+                        .collect(),
+                );
                 let t0 = Instant::now() + Duration::from_millis(20);
                 let pacer = {
                     let permits = permits.clone();
@@ -642,9 +707,11 @@ fn open_loop(
                 let redis_before = redis_io(&redis_url);
                 let generator_before = threads_cpu_ns(GENERATOR_THREADS).0;
                 let (machine_before, machine_since) = (machine_cpu_ns(), Instant::now());
+                let stolen_before = stolen_ms();
                 let mut workers = Vec::with_capacity(conns);
                 for mut caller in callers {
                     let (permits, claimed) = (permits.clone(), claimed.clone());
+                    let windows = windows.clone();
                     workers.push(tokio::spawn(async move {
                         let mut histogram =
                             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
@@ -663,8 +730,12 @@ fn open_loop(
                                 last = last.max(done);
                                 if ok {
                                     let us = (done - scheduled).as_micros().max(1);
-                                    histogram
-                                        .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
+                                    let us = u64::try_from(us).unwrap_or(u64::MAX);
+                                    histogram.saturating_record(us);
+                                    let window = ((i - skipped) as f64 / per_window) as usize;
+                                    if let Some(w) = windows.get(window) {
+                                        w.fetch_max(us, Ordering::Relaxed);
+                                    }
                                 } else {
                                     errors += 1;
                                 }
@@ -698,8 +769,14 @@ fn open_loop(
                     .saturating_sub(generator_before);
                 let machine_busy = machine_cpu_ns().saturating_sub(machine_before) as f64
                     / (machine_since.elapsed().as_nanos() as f64 * machine_cpus() as f64);
+                let stolen = stolen_per_s(
+                    &stolen_before,
+                    &stolen_ms(),
+                    machine_since.elapsed().as_secs_f64(),
+                );
                 let measured = (last - due_at(t0, skipped)).as_secs_f64();
                 OpenLoop {
+                    windows: windows.iter().map(|w| w.load(Ordering::Relaxed)).collect(),
                     rps: (histogram.len() + errors) as f64 / measured,
                     server_cpu_us: cpu as f64 / 1000.0 / total as f64,
                     server_busy: cpu as f64 / (last - t0).as_nanos() as f64,
@@ -710,6 +787,7 @@ fn open_loop(
                     redis_batch: (commands > 10).then(|| commands as f64 / reads.max(1) as f64),
                     generator_busy: generator as f64 / (last - t0).as_nanos() as f64,
                     machine_busy,
+                    stolen,
                     histogram,
                     errors,
                     load: load_average(),
@@ -995,14 +1073,14 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
         "\n### HTTP, open loop at {rate:.0} requests/s ({chosen}; {conns} connections; {open_secs} s measured after 2 s; latency from the scheduled send time)\n"
     );
     println!(
-        "| route | answered/s | errors | p50 | p90 | p99 | p99.9 | max | server CPU per request | servers busy (cores) | server waited for a CPU, per request | server wake-ups per request | server writes per request | Redis commands per read | generator busy (cores) | machine busy | load average after |"
+        "| route | answered/s | errors | p50 | p90 | p99 | p99.9 | max | server CPU per request | servers busy (cores) | server waited for a CPU, per request | server wake-ups per request | server writes per request | Redis commands per read | generator busy (cores) | machine busy | stolen by the host, each CPU (ms per s) | 100 ms windows with a request over 10 ms | load average after |"
     );
     println!(
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
     );
     for (label, r) in &open {
         println!(
-            "| {label} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.2} | {:.1} µs | {:.2} | {:.2} | {} | {:.2} | {:.0}% | {} |",
+            "| {label} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.1} µs | {:.2} | {:.1} µs | {:.2} | {:.2} | {} | {:.2} | {:.0}% | {} | {} | {} |",
             r.rps,
             r.errors,
             r.ms(0.5),
@@ -1018,6 +1096,8 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
             redis_batch(r),
             r.generator_busy,
             r.machine_busy * 100.0,
+            r.stolen,
+            r.stalls(),
             r.load
         );
     }
@@ -1054,9 +1134,9 @@ fn print_paired(paired: &[(OpenLoop, OpenLoop)]) {
         paired.len()
     );
     println!(
-        "| round | plain p50 | plain p99 | edge p50 | edge p99 | added p50 | added p99 | edge: servers' CPU per request | edge: wake-ups per request | edge: writes per request | edge: Redis commands per read | machine busy |"
+        "| round | plain p50 | plain p99 | edge p50 | edge p99 | added p50 | added p99 | edge: servers' CPU per request | edge: wake-ups per request | edge: writes per request | edge: Redis commands per read | machine busy | stolen by the host, each CPU (ms per s): plain round; edge round | edge: 100 ms windows with a request over 10 ms |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let mut added_p50 = Vec::new();
     let mut added_p99 = Vec::new();
     for (i, (plain, edge)) in paired.iter().enumerate() {
@@ -1065,7 +1145,7 @@ fn print_paired(paired: &[(OpenLoop, OpenLoop)]) {
         added_p50.push(p50);
         added_p99.push(p99);
         println!(
-            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {p50:+.3} ms | {p99:+.3} ms | {:.1} µs | {:.2} | {:.2} | {} | {:.0}% |",
+            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {p50:+.3} ms | {p99:+.3} ms | {:.1} µs | {:.2} | {:.2} | {} | {:.0}% | {}; {} | {} |",
             i + 1,
             plain.ms(0.5),
             plain.ms(0.99),
@@ -1076,6 +1156,9 @@ fn print_paired(paired: &[(OpenLoop, OpenLoop)]) {
             edge.server_writes,
             redis_batch(edge),
             edge.machine_busy * 100.0,
+            plain.stolen,
+            edge.stolen,
+            edge.stalls(),
         );
     }
     let median = |values: &mut Vec<f64>| {
