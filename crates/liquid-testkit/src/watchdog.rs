@@ -2,8 +2,9 @@
 //!
 //! Under cargo-nextest each test runs in a process of its own, so the process's age is the
 //! test's. [`arm`] (called by the fixtures' constructors, and by anything else that wants it)
-//! starts one thread per process; when the test is still running after the watchdog's limit
-//! (`LIQUID_TEST_WATCHDOG_SECS`, 230 s by default, under the CI profile's 300 s kill), it prints
+//! starts one thread per process; when the test is still running the watchdog's limit after it
+//! was armed (`LIQUID_TEST_WATCHDOG_SECS`, 230 s by default, under the CI profile's 300 s kill;
+//! a test meant to run longer sets it, or 0 to turn it off), it prints
 //! every thread's stack (through gdb, when installed) and aborts. The stacks tell a test
 //! waiting on a future (tokio's workers parked in `epoll_wait`) from one whose runtime is
 //! blocked (a worker inside a lock or a blocking call); the test's own log, when it installed
@@ -85,7 +86,14 @@ fn print_thread_stacks() {
         Err(_) => Stdio::inherit(),
     };
     let child = Command::new("gdb")
-        .args(["--batch", "--nx", "-p", &pid])
+        .args([
+            "--batch",
+            "--nx",
+            "-iex",
+            "set debuginfod enabled off",
+            "-p",
+            &pid,
+        ])
         .args(["-ex", "set pagination off", "-ex", "thread apply all bt"])
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -101,7 +109,16 @@ fn print_thread_stacks() {
     let deadline = Instant::now() + DUMP_DEADLINE;
     loop {
         match child.try_wait() {
-            Ok(Some(_)) => return,
+            Ok(Some(status)) => {
+                if !status.success() || ptrace_restricted() {
+                    eprintln!(
+                        "(no stacks above? gdb attaches to its own parent here, which Yama's \
+                         kernel.yama.ptrace_scope ≥ 1 refuses to a process without \
+                         CAP_SYS_PTRACE; set it to 0 to get them)"
+                    );
+                }
+                return;
+            }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             _ => {
                 eprintln!(
@@ -116,10 +133,20 @@ fn print_thread_stacks() {
     }
 }
 
+/// Whether Yama restricts ptrace to descendants (or further), which refuses gdb's attach to
+/// its parent unless the process has CAP_SYS_PTRACE.
+fn ptrace_restricted() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|v| v.trim().parse::<u8>().ok())
+        .is_some_and(|scope| scope >= 1)
+}
+
 /// Installs a log subscriber writing the services' events (`RUST_LOG`, `info` by default) to
 /// stderr, when this process runs one test: the runner keeps that output and shows it only for a
-/// test that fails. Does nothing when a subscriber is already installed (a test that set up
-/// its own telemetry keeps it).
+/// test that fails. Does nothing when a subscriber is already installed: a test that sets up
+/// its own telemetry (`liquid_kit::telemetry::init`) must do so before anything calls this, or
+/// its spans stay in this subscriber and are not exported.
 pub fn logs() {
     if !one_test_per_process() {
         return;

@@ -666,7 +666,7 @@ fn open_loop(
                 let claimed = Arc::new(AtomicU64::new(0));
                 let per_window = (rate / 10.0).max(1.0);
                 let windows: Arc<Vec<AtomicU64>> = Arc::new(
-                    (0..=((total - skipped) as f64 / per_window) as usize)
+                    (0..((total - skipped) as f64 / per_window).ceil() as usize)
                         .map(|_| AtomicU64::new(0))
                         .collect(),
                 );
