@@ -29,6 +29,9 @@
 //! `EDGE_ROUNDS` how many times the plain route and the full edge then run alternately at
 //! the open-loop rate (default 5; the added latency is reported per round and as the median),
 //! `EDGE_SERVER_THREADS` the servers' tokio worker threads (default one per core, as deployed),
+//! `EDGE_QUIET_STEAL_MS` the most CPU time per second (default 5 ms) the hypervisor may take
+//! from any CPU in both halves of a round for the pair to count among the quiet rounds, whose
+//! added latency is also reported on its own (every table shows each run's steal),
 //! `EDGE_PIN=1` pins the system under test (the servers' threads, and redis-server when it is a
 //! process of this machine) to CPU 0 and wrk and the generator to CPU 1 (`taskset`), so the load
 //! does not compete with what it measures (`EDGE_REDIS_CPU=1` pins redis-server to CPU 1
@@ -393,15 +396,32 @@ fn stolen_ms() -> Vec<f64> {
         .collect()
 }
 
-/// Steal per second of wall time, by CPU, between two [`stolen_ms`] readings `secs` apart,
-/// as `a / b` (ms per s).
-fn stolen_per_s(before: &[f64], after: &[f64], secs: f64) -> String {
+/// Steal per second of wall time, by CPU, between two [`stolen_ms`] readings `secs` apart
+/// (ms per s).
+fn stolen_per_s(before: &[f64], after: &[f64], secs: f64) -> Vec<f64> {
     before
         .iter()
         .zip(after)
-        .map(|(b, a)| format!("{:.1}", (a - b) / secs.max(f64::EPSILON)))
+        .map(|(b, a)| (a - b) / secs.max(f64::EPSILON))
+        .collect()
+}
+
+/// Steal per CPU as `a / b` (ms per s).
+fn show_stolen(stolen: &[f64]) -> String {
+    stolen
+        .iter()
+        .map(|ms| format!("{ms:.1}"))
         .collect::<Vec<_>>()
         .join(" / ")
+}
+
+/// With `EDGE_QUIET_STEAL_MS`, the most steal (ms per s, on any CPU) a round may have for its
+/// pair to count as quiet (default 5).
+fn quiet_steal_ms() -> f64 {
+    std::env::var("EDGE_QUIET_STEAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5.0)
 }
 
 /// The machine's CPUs (`/proc/stat`'s `cpuN` lines: this thread's own affinity may be one CPU).
@@ -595,7 +615,7 @@ struct OpenLoop {
     /// The whole machine's busy share over the run (every process, all CPUs).
     machine_busy: f64,
     /// CPU time the host took from each CPU over the run, ms per s ([`stolen_per_s`]).
-    stolen: String,
+    stolen: Vec<f64>,
     load: String,
 }
 
@@ -1096,7 +1116,7 @@ async fn http_section(keys: &Keys, redis: &TestRedis, redis_pinned: bool) {
             redis_batch(r),
             r.generator_busy,
             r.machine_busy * 100.0,
-            r.stolen,
+            show_stolen(&r.stolen),
             r.stalls(),
             r.load
         );
@@ -1156,8 +1176,8 @@ fn print_paired(paired: &[(OpenLoop, OpenLoop)]) {
             edge.server_writes,
             redis_batch(edge),
             edge.machine_busy * 100.0,
-            plain.stolen,
-            edge.stolen,
+            show_stolen(&plain.stolen),
+            show_stolen(&edge.stolen),
             edge.stalls(),
         );
     }
@@ -1171,6 +1191,30 @@ fn print_paired(paired: &[(OpenLoop, OpenLoop)]) {
         median(&mut added_p50),
         median(&mut added_p99),
     );
+    // The pairs the host left alone: a round's added latency is the gateway's only when
+    // neither half was stalled by the hypervisor.
+    let limit = quiet_steal_ms();
+    let quiet = |run: &OpenLoop| run.stolen.iter().all(|&ms| ms < limit);
+    let mut quiet_p50 = Vec::new();
+    let mut quiet_p99 = Vec::new();
+    for (plain, edge) in paired.iter().filter(|(p, e)| quiet(p) && quiet(e)) {
+        quiet_p50.push(edge.ms(0.5) - plain.ms(0.5));
+        quiet_p99.push(edge.ms(0.99) - plain.ms(0.99));
+    }
+    if quiet_p99.is_empty() {
+        println!(
+            "no round pair where the host stole under {limit} ms per second of every CPU in both halves"
+        );
+    } else {
+        let each: Vec<String> = quiet_p99.iter().map(|p| format!("{p:+.3}")).collect();
+        println!(
+            "median over the {} round pairs where the host stole under {limit} ms per second of every CPU in both halves: added p50 {:+.3} ms, added p99 {:+.3} ms (each: {} ms)",
+            quiet_p99.len(),
+            median(&mut quiet_p50),
+            median(&mut quiet_p99),
+            each.join(", ")
+        );
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
