@@ -379,12 +379,7 @@ fn machine_cpu_ns() -> u64 {
 fn stolen_ms() -> Vec<f64> {
     // /proc/stat counts in USER_HZ ticks, 100 per second on every Linux ABI.
     const MS_PER_TICK: f64 = 10.0;
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    stat.lines()
-        .filter(|l| {
-            l.strip_prefix("cpu")
-                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
-        })
+    cpu_lines(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
         .map(|l| {
             // cpuN user nice system idle iowait irq softirq steal ...
             l.split_whitespace()
@@ -426,15 +421,16 @@ fn quiet_steal_ms() -> f64 {
 
 /// The machine's CPUs (`/proc/stat`'s `cpuN` lines: this thread's own affinity may be one CPU).
 fn machine_cpus() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cpus = stat
-        .lines()
-        .filter(|l| {
-            l.strip_prefix("cpu")
-                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .count();
+    let cpus = cpu_lines(&std::fs::read_to_string("/proc/stat").unwrap_or_default()).count();
     u64::try_from(cpus).unwrap_or(1).max(1)
+}
+
+/// `/proc/stat`'s line of each CPU (`cpu0 …`, `cpu1 …`; not the `cpu …` total).
+fn cpu_lines(stat: &str) -> impl Iterator<Item = &str> {
+    stat.lines().filter(|l| {
+        l.strip_prefix("cpu")
+            .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+    })
 }
 
 /// What one open-loop run calls.

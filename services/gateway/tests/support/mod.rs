@@ -243,12 +243,14 @@ pub struct Gateway {
     pub base: String,
     pub ws: String,
     pub shutdown: CancellationToken,
+    /// For the helpers' own requests (metrics polls): one client, its connections reused.
+    client: reqwest::Client,
 }
 
 impl Gateway {
     /// What `/metrics` exports now (Prometheus text).
     pub async fn metrics_text(&self) -> String {
-        http()
+        self.client
             .get(format!("{}/metrics", self.base))
             .send()
             .await
@@ -312,6 +314,7 @@ pub async fn start(c: &ServiceConfig<Settings>) -> Gateway {
         base: format!("http://{addr}"),
         ws: format!("ws://{addr}/ws"),
         shutdown,
+        client: http(),
     }
 }
 
